@@ -1,0 +1,15 @@
+//! Strata: a container registry that builds images from Nix packages on
+//! demand. The host owns mechanism (registry protocol, Nix, layers, storage);
+//! every policy decision is a WebAssembly plugin (see `plugins`).
+//!
+//! The pull path, top to bottom, is `build::Builder::build`.
+
+pub mod build;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod manifest;
+pub mod nix;
+pub mod plugins;
+pub mod registry;
+pub mod storage;

@@ -1,0 +1,194 @@
+//! The wire types of every hook. The host serialises the input type to JSON,
+//! the guest answers with the output type; both sides compile this file, so a
+//! field can never mean two things.
+//!
+//! Only integers and strings cross the wire (no floats): serde_json's float
+//! formatting has changed between versions, and a host and a plugin built a
+//! year apart must still agree byte for byte.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Bumped on any incompatible change to the exports, the envelope or a type
+/// below. The host refuses a module whose `strata_abi_version` differs.
+pub const ABI_VERSION: u32 = 1;
+
+/// The hooks a plugin can implement, by their wire name.
+pub const HOOKS: [&str; 3] = ["expand_names", "group_layers", "render_source"];
+
+/// What `strata_plugin_info` returns: shown on the web page and by
+/// `strata plugin check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    /// The hooks this module exports, by wire name.
+    pub hooks: Vec<String>,
+}
+
+/// A failure the plugin reports on purpose (as opposed to a trap). The host
+/// turns it into a request error naming the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginError {
+    pub message: String,
+}
+
+impl PluginError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PluginError { message: message.into() }
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// What the guest returns from every hook: exactly one of the two fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope<T> {
+    Ok(T),
+    Err(PluginError),
+}
+
+// ---------------------------------------------------------------- expand_names
+
+/// Settings an expansion plugin may put on the image config. Later plugins in
+/// the chain see and may override what earlier ones set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=value` entries added to the image's environment (after `PATH`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The state an expansion chain passes from plugin to plugin. The first plugin
+/// receives the name segments as `packages` and `amd64` as `arch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expansion {
+    /// Package attribute paths (`git`, `xorg.xev`), in request order.
+    pub packages: Vec<String>,
+    /// Target architecture in OCI terms: `amd64` or `arm64`.
+    pub arch: String,
+    #[serde(default)]
+    pub image: ImageSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpandInput {
+    /// This plugin's configuration table from `strata.toml` (`{}` if none).
+    #[serde(default)]
+    pub config: Value,
+    /// The image name as requested, split on `/` (`["shell", "git"]`).
+    pub segments: Vec<String>,
+    /// The requested tag (`latest` when a client asked for no tag).
+    pub tag: String,
+    /// What the previous plugins of the chain made of the request.
+    pub current: Expansion,
+}
+
+pub type ExpandOutput = Expansion;
+
+// ---------------------------------------------------------------- group_layers
+
+/// One store path of the runtime closure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePath {
+    /// Full path, `/nix/store/<hash>-<name>`.
+    pub path: String,
+    pub nar_size: u64,
+    /// Runtime references, full paths, each one also in the graph. A path may
+    /// reference itself (Nix reports that); plugins must tolerate it.
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub nar_hash: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosureGraph {
+    /// The top-level store paths of the requested packages, in request order.
+    pub roots: Vec<String>,
+    /// Every path of the closure, sorted by path.
+    pub paths: Vec<StorePath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInput {
+    #[serde(default)]
+    pub config: Value,
+    pub graph: ClosureGraph,
+    /// Popularity counts keyed by store path *name* (the part after the hash,
+    /// `bash-5.2`), as in Nixery's popularity data. Empty when none is
+    /// configured.
+    #[serde(default)]
+    pub popularity: BTreeMap<String, u64>,
+    /// The most layers this call may return. The host adds one more layer of
+    /// its own (the symlink forest) after them.
+    pub budget: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layers {
+    /// The strategy's name, written into the image history.
+    pub strategy: String,
+    /// Ordered base-most first; each layer a list of full store paths. Must be
+    /// a partition of the closure: every path exactly once, no empty layer.
+    pub layers: Vec<Vec<String>>,
+}
+
+// --------------------------------------------------------------- render_source
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInput {
+    /// The source plugin's configuration (for `nixpkgs-source`: `channel`,
+    /// `git` or `path`).
+    #[serde(default)]
+    pub config: Value,
+    pub tag: String,
+}
+
+/// What Nix imports. The host hands this to `nix/load-pkgs.nix` as JSON data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NixSource {
+    /// A nixpkgs channel name (`nixos-unstable`) or a nixpkgs commit.
+    Channel { channel: String },
+    /// A git repository at a revision or ref.
+    Git {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rev: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// A local directory or file that evaluates to a package set (or a
+    /// function of `{}` returning one).
+    Path { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOutput {
+    pub source: NixSource,
+    /// A stable name of exactly what is built (URL and revision), used in
+    /// cache keys and shown on the web page.
+    pub identity: String,
+    /// True when the same identity always yields the same packages (a git
+    /// commit), so that built images may be cached forever.
+    pub immutable: bool,
+}
