@@ -1,1 +1,488 @@
-//! (being written)
+//! The pull path in one place:
+//! request → plugins (names, source) → Nix → closure graph → grouping plugin
+//! → layers → storage → manifest.
+//!
+//! [`Builder::image`] is what the registry calls for a manifest by tag;
+//! everything a build needs is read from top to bottom in [`Builder::build`].
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::layers::{self, FinalLayer, LayerBlob};
+use crate::manifest::{self, Format, LayerDescription};
+use crate::nix::{NixOptions, NixRunner};
+use crate::plugins::{Plugin, PluginSet};
+use crate::storage::Storage;
+use strata_plugin_sdk::{Expansion, GroupInput, SourceInput, SourceOutput};
+
+/// A manifest as served: its bytes and their digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub digest: String,
+    pub media_type: &'static str,
+}
+
+/// What the web page and `strata inspect` show of an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    pub packages: Vec<String>,
+    pub arch: String,
+    pub source: String,
+    pub strategy: String,
+    pub grouping_plugin: String,
+    pub layers: Vec<LayerSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerSummary {
+    pub digest: String,
+    pub size: u64,
+    pub nar_size: u64,
+    pub paths: Vec<String>,
+}
+
+/// The stored record of a built image: enough to serve it again after a
+/// restart, on any replica, without Nix or plugins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    docker: String,
+    oci: String,
+    built_at: u64,
+    immutable: bool,
+    summary: ImageSummary,
+}
+
+pub struct Image {
+    pub docker: Manifest,
+    pub oci: Manifest,
+    pub summary: ImageSummary,
+    /// When a mutable-source image must be rebuilt; `None`: never.
+    expires: Option<Instant>,
+}
+
+impl Image {
+    pub fn manifest(&self, format: Format) -> &Manifest {
+        match format {
+            Format::Docker => &self.docker,
+            Format::Oci => &self.oci,
+        }
+    }
+}
+
+type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Image>>>>;
+
+pub struct Builder {
+    cfg: Arc<Config>,
+    pub plugins: Arc<PluginSet>,
+    pub nix: NixRunner,
+    pub storage: Storage,
+    popularity: Arc<BTreeMap<String, u64>>,
+    /// (name, tag) → built image: a warm pull touches neither Nix nor plugins.
+    images: Mutex<HashMap<(String, String), Arc<Image>>>,
+    /// Manifests by digest, for clients that re-fetch by digest (Docker).
+    by_digest: Mutex<HashMap<String, Manifest>>,
+    /// One build per (name, tag) at a time; later requests await the first.
+    inflight: Mutex<HashMap<(String, String), SharedBuild>>,
+    /// Packing is CPU-bound: at most one layer per core at once.
+    pack_slots: Arc<Semaphore>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    layers::sha256_digest(bytes).trim_start_matches("sha256:").to_string()
+}
+
+/// Docker's architecture names → Nix systems.
+fn nix_system(arch: &str) -> Result<&'static str> {
+    match arch {
+        "amd64" => Ok("x86_64-linux"),
+        "arm64" => Ok("aarch64-linux"),
+        other => Err(Error::Internal(format!("expansion chose unsupported architecture {other:?}"))),
+    }
+}
+
+impl Builder {
+    pub async fn new(cfg: Arc<Config>) -> anyhow::Result<Arc<Builder>> {
+        let plugins = Arc::new(PluginSet::load(&cfg.plugins)?);
+        let storage = Storage::open(&cfg.storage_url())?;
+        let nix = NixRunner::new(NixOptions {
+            timeout: Duration::from_secs(cfg.nix.timeout_secs),
+            work_dir: cfg.nix_work_dir(),
+        })
+        .map_err(|e| anyhow::anyhow!("nix work dir {}: {e}", cfg.nix_work_dir().display()))?;
+        let popularity = Arc::new(load_popularity(cfg.nix.popularity_url.as_deref()).await?);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(Arc::new(Builder {
+            cfg,
+            plugins,
+            nix,
+            storage,
+            popularity,
+            images: Mutex::default(),
+            by_digest: Mutex::default(),
+            inflight: Mutex::default(),
+            pack_slots: Arc::new(Semaphore::new(cores)),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The image for a validated name and tag: from memory, else from the
+    /// store's records, else built; concurrent callers share one build.
+    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
+        let key = (name.to_string(), tag.to_string());
+        if let Some(img) = self.images.lock().unwrap().get(&key) {
+            if img.expires.is_none_or(|t| t > Instant::now()) {
+                return Ok(img.clone());
+            }
+        }
+        let fut = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let (name, tag) = key.clone();
+                    async move {
+                        // Owned by its own task, so a client hanging up does
+                        // not cancel a build others are waiting for.
+                        let result = tokio::spawn({
+                            let (this, name, tag) = (this.clone(), name.clone(), tag.clone());
+                            async move { this.build(&name, &tag).await }
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(Error::Internal(format!("build task: {e}"))));
+                        if let Ok(img) = &result {
+                            this.remember(name.clone(), tag.clone(), img.clone());
+                        }
+                        this.inflight.lock().unwrap().remove(&(name, tag));
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fut.await
+    }
+
+    fn remember(&self, name: String, tag: String, img: Arc<Image>) {
+        let mut by_digest = self.by_digest.lock().unwrap();
+        for m in [&img.docker, &img.oci] {
+            by_digest.insert(m.digest.clone(), m.clone());
+        }
+        self.images.lock().unwrap().insert((name, tag), img);
+    }
+
+    /// A manifest by digest: from memory, else from the blob store.
+    pub async fn manifest_by_digest(&self, digest: &str) -> Result<Manifest> {
+        if let Some(m) = self.by_digest.lock().unwrap().get(digest) {
+            return Ok(m.clone());
+        }
+        let bytes = self
+            .storage
+            .get_blob_bytes(digest)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(digest.to_string()))?;
+        let media_type = match manifest::declared_media_type(&bytes).as_deref() {
+            Some(manifest::OCI_MANIFEST) => manifest::OCI_MANIFEST,
+            Some(manifest::DOCKER_MANIFEST) => manifest::DOCKER_MANIFEST,
+            _ => return Err(Error::ManifestUnknown(digest.to_string())),
+        };
+        let m = Manifest { bytes, digest: digest.to_string(), media_type };
+        self.by_digest.lock().unwrap().insert(digest.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Names and source through the plugins: the part of a build that runs
+    /// even when the image turns out to be stored already.
+    pub async fn plan(&self, name: &str, tag: &str) -> Result<Plan> {
+        let segments: Vec<String> = name.split('/').map(str::to_string).collect();
+        let expansion = self.plugins.expand(&segments, tag).await?;
+        if expansion.packages.is_empty() {
+            return Err(Error::NameInvalid(format!("{name} names no packages")));
+        }
+        if expansion.packages.len() > self.cfg.max_packages {
+            return Err(Error::NameInvalid(format!(
+                "{} packages requested, at most {} allowed",
+                expansion.packages.len(),
+                self.cfg.max_packages
+            )));
+        }
+        let system = nix_system(&expansion.arch)?;
+        let source = self
+            .plugins
+            .source
+            .render_source(SourceInput { config: serde_json::Value::Null, tag: tag.to_string() })
+            .await?;
+        let grouper = self.plugins.grouper_for(name, tag).clone();
+        let cache_key = self.cache_key(&expansion, &source, &grouper);
+        Ok(Plan { expansion, system, source, grouper, cache_key })
+    }
+
+    /// Everything that decides an image's bytes, hashed: the same key on any
+    /// replica means the same manifests.
+    fn cache_key(&self, e: &Expansion, s: &SourceOutput, grouper: &Plugin) -> String {
+        let mut packages = e.packages.clone();
+        packages.sort();
+        packages.dedup();
+        let mut plugins: Vec<&str> = self.plugins.expand.iter().map(|p| p.digest()).collect();
+        plugins.push(grouper.digest());
+        plugins.push(self.plugins.source.digest());
+        let key = serde_json::json!({
+            "v": 1,
+            "source": s.identity,
+            "packages": packages,
+            "arch": e.arch,
+            "image": e.image,
+            "plugins": plugins,
+            "budget": self.cfg.layers.budget,
+            "level": self.cfg.layers.compression_level,
+        });
+        hex_sha256(key.to_string().as_bytes())
+    }
+
+    async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
+        // 1. Plugins: which packages, for which architecture, from where.
+        let plan = self.plan(name, tag).await?;
+        let record_key = format!("meta/images/{}.json", plan.cache_key);
+        if let Some(img) = self.load_record(&record_key).await? {
+            return Ok(img);
+        }
+        tracing::info!(%name, %tag, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
+
+        // 2. Nix: build the packages, read their runtime closure.
+        let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
+
+        // 3. Grouping plugin: which store paths share a layer (one layer of
+        //    the budget is the host's own final layer).
+        let grouping = plan
+            .grouper
+            .group_layers(GroupInput {
+                config: serde_json::Value::Null,
+                graph: resolved.graph.clone(),
+                popularity: (*self.popularity).clone(),
+                budget: self.cfg.layers.budget - 1,
+            })
+            .await?;
+
+        // 4. Layers: pack each group (in parallel, each one at most once
+        //    ever), then the final layer with the symlink forest.
+        let nar_sizes: HashMap<&str, u64> =
+            resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
+        let packed = futures::future::try_join_all(
+            grouping.layers.iter().map(|paths| self.store_path_layer(paths.clone())),
+        )
+        .await?;
+        let roots = resolved.roots.clone();
+        let level = self.cfg.layers.compression_level;
+        let (final_layer, final_bytes) = tokio::task::spawn_blocking(move || {
+            let forest = FinalLayer::new(&roots)?;
+            let (blob, bytes) = forest.pack(level, Vec::new())?;
+            Ok::<_, std::io::Error>(((forest.ca_bundle(), blob), bytes))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("final layer task: {e}")))??;
+        let (ca_bundle, final_blob) = final_layer;
+        self.storage.put_blob(Bytes::from(final_bytes)).await?;
+
+        let mut descriptions: Vec<LayerDescription> = packed
+            .iter()
+            .zip(&grouping.layers)
+            .map(|(blob, paths)| LayerDescription {
+                blob: blob.clone(),
+                created_by: format!("strata {}: {}", grouping.strategy, store_names(paths)),
+            })
+            .collect();
+        descriptions.push(LayerDescription {
+            blob: final_blob.clone(),
+            created_by: format!("strata: symlinks to {}", plan.expansion.packages.join(", ")),
+        });
+
+        // 5. Config and manifests, stored by content.
+        let mut env = vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".to_string()];
+        if let Some(ca) = ca_bundle {
+            env.push(format!("SSL_CERT_FILE={ca}"));
+        }
+        let config = manifest::config_json(&manifest::ConfigInput {
+            arch: &plan.expansion.arch,
+            layers: &descriptions,
+            env,
+            settings: &plan.expansion.image,
+        })?;
+        let config_size = config.len() as u64;
+        let config_digest = self.storage.put_blob(Bytes::from(config)).await?;
+        let blobs: Vec<LayerBlob> = descriptions.iter().map(|d| d.blob.clone()).collect();
+        let mut manifests = Vec::new();
+        for format in [Format::Docker, Format::Oci] {
+            let bytes = Bytes::from(manifest::manifest_json(format, (&config_digest, config_size), &blobs)?);
+            let digest = self.storage.put_blob(bytes.clone()).await?;
+            manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
+        }
+
+        let mut layer_summaries: Vec<LayerSummary> = packed
+            .iter()
+            .zip(&grouping.layers)
+            .map(|(blob, paths)| LayerSummary {
+                digest: blob.digest.clone(),
+                size: blob.size,
+                nar_size: paths.iter().map(|p| nar_sizes.get(p.as_str()).copied().unwrap_or(0)).sum(),
+                paths: paths.clone(),
+            })
+            .collect();
+        layer_summaries.push(LayerSummary {
+            digest: final_blob.digest.clone(),
+            size: final_blob.size,
+            nar_size: 0,
+            paths: vec![],
+        });
+        let record = ImageRecord {
+            docker: manifests[0].digest.clone(),
+            oci: manifests[1].digest.clone(),
+            built_at: now_unix(),
+            immutable: plan.source.immutable,
+            summary: ImageSummary {
+                packages: plan.expansion.packages.clone(),
+                arch: plan.expansion.arch.clone(),
+                source: plan.source.identity.clone(),
+                strategy: grouping.strategy.clone(),
+                grouping_plugin: plan.grouper.name().to_string(),
+                layers: layer_summaries,
+            },
+        };
+        let record_bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(&record_key, Bytes::from(record_bytes)).await?;
+        tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.docker, "image built");
+        let oci = manifests.pop().expect("two manifests");
+        let docker = manifests.pop().expect("two manifests");
+        Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary }))
+    }
+
+    fn expiry(&self, record: &ImageRecord) -> Option<Instant> {
+        if record.immutable {
+            return None;
+        }
+        let age = now_unix().saturating_sub(record.built_at);
+        let left = self.cfg.cache.mutable_ttl_secs.saturating_sub(age);
+        Some(Instant::now() + Duration::from_secs(left))
+    }
+
+    /// An image some replica built before, if its record is still fresh and
+    /// its manifests are still stored.
+    async fn load_record(&self, key: &str) -> Result<Option<Arc<Image>>> {
+        let Some(bytes) = self.storage.get_bytes(key).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else { return Ok(None) };
+        let expires = self.expiry(&record);
+        if expires.is_some_and(|t| t <= Instant::now()) {
+            return Ok(None);
+        }
+        let (Ok(docker), Ok(oci)) = (
+            self.manifest_by_digest(&record.docker).await,
+            self.manifest_by_digest(&record.oci).await,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary })))
+    }
+
+    /// Packs one group of store paths, unless the same set was packed before
+    /// (by any image, on any replica): the record maps the sorted path set
+    /// to its blob.
+    async fn store_path_layer(&self, mut paths: Vec<String>) -> Result<LayerBlob> {
+        paths.sort();
+        let level = self.cfg.layers.compression_level;
+        let key = format!(
+            "meta/layers/{}.json",
+            hex_sha256(serde_json::json!({ "paths": paths, "level": level, "format": "gzip" }).to_string().as_bytes())
+        );
+        if let Some(bytes) = self.storage.get_bytes(&key).await? {
+            if let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes) {
+                if self.storage.blob_size(&blob.digest).await? == Some(blob.size) {
+                    return Ok(blob);
+                }
+            }
+        }
+        let _slot = self.pack_slots.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let (staging, writer) = self.storage.staging_writer();
+        let packed = tokio::task::spawn_blocking(move || {
+            let bridge = tokio_util::io::SyncIoBridge::new(writer);
+            let (blob, mut bridge) = layers::pack_store_paths(&paths, level, bridge)?;
+            bridge.shutdown()?;
+            Ok::<_, std::io::Error>(blob)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("packing task: {e}")));
+        let blob = match packed {
+            Ok(Ok(blob)) => blob,
+            Ok(Err(e)) => {
+                self.storage.discard(&staging).await;
+                return Err(Error::Storage(format!("packing layer: {e}")));
+            }
+            Err(e) => {
+                self.storage.discard(&staging).await;
+                return Err(e);
+            }
+        };
+        self.storage.publish(&staging, &blob.digest, blob.size).await?;
+        let record = serde_json::to_vec(&blob).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(&key, Bytes::from(record)).await?;
+        Ok(blob)
+    }
+}
+
+/// The plugins' decisions for one request.
+pub struct Plan {
+    pub expansion: Expansion,
+    pub system: &'static str,
+    pub source: SourceOutput,
+    pub grouper: Arc<Plugin>,
+    pub cache_key: String,
+}
+
+/// `bash-5.2, coreutils-9.1, …` for a history entry.
+fn store_names(paths: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let names: Vec<&str> = paths
+        .iter()
+        .map(|p| {
+            let base = p.rsplit('/').next().unwrap_or(p);
+            base.split_once('-').map(|(_, n)| n).unwrap_or(base)
+        })
+        .collect();
+    let mut s = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Popularity data as Nixery publishes it: a JSON map name → count, from a
+/// file or an http(s) URL. None configured: every count is 0.
+async fn load_popularity(url: Option<&str>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let Some(url) = url else { return Ok(BTreeMap::new()) };
+    let bytes: Vec<u8> = if url.starts_with("http://") || url.starts_with("https://") {
+        let resp = reqwest::get(url).await.map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?;
+        resp.error_for_status()
+            .map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?
+            .bytes()
+            .await?
+            .to_vec()
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: not a JSON map of counts: {e}"))
+}

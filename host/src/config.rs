@@ -1,8 +1,259 @@
-//! (being written: the plugin section below is fixed, the rest is in progress)
+//! Configuration: `strata.toml`, then the environment variables Nixery
+//! reads (with Nixery's meaning, so that an operator moving from Nixery only
+//! swaps the binary), then validation. Every problem is one line naming the
+//! setting, reported before the server binds its port.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; `PORT` replaces the port.
+    pub listen: SocketAddr,
+    pub storage: StorageConfig,
+    pub nix: NixConfig,
+    pub layers: LayersConfig,
+    pub cache: CacheConfig,
+    pub plugins: PluginsConfig,
+    /// Directory of web assets replacing the embedded page (`WEB_DIR`).
+    pub web_dir: Option<PathBuf>,
+    /// Largest number of packages one image may name.
+    pub max_packages: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file:///abs/dir` (default: a directory under the user's data dir),
+    /// `s3://bucket/prefix`, `gs://bucket`, `az://container`, `memory://`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NixConfig {
+    /// Seconds one Nix invocation may take (`NIX_TIMEOUT`, Nixery's default 60).
+    pub timeout_secs: u64,
+    /// Popularity data for the grouping plugins: a file path or http(s) URL
+    /// of a JSON map store-path-name → count (`NIX_POPULARITY_URL`).
+    pub popularity_url: Option<String>,
+    /// Where Nix expressions and GC roots live (default: under the data dir).
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayersConfig {
+    /// Most layers of an image, the host's symlink layer included. Docker's
+    /// limit is 125; 94 leaves room for users' own layers, as in Nixery.
+    pub budget: u32,
+    /// gzip level, 0–9.
+    pub compression_level: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an image built from a mutable source (a channel, a branch)
+    /// is served before it is rebuilt.
+    pub mutable_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            storage: StorageConfig::default(),
+            nix: NixConfig::default(),
+            layers: LayersConfig::default(),
+            cache: CacheConfig::default(),
+            plugins: PluginsConfig::default(),
+            web_dir: None,
+            max_packages: 64,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: None }
+    }
+}
+
+impl Default for NixConfig {
+    fn default() -> Self {
+        NixConfig { timeout_secs: 60, popularity_url: None, work_dir: None }
+    }
+}
+
+impl Default for LayersConfig {
+    fn default() -> Self {
+        LayersConfig { budget: 94, compression_level: 6 }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { mutable_ttl_secs: 3600 }
+    }
+}
+
+/// A start-up error: one line, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The environment a config is read from; a map so tests need not touch the
+/// process environment.
+pub type Env = BTreeMap<String, String>;
+
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+impl Config {
+    /// TOML file (if any), then the environment, then validation.
+    pub fn load(file: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    let msg = e.message().replace('\n', " ");
+                    bad(format!("{}: {msg}", path.display()))
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+
+        if let Some(port) = get("PORT") {
+            let port: u16 = port.parse().map_err(|_| bad(format!("PORT={port} is not a port number")))?;
+            self.listen.set_port(port);
+        }
+
+        // Nixery's three package sources map onto the source plugin's table.
+        let sources: Vec<(&str, &str, String)> = [
+            ("NIXERY_CHANNEL", "channel"),
+            ("NIXERY_PKGS_REPO", "git"),
+            ("NIXERY_PKGS_PATH", "path"),
+        ]
+        .into_iter()
+        .filter_map(|(var, key)| get(var).map(|v| (var, key, v)))
+        .collect();
+        if sources.len() > 1 {
+            let names: Vec<&str> = sources.iter().map(|s| s.0).collect();
+            return Err(bad(format!("{} are all set; set exactly one package source", names.join(" and "))));
+        }
+        if let Some((var, key, value)) = sources.into_iter().next() {
+            let value = if key == "path" {
+                std::fs::canonicalize(&value)
+                    .map_err(|e| bad(format!("{var}={value}: {e}")))?
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                value
+            };
+            let mut table = toml::map::Map::new();
+            table.insert(key.to_string(), toml::Value::String(value));
+            let plugin = self.plugins.source.clone();
+            self.plugins.config.insert(plugin, toml::Value::Table(table));
+        }
+
+        if let Some(t) = get("NIX_TIMEOUT") {
+            self.nix.timeout_secs = t
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(format!("NIX_TIMEOUT={t} is not a positive number of seconds")))?;
+        }
+        if let Some(u) = get("NIX_POPULARITY_URL") {
+            self.nix.popularity_url = Some(u);
+        }
+        if let Some(w) = get("WEB_DIR") {
+            self.web_dir = Some(PathBuf::from(w));
+        }
+
+        match get("NIXERY_STORAGE_BACKEND").as_deref() {
+            None => {
+                if get("STORAGE_PATH").is_some() {
+                    return Err(bad("STORAGE_PATH is set but NIXERY_STORAGE_BACKEND is not; set NIXERY_STORAGE_BACKEND=filesystem"));
+                }
+            }
+            Some("filesystem") => {
+                let path = get("STORAGE_PATH").ok_or_else(|| {
+                    bad("NIXERY_STORAGE_BACKEND=filesystem needs STORAGE_PATH")
+                })?;
+                std::fs::create_dir_all(&path).map_err(|e| bad(format!("STORAGE_PATH={path}: {e}")))?;
+                let abs = std::fs::canonicalize(&path).map_err(|e| bad(format!("STORAGE_PATH={path}: {e}")))?;
+                self.storage.url = Some(format!("file://{}", abs.display()));
+            }
+            Some("gcs") => {
+                let bucket = get("GCS_BUCKET").ok_or_else(|| bad("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET"))?;
+                self.storage.url = Some(format!("gs://{bucket}"));
+            }
+            Some("s3") => {
+                let bucket = get("S3_BUCKET").ok_or_else(|| bad("NIXERY_STORAGE_BACKEND=s3 needs S3_BUCKET"))?;
+                let prefix = get("S3_PREFIX").map(|p| format!("/{}", p.trim_matches('/'))).unwrap_or_default();
+                self.storage.url = Some(format!("s3://{bucket}{prefix}"));
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "NIXERY_STORAGE_BACKEND={other} is not one of filesystem, gcs, s3"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.layers.budget < 2 || self.layers.budget > 125 {
+            return Err(bad(format!(
+                "layers.budget={} must be between 2 and 125 (Docker's limit)",
+                self.layers.budget
+            )));
+        }
+        if self.layers.compression_level > 9 {
+            return Err(bad(format!("layers.compression_level={} must be 0-9", self.layers.compression_level)));
+        }
+        if self.plugins.expand.is_empty() && self.plugins.config.contains_key("bundles") {
+            return Err(bad("plugins.config.bundles is set but plugins.expand is empty"));
+        }
+        if self.max_packages == 0 {
+            return Err(bad("max_packages must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Where local state lives when nothing else is configured.
+    pub fn data_dir() -> PathBuf {
+        dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("strata")
+    }
+
+    pub fn storage_url(&self) -> String {
+        self.storage
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", Self::data_dir().join("storage").display()))
+    }
+
+    pub fn nix_work_dir(&self) -> PathBuf {
+        self.nix.work_dir.clone().unwrap_or_else(|| Self::data_dir().join("nix"))
+    }
+}
 
 /// `[plugins]` in strata.toml. A plugin reference is either a built-in name
 /// (`bundles`, `popularity`, `size`, `nixpkgs-source`), a name declared under

@@ -1,1 +1,150 @@
-//! (being written)
+//! The one error type of a request, mapped once to the distribution spec's
+//! JSON body and status. Internal detail (Nix logs, storage paths) goes to
+//! the log, never into a response.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::nix::NixError;
+use crate::plugins::PluginFailure;
+
+/// `Clone` because one build's outcome is handed to every request that
+/// waited on it (single-flight).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("invalid tag: {0}")]
+    TagInvalid(String),
+    #[error("invalid digest: {0}")]
+    DigestInvalid(String),
+    #[error("invalid manifest reference: {0}")]
+    ManifestInvalid(String),
+    /// Packages the source does not have; all of them at once.
+    #[error("packages not found: {}", .0.join(", "))]
+    PackagesMissing(Vec<String>),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("blob unknown: {0}")]
+    BlobUnknown(String),
+    #[error("requested range not satisfiable")]
+    RangeInvalid { size: u64 },
+    #[error("the registry is read-only: {0} is not supported")]
+    Unsupported(String),
+    #[error("too many builds queued, retry later")]
+    Busy { retry_after_secs: u64 },
+    #[error("plugin {plugin} failed in {hook}: {reason}")]
+    Plugin { plugin: String, hook: String, reason: String },
+    /// Nix failed; `message` (with Nix's last lines) goes to the log only.
+    #[error("nix: {message}")]
+    Nix { timeout_secs: Option<u64>, message: String },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<NixError> for Error {
+    fn from(e: NixError) -> Self {
+        match e {
+            NixError::Missing(names) => Error::PackagesMissing(names),
+            NixError::Timeout(d) => Error::Nix { timeout_secs: Some(d.as_secs()), message: format!("timed out after {d:?}") },
+            other => Error::Nix { timeout_secs: None, message: other.to_string() },
+        }
+    }
+}
+
+impl From<PluginFailure> for Error {
+    fn from(f: PluginFailure) -> Self {
+        Error::Plugin { plugin: f.plugin, hook: f.hook.to_string(), reason: f.reason }
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl Error {
+    /// The spec's code and the HTTP status for it.
+    pub fn code_and_status(&self) -> (&'static str, StatusCode) {
+        use Error::*;
+        match self {
+            NameInvalid(_) => ("NAME_INVALID", StatusCode::BAD_REQUEST),
+            TagInvalid(_) => ("TAG_INVALID", StatusCode::BAD_REQUEST),
+            DigestInvalid(_) => ("DIGEST_INVALID", StatusCode::BAD_REQUEST),
+            ManifestInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
+            PackagesMissing(_) | ManifestUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
+            BlobUnknown(_) => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
+            NotFound(_) => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
+            RangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
+            Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            Busy { .. } => ("TOOMANYREQUESTS", StatusCode::SERVICE_UNAVAILABLE),
+            Nix { timeout_secs: Some(_), .. } => ("UNKNOWN", StatusCode::GATEWAY_TIMEOUT),
+            Plugin { .. } | Nix { .. } | Storage(_) | Internal(_) => {
+                ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    /// What a client is told. Nix's own output is withheld: it can be long
+    /// and it names paths of the build machine.
+    fn public_message(&self) -> String {
+        match self {
+            Error::Nix { timeout_secs: Some(s), .. } => {
+                format!("image build timed out after {s} s")
+            }
+            Error::Nix { .. } => "image build failed in Nix (details in the server log)".into(),
+            Error::Storage(_) => "storage error (details in the server log)".into(),
+            Error::Internal(_) => "internal error (details in the server log)".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn detail(&self) -> serde_json::Value {
+        match self {
+            Error::PackagesMissing(names) => json!({ "missing": names }),
+            Error::Plugin { plugin, hook, reason } => {
+                json!({ "plugin": plugin, "hook": hook, "reason": reason })
+            }
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code_and_status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request refused");
+        }
+        let body = json!({
+            "errors": [{ "code": code, "message": self.public_message(), "detail": self.detail() }]
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        if let Error::Busy { retry_after_secs } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let Error::RangeInvalid { size } = self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,5 +11,6 @@ pub mod layers;
 pub mod manifest;
 pub mod nix;
 pub mod plugins;
+pub mod reference;
 pub mod registry;
 pub mod storage;

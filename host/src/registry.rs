@@ -1,1 +1,213 @@
-//! (being written)
+//! The pull side of the OCI distribution spec, over axum.
+//!
+//! Names contain `/`, so every `/v2/…` request goes to one handler that
+//! splits the *raw* path itself: percent-encoded input (`%2e%2e`, `%2f`) is
+//! never decoded into something the name grammar would then accept.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::build::{Builder, Manifest};
+use crate::error::{Error, Result};
+use crate::manifest::Format;
+use crate::reference::{self, Reference};
+
+const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+
+pub fn router(builder: Arc<Builder>) -> Router {
+    Router::new()
+        .route("/v2", any(version_check))
+        .route("/v2/", any(version_check))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(builder)
+}
+
+async fn version_check(method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return Error::Unsupported(format!("{method} /v2/")).into_response();
+    }
+    ([API_VERSION, (header::CONTENT_TYPE.as_str(), "application/json")], "{}").into_response()
+}
+
+/// What a `/v2/<name>/…` path asks for.
+enum Route<'a> {
+    Manifest(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    Tags(&'a str),
+    Upload,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    if path.contains("/blobs/uploads") {
+        return Some(Route::Upload);
+    }
+    if let Some((name, r)) = path.rsplit_once("/manifests/") {
+        return Some(Route::Manifest(name, r));
+    }
+    if let Some((name, d)) = path.rsplit_once("/blobs/") {
+        return Some(Route::Blob(name, d));
+    }
+    path.strip_suffix("/tags/list").map(Route::Tags)
+}
+
+async fn dispatch(State(builder): State<Arc<Builder>>, req: Request) -> Response {
+    let result = handle(&builder, req.method().clone(), req.uri().path(), req.headers()).await;
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    resp
+}
+
+async fn handle(builder: &Arc<Builder>, method: Method, path: &str, headers: &HeaderMap) -> Result<Response> {
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let route = route(rest).ok_or_else(|| Error::NotFound(format!("/v2/{rest}")))?;
+    let read = method == Method::GET || method == Method::HEAD;
+    let max_segments = builder.config().max_packages;
+    match route {
+        Route::Upload => Err(Error::Unsupported("pushing blobs".into())),
+        _ if !read => Err(Error::Unsupported(format!("{method}: Strata builds images, it does not accept them"))),
+        Route::Tags(name) => {
+            reference::parse_name(name, max_segments)?;
+            let body = serde_json::json!({ "name": name, "tags": ["latest"] }).to_string();
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Route::Manifest(name, r) => {
+            reference::parse_name(name, max_segments)?;
+            let manifest = match reference::parse_reference(r)? {
+                Reference::Tag(tag) => {
+                    let format = Format::negotiate(headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
+                    builder.image(name, tag).await?.manifest(format).clone()
+                }
+                Reference::Digest(d) => builder.manifest_by_digest(d).await?,
+            };
+            Ok(manifest_response(&method, headers, &manifest))
+        }
+        Route::Blob(name, d) => {
+            reference::parse_name(name, max_segments)?;
+            let digest = reference::parse_digest(d)?;
+            blob_response(builder, &method, headers, digest).await
+        }
+    }
+}
+
+fn manifest_response(method: &Method, headers: &HeaderMap, m: &Manifest) -> Response {
+    let etag = format!("\"{}\"", m.digest);
+    let not_modified = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if *method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(m.bytes.clone()))
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(m.media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+    set(h, "docker-content-digest", &m.digest);
+    set(h, header::ETAG.as_str(), &etag);
+    resp
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` of a blob of `size` bytes; `None`
+/// when the header is absent or names several ranges (answered in full, as
+/// the spec allows).
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let invalid = || Error::RangeInvalid { size };
+    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| invalid())?;
+        if n == 0 {
+            return Err(invalid());
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let start: u64 = a.parse().map_err(|_| invalid())?;
+        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| invalid())?.saturating_add(1).min(size) };
+        start..end
+    };
+    if range.start >= size || range.start >= range.end {
+        return Err(invalid());
+    }
+    Ok(Some(range))
+}
+
+async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, digest: &str) -> Result<Response> {
+    let size = builder.storage.blob_size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.into()))?;
+    let range = parse_range(headers, size)?;
+    let (status, len) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+        None => (StatusCode::OK, size),
+    };
+    let mut resp = if *method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        let (_, stream) = builder.storage.get_blob(digest, range.clone()).await?;
+        Response::new(Body::from_stream(stream))
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    set(h, "docker-content-digest", digest);
+    set(h, header::ETAG.as_str(), &format!("\"{digest}\""));
+    if let Some(r) = range {
+        set(h, header::CONTENT_RANGE.as_str(), &format!("bytes {}-{}/{size}", r.start, r.end - 1));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<Range<u64>>> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-9", 100).unwrap(), Some(0..10));
+        assert_eq!(range("bytes=90-", 100).unwrap(), Some(90..100));
+        assert_eq!(range("bytes=-5", 100).unwrap(), Some(95..100));
+        assert_eq!(range("bytes=95-200", 100).unwrap(), Some(95..100));
+        assert!(range("bytes=100-", 100).is_err());
+        assert!(range("bytes=5-2", 100).is_err());
+        assert!(range("bytes=x-", 100).is_err());
+        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("a/b/manifests/latest"), Some(Route::Manifest("a/b", "latest"))));
+        assert!(matches!(route("a/manifests/manifests/x"), Some(Route::Manifest("a/manifests", "x"))));
+        assert!(matches!(route("a/blobs/sha256:00"), Some(Route::Blob("a", "sha256:00"))));
+        assert!(matches!(route("a/blobs/uploads/"), Some(Route::Upload)));
+        assert!(matches!(route("a/tags/list"), Some(Route::Tags("a"))));
+        assert!(route("a/other").is_none());
+    }
+}
