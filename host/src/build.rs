@@ -17,10 +17,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layers::{self, FinalLayer, LayerBlob};
 use crate::manifest::{self, Format, LayerDescription};
-use crate::nix::{NixOptions, NixRunner};
+use crate::nix::{NixOptions, NixRunner, Resolved};
 use crate::plugins::{Plugin, PluginSet};
 use crate::storage::Storage;
-use strata_plugin_sdk::{Expansion, GroupInput, SourceInput, SourceOutput};
+use strata_plugin_sdk::{Expansion, GroupInput, Layers, SourceInput, SourceOutput, StorePath};
 
 /// A manifest as served: its bytes and their digest.
 #[derive(Debug, Clone)]
@@ -264,20 +264,9 @@ impl Builder {
         }
         tracing::info!(%name, %tag, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
 
-        // 2. Nix: build the packages, read their runtime closure.
-        let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
-
-        // 3. Grouping plugin: which store paths share a layer (one layer of
-        //    the budget is the host's own final layer).
-        let grouping = plan
-            .grouper
-            .group_layers(GroupInput {
-                config: serde_json::Value::Null,
-                graph: resolved.graph.clone(),
-                popularity: (*self.popularity).clone(),
-                budget: self.cfg.layers.budget - 1,
-            })
-            .await?;
+        // 2. Nix builds the packages; 3. the grouping plugin splits their
+        //    closure into layers.
+        let (resolved, grouping) = self.resolve_and_group(&plan).await?;
 
         // 4. Layers: pack each group (in parallel, each one at most once
         //    ever), then the final layer with the symlink forest.
@@ -371,6 +360,52 @@ impl Builder {
         Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary }))
     }
 
+    /// Nix, then the grouping plugin: shared by builds and by `inspect`,
+    /// which stops here.
+    async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
+        let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
+        // One layer of the budget is the host's own final layer.
+        let grouping = plan
+            .grouper
+            .group_layers(GroupInput {
+                config: serde_json::Value::Null,
+                graph: resolved.graph.clone(),
+                popularity: (*self.popularity).clone(),
+                budget: self.cfg.layers.budget - 1,
+            })
+            .await?;
+        Ok((resolved, grouping))
+    }
+
+    /// What an image would hold and how it would be layered, without packing.
+    pub async fn inspect(&self, name: &str, tag: &str) -> Result<Inspection> {
+        let plan = self.plan(name, tag).await?;
+        let (resolved, grouping) = self.resolve_and_group(&plan).await?;
+        let sizes: HashMap<&str, u64> =
+            resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
+        let layers = grouping
+            .layers
+            .iter()
+            .map(|paths| InspectedLayer {
+                nar_size: paths.iter().filter_map(|p| sizes.get(p.as_str())).sum(),
+                paths: paths.clone(),
+            })
+            .collect();
+        Ok(Inspection {
+            name: name.to_string(),
+            tag: tag.to_string(),
+            packages: plan.expansion.packages,
+            arch: plan.expansion.arch,
+            source: plan.source.identity,
+            immutable: plan.source.immutable,
+            grouping_plugin: plan.grouper.name().to_string(),
+            strategy: grouping.strategy,
+            roots: resolved.roots,
+            closure: resolved.graph.paths,
+            layers,
+        })
+    }
+
     fn expiry(&self, record: &ImageRecord) -> Option<Instant> {
         if record.immutable {
             return None;
@@ -441,6 +476,29 @@ impl Builder {
         self.storage.put_bytes(&key, Bytes::from(record)).await?;
         Ok(blob)
     }
+}
+
+/// `strata inspect` and `/api/inspect`: an image's plan, closure and layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub name: String,
+    pub tag: String,
+    pub packages: Vec<String>,
+    pub arch: String,
+    pub source: String,
+    pub immutable: bool,
+    pub grouping_plugin: String,
+    pub strategy: String,
+    pub roots: Vec<String>,
+    pub closure: Vec<StorePath>,
+    /// The store-path layers; the host's symlink layer comes after them.
+    pub layers: Vec<InspectedLayer>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectedLayer {
+    pub nar_size: u64,
+    pub paths: Vec<String>,
 }
 
 /// The plugins' decisions for one request.

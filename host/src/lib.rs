@@ -14,3 +14,4 @@ pub mod plugins;
 pub mod reference;
 pub mod registry;
 pub mod storage;
+pub mod web;

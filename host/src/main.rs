@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let builder = Builder::new(Arc::new(cfg)).await?;
-    let app = strata::registry::router(builder.clone());
+    let app = strata::registry::router(builder.clone()).merge(strata::web::router(builder.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     tracing::info!(
         address = %listener.local_addr()?,
