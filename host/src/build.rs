@@ -77,6 +77,14 @@ impl Image {
     }
 }
 
+/// Observes a build, for the CLI's progress bars; the server sets none.
+pub trait Progress: Send + Sync {
+    fn stage(&self, _what: &str) {}
+    fn layer_start(&self, _index: usize, _nar_size: u64) {}
+    fn layer_advance(&self, _index: usize, _bytes: u64) {}
+    fn layer_done(&self, _index: usize, _blob: &LayerBlob, _reused: bool) {}
+}
+
 type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Image>>>>;
 
 pub struct Builder {
@@ -93,6 +101,7 @@ pub struct Builder {
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
     /// Packing is CPU-bound: at most one layer per core at once.
     pack_slots: Arc<Semaphore>,
+    progress: std::sync::OnceLock<Arc<dyn Progress>>,
 }
 
 fn now_unix() -> u64 {
@@ -133,7 +142,18 @@ impl Builder {
             by_digest: Mutex::default(),
             inflight: Mutex::default(),
             pack_slots: Arc::new(Semaphore::new(cores)),
+            progress: std::sync::OnceLock::new(),
         }))
+    }
+
+    pub fn set_progress(&self, p: Arc<dyn Progress>) {
+        let _ = self.progress.set(p);
+    }
+
+    fn stage(&self, what: &str) {
+        if let Some(p) = self.progress.get() {
+            p.stage(what);
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -266,15 +286,18 @@ impl Builder {
 
         // 2. Nix builds the packages; 3. the grouping plugin splits their
         //    closure into layers.
+        self.stage("building packages with Nix");
         let (resolved, grouping) = self.resolve_and_group(&plan).await?;
 
         // 4. Layers: pack each group (in parallel, each one at most once
         //    ever), then the final layer with the symlink forest.
         let nar_sizes: HashMap<&str, u64> =
             resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
-        let packed = futures::future::try_join_all(
-            grouping.layers.iter().map(|paths| self.store_path_layer(paths.clone())),
-        )
+        self.stage("packing layers");
+        let packed = futures::future::try_join_all(grouping.layers.iter().enumerate().map(|(i, paths)| {
+            let nar: u64 = paths.iter().filter_map(|p| nar_sizes.get(p.as_str())).sum();
+            self.store_path_layer(i, paths.clone(), nar)
+        }))
         .await?;
         let roots = resolved.roots.clone();
         let level = self.cfg.layers.compression_level;
@@ -436,7 +459,8 @@ impl Builder {
     /// Packs one group of store paths, unless the same set was packed before
     /// (by any image, on any replica): the record maps the sorted path set
     /// to its blob.
-    async fn store_path_layer(&self, mut paths: Vec<String>) -> Result<LayerBlob> {
+    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<LayerBlob> {
+        let progress = self.progress.get().cloned();
         paths.sort();
         let level = self.cfg.layers.compression_level;
         let key = format!(
@@ -446,15 +470,27 @@ impl Builder {
         if let Some(bytes) = self.storage.get_bytes(&key).await? {
             if let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes) {
                 if self.storage.blob_size(&blob.digest).await? == Some(blob.size) {
+                    if let Some(p) = &progress {
+                        p.layer_done(index, &blob, true);
+                    }
                     return Ok(blob);
                 }
             }
         }
         let _slot = self.pack_slots.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
         let (staging, writer) = self.storage.staging_writer();
+        if let Some(p) = &progress {
+            p.layer_start(index, nar_size);
+        }
+        let observer = progress.clone();
         let packed = tokio::task::spawn_blocking(move || {
             let bridge = tokio_util::io::SyncIoBridge::new(writer);
-            let (blob, mut bridge) = layers::pack_store_paths(&paths, level, bridge)?;
+            let mut advance = |n: u64| {
+                if let Some(p) = &observer {
+                    p.layer_advance(index, n)
+                }
+            };
+            let (blob, mut bridge) = layers::pack_store_paths(&paths, level, bridge, &mut advance)?;
             bridge.shutdown()?;
             Ok::<_, std::io::Error>(blob)
         })
@@ -474,6 +510,9 @@ impl Builder {
         self.storage.publish(&staging, &blob.digest, blob.size).await?;
         let record = serde_json::to_vec(&blob).map_err(|e| Error::Internal(e.to_string()))?;
         self.storage.put_bytes(&key, Bytes::from(record)).await?;
+        if let Some(p) = &progress {
+            p.layer_done(index, &blob, false);
+        }
         Ok(blob)
     }
 }

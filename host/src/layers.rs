@@ -117,7 +117,13 @@ fn append_symlink<W: Write>(b: &mut tar::Builder<W>, path: &str, target: &Path) 
 /// Packs whole store paths (each with everything under it) into one layer.
 /// Files that are hard links of each other inside the layer become tar hard
 /// links, as `nix-store --optimise` makes many of them.
-pub fn pack_store_paths<W: Write>(paths: &[String], level: u32, out: W) -> io::Result<(LayerBlob, W)> {
+/// `progress` hears the number of file bytes read, as they are read.
+pub fn pack_store_paths<W: Write>(
+    paths: &[String],
+    level: u32,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(LayerBlob, W)> {
     let mut sorted: Vec<&String> = paths.iter().collect();
     sorted.sort();
     pack(level, out, |b| {
@@ -126,7 +132,7 @@ pub fn pack_store_paths<W: Write>(paths: &[String], level: u32, out: W) -> io::R
         let mut seen = HashMap::new();
         for p in sorted {
             let rel = p.trim_start_matches('/');
-            append_tree(b, Path::new(p), rel, &mut seen)?;
+            append_tree(b, Path::new(p), rel, &mut seen, progress)?;
         }
         Ok(())
     })
@@ -137,6 +143,7 @@ fn append_tree<W: Write>(
     src: &Path,
     name: &str,
     seen: &mut HashMap<(u64, u64), String>,
+    progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let meta = fs::symlink_metadata(src)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
@@ -151,7 +158,7 @@ fn append_tree<W: Write>(
         children.sort();
         for child in children {
             let child_name = format!("{name}/{}", child.to_string_lossy());
-            append_tree(b, &src.join(&child), &child_name, seen)?;
+            append_tree(b, &src.join(&child), &child_name, seen, progress)?;
         }
         Ok(())
     } else if ft.is_file() {
@@ -165,7 +172,9 @@ fn append_tree<W: Write>(
             seen.insert(key, name.to_string());
         }
         let mut h = header(tar::EntryType::Regular, mode, meta.len());
-        b.append_data(&mut h, name, fs::File::open(src)?)
+        b.append_data(&mut h, name, fs::File::open(src)?)?;
+        progress(meta.len());
+        Ok(())
     } else {
         Err(io::Error::other(format!("{}: not a file, directory or symlink", src.display())))
     }
@@ -299,8 +308,8 @@ mod tests {
         std::os::unix::fs::symlink("a", root.join("bin/link")).unwrap();
         let p = vec![root.to_string_lossy().into_owned()];
 
-        let (blob1, bytes1) = pack_store_paths(&p, 6, Vec::new()).unwrap();
-        let (blob2, bytes2) = pack_store_paths(&p, 6, Vec::new()).unwrap();
+        let (blob1, bytes1) = pack_store_paths(&p, 6, Vec::new(), &mut |_| {}).unwrap();
+        let (blob2, bytes2) = pack_store_paths(&p, 6, Vec::new(), &mut |_| {}).unwrap();
         assert_eq!(bytes1, bytes2);
         assert_eq!(blob1, blob2);
         assert_eq!(blob1.digest, sha256_digest(&bytes1));

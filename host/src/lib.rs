@@ -7,6 +7,7 @@
 pub mod build;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod layers;
 pub mod manifest;
 pub mod nix;

@@ -26,6 +26,34 @@ enum Command {
     /// Serve the registry API: `docker pull HOST/shell/git` builds and serves
     /// an image with bash, coreutils and git.
     Serve,
+    /// Build an image offline, with the server's plugins and config, and write
+    /// it as an OCI layout or a `docker load` archive.
+    ///
+    /// Example: `strata build shell/git --output oci:./out:latest`
+    Build {
+        /// Image name: packages separated by `/` (`shell/git`).
+        name: String,
+        /// Tag, passed to the source plugin (selects a revision for git sources).
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// `oci:DIR[:tag]` or `docker-archive:FILE[:name:tag]`.
+        #[arg(long, short)]
+        output: strata::export::Output,
+        /// No progress bars (they are off anyway when stderr is not a terminal).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Show what an image would hold: the expanded packages, the runtime
+    /// closure and the planned layers, without packing anything.
+    Inspect {
+        /// Image name: packages separated by `/`.
+        name: String,
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// Print the inspection as JSON (as `/api/inspect` serves it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -41,6 +69,67 @@ enum PluginCommand {
         /// The plugin's `.wasm` file.
         file: PathBuf,
     },
+}
+
+mod progress {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use strata::build::Progress;
+    use strata::layers::LayerBlob;
+
+    /// One bar per layer being packed, measured in store bytes read.
+    pub struct Bars {
+        multi: MultiProgress,
+        bars: Mutex<HashMap<usize, ProgressBar>>,
+        stage: ProgressBar,
+    }
+
+    impl Bars {
+        pub fn new() -> Bars {
+            let multi = MultiProgress::new();
+            let stage = multi.add(ProgressBar::new_spinner());
+            stage.enable_steady_tick(std::time::Duration::from_millis(120));
+            Bars { multi, bars: Mutex::default(), stage }
+        }
+    }
+
+    impl Progress for Bars {
+        fn stage(&self, what: &str) {
+            self.stage.set_message(what.to_string());
+        }
+        fn layer_start(&self, index: usize, nar_size: u64) {
+            let bar = self.multi.add(ProgressBar::new(nar_size));
+            bar.set_style(
+                ProgressStyle::with_template("layer {prefix:>3} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix((index + 1).to_string());
+            self.bars.lock().unwrap().insert(index, bar);
+        }
+        fn layer_advance(&self, index: usize, bytes: u64) {
+            if let Some(b) = self.bars.lock().unwrap().get(&index) {
+                b.inc(bytes);
+            }
+        }
+        fn layer_done(&self, index: usize, blob: &LayerBlob, reused: bool) {
+            let short = &blob.digest[..19.min(blob.digest.len())];
+            match self.bars.lock().unwrap().remove(&index) {
+                Some(b) => b.finish_with_message(format!("{short} {}", indicatif::HumanBytes(blob.size))),
+                None if reused => {
+                    self.multi.println(format!("layer {:>3} reused {short}", index + 1)).ok();
+                }
+                None => {}
+            }
+        }
+    }
+
+    impl Drop for Bars {
+        fn drop(&mut self) {
+            self.stage.finish_and_clear();
+        }
+    }
 }
 
 fn init_logging(json: bool) {
@@ -68,6 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Serve => serve(cfg).await,
+        Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
+        Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
         Command::Plugin { command: PluginCommand::Check { file } } => {
             let plugin = strata::plugins::load_file(&file, serde_json::Value::Null, &cfg.plugins)?;
             let report = strata::plugins::check_sample(&plugin)?;
@@ -75,6 +166,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn check_name(cfg: &Config, name: &str, tag: &str) -> anyhow::Result<()> {
+    strata::reference::parse_name(name, cfg.max_packages)?;
+    strata::reference::parse_tag(tag)?;
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+async fn build(cfg: Config, name: &str, tag: &str, output: &strata::export::Output, quiet: bool) -> anyhow::Result<()> {
+    check_name(&cfg, name, tag)?;
+    let builder = Builder::new(Arc::new(cfg)).await?;
+    if !quiet {
+        builder.set_progress(Arc::new(progress::Bars::new()));
+    }
+    let image = builder.image(name, tag).await?;
+    strata::export::write(&builder.storage, &image, output, name).await?;
+    let s = &image.summary;
+    println!("{name}:{tag}  {} packages, {} layers, strategy {} (plugin {})", s.packages.len(), s.layers.len(), s.strategy, s.grouping_plugin);
+    println!("{:>3}  {:>10}  {:>10}  {:<71}  first path", "#", "size", "nar size", "digest");
+    for (i, l) in s.layers.iter().enumerate() {
+        let first = l.paths.first().map(String::as_str).unwrap_or("(symlink forest, /etc, /tmp)");
+        let more = if l.paths.len() > 1 { format!(" +{}", l.paths.len() - 1) } else { String::new() };
+        println!("{:>3}  {:>10}  {:>10}  {:<71}  {first}{more}", i + 1, human(l.size), human(l.nar_size), l.digest);
+    }
+    println!("total {} compressed; written to {output:?}", human(s.layers.iter().map(|l| l.size).sum()));
+    Ok(())
+}
+
+async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Result<()> {
+    check_name(&cfg, name, tag)?;
+    let builder = Builder::new(Arc::new(cfg)).await?;
+    let i = builder.inspect(name, tag).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    println!("image     {}:{}", i.name, i.tag);
+    println!("packages  {}", i.packages.join(" "));
+    println!("arch      {}", i.arch);
+    println!("source    {}{}", i.source, if i.immutable { " (immutable)" } else { "" });
+    let total: u64 = i.closure.iter().map(|p| p.nar_size).sum();
+    println!("closure   {} paths, {}", i.closure.len(), human(total));
+    println!("layers    {} + 1 symlink layer, strategy {} (plugin {})", i.layers.len(), i.strategy, i.grouping_plugin);
+    for (n, l) in i.layers.iter().enumerate() {
+        println!("  {:>3}  {:>10}  {}", n + 1, human(l.nar_size), l.paths.join(" "));
+    }
+    Ok(())
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
