@@ -1,1 +1,592 @@
-// placeholder: written by the plugins helper
+//! `popularity`: Nixery's layering algorithm, kept as the baseline.
+//!
+//! 1. A synthetic root points at every top-level path, and at every path that
+//!    is *popular* (its name's count in the popularity data is at least
+//!    `popularity_threshold`) or *large* (its closure's total NAR size is over
+//!    `size_threshold`). Such paths are worth a layer of their own because
+//!    many images share them.
+//! 2. The dominator tree of that graph is computed. Each child of the root,
+//!    with everything it dominates, is a layer candidate: its paths are
+//!    reachable only through it, so they change when it changes.
+//! 3. While there are more candidates than the budget, the two with the
+//!    lowest merge rating are merged. A candidate's rating is the
+//!    popularity of its head path times the total NAR size of its paths; a
+//!    merged candidate's rating is the sum of its parts' (as in Nixery).
+//!    Ties are broken by the candidate's smallest path.
+//! 4. Layers are ordered base-most first: by height (the longest reference
+//!    chain below any of its paths) ascending, then by smallest path.
+//!
+//! `docs/layering.md` compares this with the `size` strategy.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use strata_plugin_sdk::{GroupInput, Layers, PluginError};
+
+strata_plugin_sdk::export_plugin! {
+    name: "popularity",
+    group_layers: group_layers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    popularity_threshold: u64,
+    size_threshold: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // Nixery's values.
+        Config { popularity_threshold: 100, size_threshold: 100_000_000 }
+    }
+}
+
+/// The closure with dense indices; index order is path order.
+struct Graph {
+    paths: Vec<String>,
+    sizes: Vec<u64>,
+    /// Sorted, deduplicated, without self-references.
+    refs: Vec<Vec<usize>>,
+    roots: Vec<usize>,
+}
+
+impl Graph {
+    fn new(input: &GroupInput) -> Result<Graph, PluginError> {
+        let mut order: Vec<usize> = (0..input.graph.paths.len()).collect();
+        order.sort_by(|&a, &b| input.graph.paths[a].path.cmp(&input.graph.paths[b].path));
+        let mut index = BTreeMap::new();
+        for (i, &o) in order.iter().enumerate() {
+            let p = &input.graph.paths[o].path;
+            if index.insert(p.as_str(), i).is_some() {
+                return Err(PluginError::new(format!("store path {p} is listed twice")));
+            }
+        }
+        let mut refs = Vec::with_capacity(order.len());
+        for (i, &o) in order.iter().enumerate() {
+            // A reference outside the closure cannot be laid out anyway;
+            // the host checks completeness, this only must not crash.
+            let mut r: Vec<usize> = input.graph.paths[o]
+                .references
+                .iter()
+                .filter_map(|p| index.get(p.as_str()).copied())
+                .filter(|&j| j != i)
+                .collect();
+            r.sort_unstable();
+            r.dedup();
+            refs.push(r);
+        }
+        let mut roots = Vec::new();
+        for r in &input.graph.roots {
+            match index.get(r.as_str()) {
+                Some(&i) => roots.push(i),
+                None => {
+                    return Err(PluginError::new(format!("top-level path {r} is not in the closure")))
+                }
+            }
+        }
+        Ok(Graph {
+            paths: order.iter().map(|&o| input.graph.paths[o].path.clone()).collect(),
+            sizes: order.iter().map(|&o| input.graph.paths[o].nar_size).collect(),
+            refs,
+            roots,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Total NAR size of each path's closure. One traversal per path with a
+    /// stamped visited set: memory stays linear, and real closures are
+    /// shallow enough that the time is not a concern.
+    fn closure_sizes(&self) -> Vec<u64> {
+        let n = self.len();
+        let mut stamp = vec![usize::MAX; n];
+        let mut stack = Vec::new();
+        (0..n)
+            .map(|start| {
+                let mut total = 0u64;
+                stamp[start] = start;
+                stack.push(start);
+                while let Some(v) = stack.pop() {
+                    total = total.saturating_add(self.sizes[v]);
+                    for &w in &self.refs[v] {
+                        if stamp[w] != start {
+                            stamp[w] = start;
+                            stack.push(w);
+                        }
+                    }
+                }
+                total
+            })
+            .collect()
+    }
+
+    /// Longest reference chain below each path (0 for a leaf): intrinsic to
+    /// the path's closure, so a layer's position does not depend on what
+    /// else was requested. Edges closing a cycle (which Nix never produces
+    /// apart from self-references) are ignored.
+    fn heights(&self) -> Vec<u32> {
+        let n = self.len();
+        let mut height = vec![0u32; n];
+        // 0 = unvisited, 1 = on the stack, 2 = done.
+        let mut state = vec![0u8; n];
+        for start in 0..n {
+            if state[start] != 0 {
+                continue;
+            }
+            let mut stack = vec![(start, 0usize)];
+            state[start] = 1;
+            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+                if let Some(&w) = self.refs[v].get(*next) {
+                    *next += 1;
+                    if state[w] == 0 {
+                        state[w] = 1;
+                        stack.push((w, 0));
+                    }
+                } else {
+                    let h = self.refs[v]
+                        .iter()
+                        .filter(|&&w| state[w] == 2)
+                        .map(|&w| height[w] + 1)
+                        .max()
+                        .unwrap_or(0);
+                    height[v] = h;
+                    state[v] = 2;
+                    stack.pop();
+                }
+            }
+        }
+        height
+    }
+}
+
+/// The name part of `/nix/store/<hash>-<name>`, the key of popularity data.
+pub fn store_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    match base.split_once('-') {
+        Some((_, name)) => name,
+        None => base,
+    }
+}
+
+/// Immediate dominators, by Cooper, Harvey and Kennedy's iterative
+/// algorithm ("A Simple, Fast Dominance Algorithm", 2001). `succ[0]` is the
+/// entry. Every node must be reachable from it. Returns `idom[v]`, with
+/// `idom[0] == 0`.
+pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
+    let n = succ.len();
+    // Reverse postorder from the entry; successors are visited in the order
+    // given, so the result is deterministic.
+    let mut postorder = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    let mut stack = vec![(0usize, 0usize)];
+    seen[0] = true;
+    while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+        if let Some(&w) = succ[v].get(*next) {
+            *next += 1;
+            if !seen[w] {
+                seen[w] = true;
+                stack.push((w, 0));
+            }
+        } else {
+            postorder.push(v);
+            stack.pop();
+        }
+    }
+    let mut po_index = vec![usize::MAX; n];
+    for (i, &v) in postorder.iter().enumerate() {
+        po_index[v] = i;
+    }
+    let mut pred = vec![Vec::new(); n];
+    for (v, ws) in succ.iter().enumerate() {
+        for &w in ws {
+            pred[w].push(v);
+        }
+    }
+    const UNDEF: usize = usize::MAX;
+    let mut idom = vec![UNDEF; n];
+    idom[0] = 0;
+    let intersect = |idom: &[usize], mut a: usize, mut b: usize| {
+        while a != b {
+            while po_index[a] < po_index[b] {
+                a = idom[a];
+            }
+            while po_index[b] < po_index[a] {
+                b = idom[b];
+            }
+        }
+        a
+    };
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for &v in postorder.iter().rev().skip(1) {
+            let mut new = UNDEF;
+            for &p in &pred[v] {
+                if idom[p] == UNDEF {
+                    continue;
+                }
+                new = if new == UNDEF { p } else { intersect(&idom, p, new) };
+            }
+            if new != UNDEF && idom[v] != new {
+                idom[v] = new;
+                changed = true;
+            }
+        }
+    }
+    idom
+}
+
+struct Candidate {
+    /// Sorted store paths.
+    paths: Vec<String>,
+    rating: u128,
+    height: u32,
+}
+
+/// The `group_layers` hook.
+pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
+    let config: Config = strata_plugin_sdk::config(&input.config)?;
+    let g = Graph::new(&input)?;
+    let n = g.len();
+    if n > 0 && input.budget == 0 {
+        return Err(PluginError::new("a layer budget of 0 cannot hold any store path"));
+    }
+
+    // Node 0 is the synthetic root; path i is node i + 1.
+    let closure = g.closure_sizes();
+    let popularity = |i: usize| input.popularity.get(store_name(&g.paths[i])).copied().unwrap_or(0);
+    let mut root_edges: Vec<usize> = g.roots.clone();
+    for i in 0..n {
+        if popularity(i) >= config.popularity_threshold || closure[i] > config.size_threshold {
+            root_edges.push(i);
+        }
+    }
+    root_edges.sort_unstable();
+    root_edges.dedup();
+    let mut succ: Vec<Vec<usize>> = Vec::with_capacity(n + 1);
+    succ.push(root_edges.iter().map(|&i| i + 1).collect());
+    succ.extend(g.refs.iter().map(|r| r.iter().map(|&j| j + 1).collect()));
+    // Paths no root reaches (not a closure, strictly; tolerated) hang off
+    // the root too, so that the output is still a partition.
+    let mut reach = vec![false; n + 1];
+    let mut stack = vec![0];
+    reach[0] = true;
+    loop {
+        while let Some(v) = stack.pop() {
+            for &w in &succ[v] {
+                if !reach[w] {
+                    reach[w] = true;
+                    stack.push(w);
+                }
+            }
+        }
+        match (1..=n).find(|&v| !reach[v]) {
+            Some(v) => {
+                succ[0].push(v);
+                reach[v] = true;
+                stack.push(v);
+            }
+            None => break,
+        }
+    }
+
+    let idom = dominators(&succ);
+    // Each node's candidate is its ancestor just below the root.
+    let mut head = vec![usize::MAX; n + 1];
+    fn head_of(v: usize, idom: &[usize], head: &mut [usize]) -> usize {
+        let mut chain = Vec::new();
+        let mut u = v;
+        while head[u] == usize::MAX && idom[u] != 0 {
+            chain.push(u);
+            u = idom[u];
+        }
+        let h = if head[u] == usize::MAX { u } else { head[u] };
+        head[u] = h;
+        for c in chain {
+            head[c] = h;
+        }
+        h
+    }
+    let heights = g.heights();
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for v in 1..=n {
+        let h = head_of(v, &idom, &mut head);
+        groups.entry(h).or_default().push(v - 1);
+    }
+    let candidates: Vec<Candidate> = groups
+        .into_iter()
+        .map(|(h, members)| {
+            let size: u128 = members.iter().map(|&i| g.sizes[i] as u128).sum();
+            Candidate {
+                rating: popularity(h - 1) as u128 * size,
+                height: members.iter().map(|&i| heights[i]).max().unwrap_or(0),
+                paths: members.iter().map(|&i| g.paths[i].clone()).collect(),
+            }
+        })
+        .collect();
+
+    // Keyed by (rating, smallest path): unique, since paths are.
+    let mut queue: BTreeMap<(u128, String), Candidate> =
+        candidates.into_iter().map(|c| ((c.rating, c.paths[0].clone()), c)).collect();
+    while queue.len() > input.budget as usize {
+        let (_, mut a) = queue.pop_first().expect("more than budget >= 1 candidates");
+        let (_, b) = queue.pop_first().expect("more than budget >= 1 candidates");
+        a.rating += b.rating;
+        a.height = a.height.max(b.height);
+        a.paths.extend(b.paths);
+        a.paths.sort();
+        queue.insert((a.rating, a.paths[0].clone()), a);
+    }
+    let mut candidates: Vec<Candidate> = queue.into_values().collect();
+
+    candidates.sort_by(|a, b| (a.height, &a.paths[0]).cmp(&(b.height, &b.paths[0])));
+    Ok(Layers {
+        strategy: "popularity".into(),
+        layers: candidates.into_iter().map(|c| c.paths).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+    use strata_plugin_sdk::{ClosureGraph, StorePath};
+
+    fn sp(name: &str) -> String {
+        // Hashes chosen so that path order differs from name order.
+        let hash: String = format!("{:x}", name.len() * 7919 + name.bytes().map(|b| b as usize).sum::<usize>())
+            .chars()
+            .cycle()
+            .take(32)
+            .collect();
+        format!("/nix/store/{hash}-{name}")
+    }
+
+    /// `(name, size, refs)`; roots by name.
+    fn input(nodes: &[(&str, u64, &[&str])], roots: &[&str], budget: u32) -> GroupInput {
+        let mut paths: Vec<StorePath> = nodes
+            .iter()
+            .map(|(n, s, r)| StorePath {
+                path: sp(n),
+                nar_size: *s,
+                references: r.iter().map(|x| sp(x)).collect(),
+                nar_hash: String::new(),
+            })
+            .collect();
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        GroupInput {
+            config: serde_json::Value::Null,
+            graph: ClosureGraph { roots: roots.iter().map(|r| sp(r)).collect(), paths },
+            popularity: BTreeMap::new(),
+            budget,
+        }
+    }
+
+    fn names(layers: &Layers) -> Vec<Vec<&str>> {
+        layers
+            .layers
+            .iter()
+            .map(|l| {
+                let mut v: Vec<&str> = l.iter().map(|p| store_name(p)).collect();
+                v.sort();
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn store_names() {
+        assert_eq!(store_name("/nix/store/abc-bash-5.2"), "bash-5.2");
+        assert_eq!(store_name("/nix/store/abc"), "abc");
+    }
+
+    #[test]
+    fn dominators_of_a_diamond() {
+        // 0 -> 1, 2; 1 -> 3; 2 -> 3; 3 -> 4
+        let succ = vec![vec![1, 2], vec![3], vec![3], vec![4], vec![]];
+        assert_eq!(dominators(&succ), vec![0, 0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn dominators_with_loops() {
+        // 0 -> 1 -> 2 -> 1, 2 -> 3
+        let succ = vec![vec![1], vec![2], vec![1, 3], vec![]];
+        assert_eq!(dominators(&succ), vec![0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn empty_closure() {
+        let out = group_layers(input(&[], &[], 0)).unwrap();
+        assert_eq!(out.layers, Vec::<Vec<String>>::new());
+        assert_eq!(out.strategy, "popularity");
+    }
+
+    #[test]
+    fn shared_dependencies_split_from_exclusive_ones() {
+        let nodes: &[(&str, u64, &[&str])] = &[
+            ("app-a", 10, &["liba", "glibc"]),
+            ("app-b", 10, &["libb", "glibc"]),
+            ("liba", 5, &["glibc"]),
+            ("libb", 5, &["glibc", "libb"]),
+            ("glibc", 30, &[]),
+        ];
+        let out = group_layers(input(nodes, &["app-a", "app-b"], 10)).unwrap();
+        assert_eq!(names(&out), vec![vec!["glibc"], vec!["app-a", "liba"], vec!["app-b", "libb"]]);
+    }
+
+    #[test]
+    fn popular_and_large_paths_get_their_own_layer() {
+        let nodes: &[(&str, u64, &[&str])] = &[
+            ("app", 10, &["big", "pop", "small"]),
+            ("big", 200_000_000, &[]),
+            ("pop", 1, &[]),
+            ("small", 1, &[]),
+        ];
+        let mut i = input(nodes, &["app"], 10);
+        i.popularity.insert("pop".into(), 150);
+        i.popularity.insert("small".into(), 99);
+        let out = group_layers(i).unwrap();
+        assert_eq!(names(&out), vec![vec!["big"], vec!["pop"], vec!["app", "small"]]);
+    }
+
+    #[test]
+    fn large_means_closure_size() {
+        // `mid` is small itself but its closure is over the threshold.
+        let nodes: &[(&str, u64, &[&str])] = &[
+            ("app", 10, &["mid"]),
+            ("mid", 10, &["x", "y"]),
+            ("x", 60, &[]),
+            ("y", 60, &[]),
+        ];
+        let mut i = input(nodes, &["app"], 10);
+        i.config = json!({ "size_threshold": 100 });
+        let out = group_layers(i).unwrap();
+        assert_eq!(names(&out), vec![vec!["mid", "x", "y"], vec!["app"]]);
+    }
+
+    #[test]
+    fn merges_lowest_rating_first() {
+        let nodes: &[(&str, u64, &[&str])] = &[
+            ("a", 10, &[]),
+            ("b", 20, &[]),
+            ("c", 30, &[]),
+            ("d", 1000, &[]),
+        ];
+        let mut i = input(nodes, &["a", "b", "c", "d"], 2);
+        for (n, p) in [("a", 1), ("b", 1), ("c", 1), ("d", 1)] {
+            i.popularity.insert(n.into(), p);
+        }
+        let out = group_layers(i).unwrap();
+        // ratings 10, 20, 30, 1000: a+b (30) then with c (30; tie by path).
+        let mut sets = names(&out);
+        sets.sort();
+        assert_eq!(sets, vec![vec!["a", "b", "c"], vec!["d"]]);
+    }
+
+    #[test]
+    fn unpopular_paths_merge_before_popular_ones() {
+        let nodes: &[(&str, u64, &[&str])] =
+            &[("a", 10, &[]), ("b", 10, &[]), ("c", 10, &[])];
+        let mut i = input(nodes, &["a", "b", "c"], 2);
+        i.popularity.insert("b".into(), 500);
+        let out = group_layers(i).unwrap();
+        let mut sets = names(&out);
+        sets.sort();
+        assert_eq!(sets, vec![vec!["a", "c"], vec!["b"]]);
+    }
+
+    #[test]
+    fn errors() {
+        let nodes: &[(&str, u64, &[&str])] = &[("a", 10, &[])];
+        assert!(group_layers(input(nodes, &["a"], 0)).unwrap_err().message.contains("budget"));
+        assert!(group_layers(input(nodes, &["zzz"], 3)).unwrap_err().message.contains("not in"));
+        let mut i = input(nodes, &["a"], 3);
+        i.config = json!({ "popularity": 3 });
+        assert!(group_layers(i).unwrap_err().message.contains("invalid plugin configuration"));
+    }
+
+    #[test]
+    fn unreachable_paths_still_placed() {
+        let nodes: &[(&str, u64, &[&str])] = &[("a", 10, &[]), ("stray", 10, &[])];
+        let out = group_layers(input(nodes, &["a"], 3)).unwrap();
+        assert_eq!(out.layers.len(), 2);
+    }
+
+    // ------------------------------------------------------------ properties
+
+    /// A random closure: node i references only nodes > i (a DAG, as Nix
+    /// store graphs are), sometimes itself.
+    pub(crate) fn arb_graph() -> impl Strategy<Value = (GroupInput, u32)> {
+        (1usize..40).prop_flat_map(|n| {
+            (
+                proptest::collection::vec(
+                    (0u64..3_000_000, proptest::collection::vec(0usize..1000, 0..5), any::<bool>()),
+                    n,
+                ),
+                proptest::collection::vec(0usize..n, 1..5),
+                1u32..12,
+                proptest::collection::vec((0usize..n, 0u64..300), 0..6),
+            )
+                .prop_map(move |(nodes, roots, budget, pops)| {
+                    let name = |i: usize| format!("/nix/store/{:032x}-p{i}", (i as u128 * 0x9e37_79b9_7f4a_7c15) % (1u128 << 127));
+                    let paths = nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (size, refs, selfref))| {
+                            let mut r: Vec<String> = refs
+                                .iter()
+                                .filter(|_| i + 1 < n)
+                                .map(|&x| name(i + 1 + x % (n - i - 1)))
+                                .collect();
+                            if *selfref {
+                                r.push(name(i));
+                            }
+                            StorePath { path: name(i), nar_size: *size, references: r, nar_hash: String::new() }
+                        })
+                        .collect::<Vec<_>>();
+                    let mut paths = paths;
+                    paths.sort_by(|a, b| a.path.cmp(&b.path));
+                    let mut rs: Vec<String> = roots.iter().map(|&i| name(i)).collect();
+                    rs.dedup();
+                    let popularity = pops.iter().map(|&(i, p)| (format!("p{i}"), p)).collect();
+                    let input = GroupInput {
+                        config: json!({ "size_threshold": 5_000_000 }),
+                        graph: ClosureGraph { roots: rs, paths },
+                        popularity,
+                        budget,
+                    };
+                    (input, budget)
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn output_is_a_partition_within_budget((input, budget) in arb_graph()) {
+            let all: BTreeSet<String> = input.graph.paths.iter().map(|p| p.path.clone()).collect();
+            let out = group_layers(input.clone()).unwrap();
+            prop_assert!(out.layers.len() <= budget as usize);
+            prop_assert!(out.layers.iter().all(|l| !l.is_empty()));
+            let mut seen = BTreeSet::new();
+            for p in out.layers.iter().flatten() {
+                prop_assert!(seen.insert(p.clone()), "{} twice", p);
+            }
+            prop_assert_eq!(seen, all);
+            prop_assert_eq!(group_layers(input).unwrap(), out);
+        }
+
+        #[test]
+        fn input_order_does_not_matter((input, _b) in arb_graph()) {
+            let mut shuffled = input.clone();
+            shuffled.graph.paths.reverse();
+            for p in &mut shuffled.graph.paths {
+                p.references.reverse();
+            }
+            prop_assert_eq!(group_layers(shuffled).unwrap(), group_layers(input).unwrap());
+        }
+    }
+}
