@@ -69,6 +69,12 @@ pub struct Image {
 }
 
 impl Image {
+    /// Approximate bytes held, for the memory cache's bound.
+    fn weight(&self) -> u32 {
+        let paths: usize = self.summary.layers.iter().flat_map(|l| &l.paths).map(|p| p.len() + 16).sum();
+        (self.docker.bytes.len() + self.oci.bytes.len() + paths + 512).try_into().unwrap_or(u32::MAX)
+    }
+
     pub fn manifest(&self, format: Format) -> &Manifest {
         match format {
             Format::Docker => &self.docker,
@@ -93,12 +99,16 @@ pub struct Builder {
     pub nix: NixRunner,
     pub storage: Storage,
     popularity: Arc<BTreeMap<String, u64>>,
-    /// (name, tag) → built image: a warm pull touches neither Nix nor plugins.
-    images: Mutex<HashMap<(String, String), Arc<Image>>>,
+    /// (name, tag) → built image: a warm pull touches neither Nix nor
+    /// plugins. Bounded in bytes; entries of mutable sources expire.
+    images: moka::sync::Cache<(String, String), Arc<Image>>,
     /// Manifests by digest, for clients that re-fetch by digest (Docker).
-    by_digest: Mutex<HashMap<String, Manifest>>,
+    by_digest: moka::sync::Cache<String, Manifest>,
     /// One build per (name, tag) at a time; later requests await the first.
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
+    /// Builds of different images at once, and how many may wait.
+    build_slots: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
     /// Packing is CPU-bound: at most one layer per core at once.
     pack_slots: Arc<Semaphore>,
     progress: std::sync::OnceLock<Arc<dyn Progress>>,
@@ -132,15 +142,26 @@ impl Builder {
         .map_err(|e| anyhow::anyhow!("nix work dir {}: {e}", cfg.nix_work_dir().display()))?;
         let popularity = Arc::new(load_popularity(cfg.nix.popularity_url.as_deref()).await?);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let memory = cfg.cache.memory_mib * 1024 * 1024;
+        let build_slots = Arc::new(Semaphore::new(cfg.builds.max_concurrent()));
         Ok(Arc::new(Builder {
             cfg,
             plugins,
             nix,
             storage,
             popularity,
-            images: Mutex::default(),
-            by_digest: Mutex::default(),
+            images: moka::sync::Cache::builder()
+                .max_capacity(memory / 2)
+                .weigher(|_, img: &Arc<Image>| img.weight())
+                .expire_after(ImageExpiry)
+                .build(),
+            by_digest: moka::sync::Cache::builder()
+                .max_capacity(memory / 2)
+                .weigher(|k: &String, m: &Manifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
+                .build(),
             inflight: Mutex::default(),
+            build_slots,
+            waiting: Default::default(),
             pack_slots: Arc::new(Semaphore::new(cores)),
             progress: std::sync::OnceLock::new(),
         }))
@@ -164,9 +185,10 @@ impl Builder {
     /// store's records, else built; concurrent callers share one build.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
         let key = (name.to_string(), tag.to_string());
-        if let Some(img) = self.images.lock().unwrap().get(&key) {
+        if let Some(img) = self.images.get(&key) {
             if img.expires.is_none_or(|t| t > Instant::now()) {
-                return Ok(img.clone());
+                crate::metrics::cache("memory");
+                return Ok(img);
             }
         }
         let fut = {
@@ -200,17 +222,32 @@ impl Builder {
     }
 
     fn remember(&self, name: String, tag: String, img: Arc<Image>) {
-        let mut by_digest = self.by_digest.lock().unwrap();
         for m in [&img.docker, &img.oci] {
-            by_digest.insert(m.digest.clone(), m.clone());
+            self.by_digest.insert(m.digest.clone(), m.clone());
         }
-        self.images.lock().unwrap().insert((name, tag), img);
+        self.images.insert((name, tag), img);
+    }
+
+    /// Waits for a build slot, or refuses at once when too many wait: a
+    /// burst of distinct new images must not pile up unbounded Nix work.
+    async fn build_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        if let Ok(permit) = self.build_slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.builds.queue_limit {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy { retry_after_secs: 10 });
+        }
+        let permit = self.build_slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// A manifest by digest: from memory, else from the blob store.
     pub async fn manifest_by_digest(&self, digest: &str) -> Result<Manifest> {
-        if let Some(m) = self.by_digest.lock().unwrap().get(digest) {
-            return Ok(m.clone());
+        if let Some(m) = self.by_digest.get(digest) {
+            return Ok(m);
         }
         let bytes = self
             .storage
@@ -223,7 +260,7 @@ impl Builder {
             _ => return Err(Error::ManifestUnknown(digest.to_string())),
         };
         let m = Manifest { bytes, digest: digest.to_string(), media_type };
-        self.by_digest.lock().unwrap().insert(digest.to_string(), m.clone());
+        self.by_digest.insert(digest.to_string(), m.clone());
         Ok(m)
     }
 
@@ -231,7 +268,7 @@ impl Builder {
     /// even when the image turns out to be stored already.
     pub async fn plan(&self, name: &str, tag: &str) -> Result<Plan> {
         let segments: Vec<String> = name.split('/').map(str::to_string).collect();
-        let expansion = self.plugins.expand(&segments, tag).await?;
+        let expansion = timed("expand chain", "expand_names", self.plugins.expand(&segments, tag)).await?;
         if expansion.packages.is_empty() {
             return Err(Error::NameInvalid(format!("{name} names no packages")));
         }
@@ -243,11 +280,13 @@ impl Builder {
             )));
         }
         let system = nix_system(&expansion.arch)?;
-        let source = self
-            .plugins
-            .source
-            .render_source(SourceInput { config: serde_json::Value::Null, tag: tag.to_string() })
-            .await?;
+        let source_plugin = &self.plugins.source;
+        let source = timed(
+            source_plugin.name(),
+            "render_source",
+            source_plugin.render_source(SourceInput { config: serde_json::Value::Null, tag: tag.to_string() }),
+        )
+        .await?;
         let grouper = self.plugins.grouper_for(name, tag).clone();
         let cache_key = self.cache_key(&expansion, &source, &grouper);
         Ok(Plan { expansion, system, source, grouper, cache_key })
@@ -280,14 +319,24 @@ impl Builder {
         let plan = self.plan(name, tag).await?;
         let record_key = format!("meta/images/{}.json", plan.cache_key);
         if let Some(img) = self.load_record(&record_key).await? {
+            crate::metrics::cache("store");
             return Ok(img);
         }
+        let _slot = self.build_slot().await?;
+        crate::metrics::cache("built");
+        let started = Instant::now();
+        let result = self.build_new(name, tag, &plan, &record_key).await;
+        crate::metrics::build(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn build_new(&self, name: &str, tag: &str, plan: &Plan, record_key: &str) -> Result<Arc<Image>> {
         tracing::info!(%name, %tag, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
 
         // 2. Nix builds the packages; 3. the grouping plugin splits their
         //    closure into layers.
         self.stage("building packages with Nix");
-        let (resolved, grouping) = self.resolve_and_group(&plan).await?;
+        let (resolved, grouping) = self.resolve_and_group(plan).await?;
 
         // 4. Layers: pack each group (in parallel, each one at most once
         //    ever), then the final layer with the symlink forest.
@@ -376,7 +425,7 @@ impl Builder {
             },
         };
         let record_bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
-        self.storage.put_bytes(&record_key, Bytes::from(record_bytes)).await?;
+        self.storage.put_bytes(record_key, Bytes::from(record_bytes)).await?;
         tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.docker, "image built");
         let oci = manifests.pop().expect("two manifests");
         let docker = manifests.pop().expect("two manifests");
@@ -388,15 +437,13 @@ impl Builder {
     async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
         let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
         // One layer of the budget is the host's own final layer.
-        let grouping = plan
-            .grouper
-            .group_layers(GroupInput {
-                config: serde_json::Value::Null,
-                graph: resolved.graph.clone(),
-                popularity: (*self.popularity).clone(),
-                budget: self.cfg.layers.budget - 1,
-            })
-            .await?;
+        let input = GroupInput {
+            config: serde_json::Value::Null,
+            graph: resolved.graph.clone(),
+            popularity: (*self.popularity).clone(),
+            budget: self.cfg.layers.budget - 1,
+        };
+        let grouping = timed(plan.grouper.name(), "group_layers", plan.grouper.group_layers(input)).await?;
         Ok((resolved, grouping))
     }
 
@@ -547,6 +594,28 @@ pub struct Plan {
     pub source: SourceOutput,
     pub grouper: Arc<Plugin>,
     pub cache_key: String,
+}
+
+/// Times a plugin call into the metrics.
+async fn timed<T, E>(
+    plugin: &str,
+    hook: &'static str,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let started = Instant::now();
+    let result = call.await;
+    crate::metrics::plugin_call(plugin, hook, started.elapsed(), result.is_ok());
+    result
+}
+
+/// Entries expire when their image does (mutable sources); others live until
+/// evicted by size.
+struct ImageExpiry;
+
+impl moka::Expiry<(String, String), Arc<Image>> for ImageExpiry {
+    fn expire_after_create(&self, _: &(String, String), img: &Arc<Image>, now: Instant) -> Option<Duration> {
+        img.expires.map(|t| t.saturating_duration_since(now))
+    }
 }
 
 /// `bash-5.2, coreutils-9.1, …` for a history entry.

@@ -17,6 +17,7 @@ pub struct Config {
     pub nix: NixConfig,
     pub layers: LayersConfig,
     pub cache: CacheConfig,
+    pub builds: BuildsConfig,
     pub plugins: PluginsConfig,
     /// Directory of web assets replacing the embedded page (`WEB_DIR`).
     pub web_dir: Option<PathBuf>,
@@ -60,6 +61,32 @@ pub struct CacheConfig {
     /// How long an image built from a mutable source (a channel, a branch)
     /// is served before it is rebuilt.
     pub mutable_ttl_secs: u64,
+    /// Bytes of manifests and image records kept in memory, MiB.
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildsConfig {
+    /// Builds of different images running at once (default: the number of
+    /// cores).
+    pub max_concurrent: Option<usize>,
+    /// Builds waiting for a slot; past this a request gets 503 with
+    /// `Retry-After`.
+    pub queue_limit: usize,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        BuildsConfig { max_concurrent: None, queue_limit: 32 }
+    }
+}
+
+impl BuildsConfig {
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    }
 }
 
 impl Default for Config {
@@ -70,6 +97,7 @@ impl Default for Config {
             nix: NixConfig::default(),
             layers: LayersConfig::default(),
             cache: CacheConfig::default(),
+            builds: BuildsConfig::default(),
             plugins: PluginsConfig::default(),
             web_dir: None,
             max_packages: 64,
@@ -97,7 +125,7 @@ impl Default for LayersConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { mutable_ttl_secs: 3600 }
+        CacheConfig { mutable_ttl_secs: 3600, memory_mib: 64 }
     }
 }
 
@@ -231,6 +259,9 @@ impl Config {
         }
         if self.plugins.expand.is_empty() && self.plugins.config.contains_key("bundles") {
             return Err(bad("plugins.config.bundles is set but plugins.expand is empty"));
+        }
+        if self.builds.max_concurrent == Some(0) {
+            return Err(bad("builds.max_concurrent must be at least 1"));
         }
         if self.max_packages == 0 {
             return Err(bad("max_packages must be at least 1"));

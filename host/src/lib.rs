@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod layers;
 pub mod manifest;
+pub mod metrics;
 pub mod nix;
 pub mod plugins;
 pub mod reference;

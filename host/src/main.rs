@@ -222,7 +222,10 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let builder = Builder::new(Arc::new(cfg)).await?;
-    let app = strata::registry::router(builder.clone()).merge(strata::web::router(builder.clone()));
+    let app = strata::registry::router(builder.clone())
+        .merge(strata::web::router(builder.clone()))
+        .merge(strata::metrics::router())
+        .layer(axum::middleware::from_fn(strata::metrics::observe));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     tracing::info!(
         address = %listener.local_addr()?,

@@ -163,6 +163,7 @@ async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, 
         Response::new(Body::empty())
     } else {
         let (_, stream) = builder.storage.get_blob(digest, range.clone()).await?;
+        crate::metrics::bytes_served(len);
         Response::new(Body::from_stream(stream))
     };
     *resp.status_mut() = status;
