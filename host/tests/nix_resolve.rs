@@ -1,0 +1,251 @@
+//! Runs the real Nix on examples/demo-pkgs (and a small fixture that never
+//! finishes building): look-up, build, closure, missing names, timeouts and
+//! cancellation. Needs `nix-build` on PATH and /usr/bin/busybox (static).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use strata::nix::{NixError, NixOptions, NixRunner};
+use strata_plugin_sdk::NixSource;
+
+const MARKER: &str = "strata-sleepy-fixture-marker";
+
+fn offline() {
+    // No binary cache is reachable from test machines; without this every
+    // build waits on it first.
+    std::env::set_var("STRATA_NIX_OFFLINE", "1");
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
+fn path_source(dir: &Path) -> NixSource {
+    NixSource::Path { path: dir.to_string_lossy().into_owned() }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn runner(work: &Path, timeout: Duration) -> NixRunner {
+    NixRunner::new(NixOptions { timeout, work_dir: work.to_path_buf() }).unwrap()
+}
+
+/// Live processes (not zombies) whose command line mentions the marker.
+fn marked_processes() -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(true);
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(MARKER) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for the marked builder to appear.
+async fn wait_for_builder(limit: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let pids = marked_processes();
+        if !pids.is_empty() {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Vec::new()
+}
+
+/// Waits up to two seconds for every marked process to be gone (a killed
+/// process lingers until its parent reaps it).
+async fn assert_builder_gone() {
+    for _ in 0..200 {
+        if marked_processes().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("builder still running: pids {:?}", marked_processes());
+}
+
+#[tokio::test]
+async fn resolves_demo_packages_with_shared_dependencies() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+    let resolved = nix
+        .resolve(&source, &names(&["hello", "git", "xorg.xev", "haskellpackages.pandoc"]), &system())
+        .await
+        .unwrap();
+
+    // Roots: one per name, in request order.
+    assert_eq!(resolved.roots.len(), 4);
+    assert_eq!(resolved.graph.roots, resolved.roots);
+    for (root, suffix) in resolved.roots.iter().zip(["-hello-2.12.1", "-git-2.42.0", "-xev-1.2.5", "-pandoc-3.1.9"]) {
+        assert!(root.starts_with("/nix/store/") && root.ends_with(suffix), "{root} should end in {suffix}");
+    }
+    assert_eq!(nix.builds_started(), 1);
+
+    // A closed graph, sorted by path, with sizes and hashes.
+    let paths = &resolved.graph.paths;
+    let known: HashSet<&str> = paths.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.windows(2).all(|w| w[0].path < w[1].path), "paths sorted and unique");
+    for root in &resolved.roots {
+        assert!(known.contains(root.as_str()), "{root} in the graph");
+    }
+    for p in paths {
+        assert!(p.nar_size > 0, "{} has a NAR size", p.path);
+        assert!(p.nar_hash.starts_with("sha256"), "{} has a NAR hash", p.path);
+        for r in &p.references {
+            assert!(known.contains(r.as_str()), "{} references {r}, outside the graph", p.path);
+        }
+    }
+
+    // Shared dependencies: zlib is used by curl, git and pandoc; busybox by
+    // every script.
+    let mut referrers: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for p in paths {
+        for r in p.references.iter().filter(|r| **r != p.path) {
+            referrers.entry(r.as_str()).or_default().insert(p.path.as_str());
+        }
+    }
+    let by_suffix = |s: &str| paths.iter().find(|p| p.path.ends_with(s)).map(|p| p.path.as_str()).unwrap();
+    assert!(referrers[by_suffix("-zlib-1.3")].len() >= 3, "zlib shared: {:?}", referrers[by_suffix("-zlib-1.3")]);
+    assert!(referrers[by_suffix("-busybox-static")].len() >= 4);
+    assert!(by_suffix("-libX11-1.8.7").starts_with("/nix/store/"));
+
+    // Really built, and kept alive by a GC root in the work dir.
+    let out = std::process::Command::new(format!("{}/bin/hello", resolved.roots[0])).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!\n");
+    let links: Vec<PathBuf> = std::fs::read_dir(work.path().join("gcroots"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(links.len(), 4, "one out link per root: {links:?}");
+
+    // The same request again: same answer, from the store.
+    let again = nix
+        .resolve(&source, &names(&["hello", "git", "xorg.xev", "haskellpackages.pandoc"]), &system())
+        .await
+        .unwrap();
+    assert_eq!(again, resolved);
+}
+
+#[tokio::test]
+async fn reports_all_missing_names_at_once() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+
+    let err = nix.resolve(&source, &names(&["hello", "nope1", "xorg.nope2"]), &system()).await.unwrap_err();
+    match err {
+        NixError::Missing(missing) => assert_eq!(missing, names(&["nope1", "xorg.nope2"])),
+        other => panic!("expected Missing, got {other:?}"),
+    }
+    // An attribute set is not a package.
+    let err = nix.resolve(&source, &names(&["xorg"]), &system()).await.unwrap_err();
+    assert!(matches!(&err, NixError::Missing(m) if m == &names(&["xorg"])), "{err:?}");
+    assert_eq!(nix.builds_started(), 0, "nothing is built when a name is missing");
+}
+
+#[tokio::test]
+async fn resolves_from_a_git_source() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = work.path().join("pkgs");
+    std::fs::create_dir(&repo_dir).unwrap();
+    std::fs::copy(repo().join("examples/demo-pkgs/default.nix"), repo_dir.join("default.nix")).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&repo_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "default.nix"]);
+    git(&["commit", "-q", "-m", "demo"]);
+    let rev = git(&["rev-parse", "HEAD"]);
+
+    let nix = runner(&work.path().join("work"), Duration::from_secs(300));
+    let url = repo_dir.to_string_lossy().into_owned();
+    let by_rev = NixSource::Git { url: url.clone(), rev: Some(rev), r#ref: None };
+    let by_ref = NixSource::Git { url, rev: None, r#ref: Some("main".into()) };
+    let a = nix.resolve(&by_rev, &names(&["hello"]), &system()).await.unwrap();
+    let b = nix.resolve(&by_ref, &names(&["hello"]), &system()).await.unwrap();
+    assert_eq!(a, b);
+    assert!(a.roots[0].ends_with("-hello-2.12.1"));
+
+    // Same package set, same store paths as the path source.
+    let c = nix.resolve(&path_source(&repo().join("examples/demo-pkgs")), &names(&["hello"]), &system()).await.unwrap();
+    assert_eq!(a.roots, c.roots);
+}
+
+#[tokio::test]
+async fn failed_evaluation_keeps_nix_message() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&work.path().join("does-not-exist"));
+    match nix.resolve(&source, &names(&["hello"]), &system()).await.unwrap_err() {
+        NixError::Failed { log_tail, .. } => assert!(log_tail.contains("does-not-exist"), "{log_tail}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+// The two tests below share the marker, so they take turns.
+static SLOW_BUILDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn timeout_kills_the_build() {
+    offline();
+    let _turn = SLOW_BUILDS.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(1));
+    let source = path_source(&repo().join("host/tests/fixtures/slow"));
+
+    let started = Instant::now();
+    let resolve = nix.resolve(&source, &names(&["sleepy"]), &system());
+    let (result, seen) = tokio::join!(resolve, wait_for_builder(Duration::from_secs(1)));
+    match result {
+        Err(NixError::Timeout(d)) => assert_eq!(d, Duration::from_secs(1)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!seen.is_empty(), "the builder never started, so the test proved nothing");
+    assert_builder_gone().await;
+}
+
+#[tokio::test]
+async fn dropping_the_request_kills_the_build() {
+    offline();
+    let _turn = SLOW_BUILDS.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let nix = std::sync::Arc::new(runner(work.path(), Duration::from_secs(300)));
+    let source = path_source(&repo().join("host/tests/fixtures/slow"));
+
+    let task = {
+        let nix = nix.clone();
+        tokio::spawn(async move { nix.resolve(&source, &names(&["sleepy"]), &system()).await })
+    };
+    let seen = wait_for_builder(Duration::from_secs(30)).await;
+    assert!(!seen.is_empty(), "the builder never started");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_builder_gone().await;
+}
