@@ -201,6 +201,13 @@ impl Config {
             self.plugins.config.insert(plugin, toml::Value::Table(table));
         }
 
+        // Production's default source, as in Nixery: a nixpkgs channel.
+        if self.plugins.source == "nixpkgs-source" && !self.plugins.config.contains_key("nixpkgs-source") {
+            let mut table = toml::map::Map::new();
+            table.insert("channel".into(), toml::Value::String("nixos-unstable".into()));
+            self.plugins.config.insert("nixpkgs-source".into(), toml::Value::Table(table));
+        }
+
         if let Some(t) = get("NIX_TIMEOUT") {
             self.nix.timeout_secs = t
                 .parse()
@@ -348,5 +355,73 @@ impl Default for PluginsConfig {
             output_mib: 16,
             cache_dir: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn nixery_variables_keep_their_meaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("PORT", "9999"),
+                ("NIXERY_PKGS_PATH", dir.path().to_str().unwrap()),
+                ("NIX_TIMEOUT", "5"),
+                ("NIXERY_STORAGE_BACKEND", "filesystem"),
+                ("STORAGE_PATH", store.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.nix.timeout_secs, 5);
+        assert!(cfg.storage_url().starts_with("file:///"));
+        let src = cfg.plugins.config.get("nixpkgs-source").unwrap();
+        assert!(src.get("path").is_some());
+        assert!(src.get("channel").is_none());
+    }
+
+    #[test]
+    fn default_source_is_a_channel() {
+        let cfg = Config::load(None, &env(&[])).unwrap();
+        let src = cfg.plugins.config.get("nixpkgs-source").unwrap();
+        assert_eq!(src.get("channel").and_then(|v| v.as_str()), Some("nixos-unstable"));
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors_naming_the_setting() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("NIXERY_CHANNEL", "a"), ("NIXERY_PKGS_REPO", "b")], "NIXERY_CHANNEL"),
+            (&[("PORT", "http")], "PORT"),
+            (&[("NIX_TIMEOUT", "-1")], "NIX_TIMEOUT"),
+            (&[("NIXERY_STORAGE_BACKEND", "filesystem")], "STORAGE_PATH"),
+            (&[("NIXERY_STORAGE_BACKEND", "floppy")], "NIXERY_STORAGE_BACKEND"),
+            (&[("NIXERY_STORAGE_BACKEND", "gcs")], "GCS_BUCKET"),
+        ];
+        for (vars, name) in cases {
+            let err = Config::load(None, &env(vars)).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "[layers]\nbudget = 500\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("layers.budget"), "{err}");
+        std::fs::write(&file, "[layers]\nbudgett = 5\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("budgett"), "{err}");
     }
 }
