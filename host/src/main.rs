@@ -161,8 +161,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
         Command::Plugin { command: PluginCommand::Check { file } } => {
             let plugin = strata::plugins::load_file(&file, serde_json::Value::Null, &cfg.plugins)?;
-            let report = strata::plugins::check_sample(&plugin)?;
+            let report = strata::plugins::check_sample(&plugin).await;
             println!("{report}");
+            if !report.ok() {
+                anyhow::bail!("{} failed its checks", file.display());
+            }
             Ok(())
         }
     }
