@@ -37,44 +37,55 @@ fn runner(work: &Path, timeout: Duration) -> NixRunner {
     NixRunner::new(NixOptions { timeout, work_dir: work.to_path_buf() }).unwrap()
 }
 
-/// Live processes (not zombies) whose command line mentions the marker.
-fn marked_processes() -> Vec<i32> {
+/// Live processes (not zombies): (pid, process group, command line).
+fn processes() -> Vec<(i32, i32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(true);
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(MARKER) {
-            found.push(pid);
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if fields.len() < 3 || fields[0] == "Z" {
+            continue;
         }
+        let pgrp = fields[2].parse().unwrap_or(0);
+        found.push((pid, pgrp, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
     }
     found
 }
 
+/// Process groups of the marked builder (the shell and its `sleep`).
+fn builder_groups() -> HashSet<i32> {
+    processes().into_iter().filter(|(_, _, cmd)| cmd.contains(MARKER)).map(|(_, g, _)| g).collect()
+}
+
 /// Waits up to `limit` for the marked builder to appear.
-async fn wait_for_builder(limit: Duration) -> Vec<i32> {
+async fn wait_for_builder(limit: Duration) -> HashSet<i32> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let pids = marked_processes();
-        if !pids.is_empty() {
-            return pids;
+        let groups = builder_groups();
+        if !groups.is_empty() {
+            return groups;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Vec::new()
+    HashSet::new()
 }
 
-/// Waits up to two seconds for every marked process to be gone (a killed
-/// process lingers until its parent reaps it).
-async fn assert_builder_gone() {
+/// Waits up to two seconds for the builder and everything in its process
+/// groups (its `sleep`) to be gone: a killed process lingers until reaped.
+async fn assert_builder_gone(groups: &HashSet<i32>) {
+    let left = || -> Vec<(i32, i32, String)> {
+        processes().into_iter().filter(|(_, g, cmd)| groups.contains(g) || cmd.contains(MARKER)).collect()
+    };
     for _ in 0..200 {
-        if marked_processes().is_empty() {
+        if left().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("builder still running: pids {:?}", marked_processes());
+    panic!("build still running: {:?}", left());
 }
 
 #[tokio::test]
@@ -220,7 +231,8 @@ async fn timeout_kills_the_build() {
     let source = path_source(&repo().join("host/tests/fixtures/slow"));
 
     let started = Instant::now();
-    let resolve = nix.resolve(&source, &names(&["sleepy"]), &system());
+    let (packages, system) = (names(&["sleepy"]), system());
+    let resolve = nix.resolve(&source, &packages, &system);
     let (result, seen) = tokio::join!(resolve, wait_for_builder(Duration::from_secs(1)));
     match result {
         Err(NixError::Timeout(d)) => assert_eq!(d, Duration::from_secs(1)),
@@ -228,7 +240,7 @@ async fn timeout_kills_the_build() {
     }
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!seen.is_empty(), "the builder never started, so the test proved nothing");
-    assert_builder_gone().await;
+    assert_builder_gone(&seen).await;
 }
 
 #[tokio::test]
@@ -247,5 +259,5 @@ async fn dropping_the_request_kills_the_build() {
     assert!(!seen.is_empty(), "the builder never started");
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    assert_builder_gone().await;
+    assert_builder_gone(&seen).await;
 }
