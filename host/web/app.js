@@ -260,7 +260,7 @@
         "li",
         { class: "layer layer-final", "data-layer": "symlinks", title: "Added by the host: symlinks to the packages, /etc, /tmp" },
         el("span", { class: "layer-label", text: "Layer " + (data.layers.length + 1) }),
-        el("div", { class: "layer-track" }, el("span", { class: "layer-size", text: "small" }), el("div", { class: "layer-barbox" }, finalBar)),
+        el("div", { class: "layer-track" }, el("span", { class: "layer-size", text: "symlinks" }), el("div", { class: "layer-barbox" }, finalBar)),
         el(
           "details",
           {},
