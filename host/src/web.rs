@@ -11,6 +11,7 @@
 //! - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 when
 //!   the plugins are loaded and the storage answers, 503 otherwise.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -181,10 +182,7 @@ fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: 
             }
             for (i, (rule, name)) in roles.group_rules.iter().enumerate() {
                 if *name == p.name {
-                    let mut r = rule_json(i, rule, name);
-                    r["role"] = json!("group_rule");
-                    r.as_object_mut().map(|o| o.remove("plugin"));
-                    plays.push(r);
+                    plays.push(json!({ "role": "group_rule", "index": i, "prefix": rule.prefix, "tag": rule.tag }));
                 }
             }
             if roles.source == p.name {
@@ -266,9 +264,12 @@ struct InspectQuery {
 
 async fn api_inspect(
     State(st): State<WebState>,
-    Path(name): Path<String>,
-    Query(q): Query<InspectQuery>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
+    // Rejections answer in the spec's JSON too, not axum's plain text.
+    let Path(name) = name.map_err(|e| Error::NameInvalid(e.body_text()))?;
+    let Query(q) = query.map_err(|e| Error::TagInvalid(e.body_text()))?;
     let tag = q.tag.filter(|t| !t.is_empty()).unwrap_or_else(|| "latest".to_string());
     crate::reference::parse_name(&name, st.builder.config().max_packages)?;
     crate::reference::parse_tag(&tag)?;
