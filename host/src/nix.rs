@@ -13,7 +13,7 @@
 //!
 //! Nix builders run in sessions of their own (Nix calls `setsid`), so killing
 //! the process group of the Nix client is not enough to stop a build: see
-//! [`ProcessTree`].
+//! [`RunningNix`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use strata_plugin_sdk::{ClosureGraph, NixSource, StorePath};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// Embedded so that the binary needs no files installed next to it; written
@@ -210,20 +210,12 @@ impl NixRunner {
         }
         tracing::debug!(program, ?args, "running nix");
         let mut child = cmd.spawn()?;
-        let mut tree = ProcessTree::new(child.id().expect("a child just spawned has a pid") as libc::pid_t);
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let mut nix = RunningNix::new(child);
 
         let finished = tokio::time::timeout_at(deadline, async {
-            let wait = async {
-                let status = child.wait().await;
-                // Reaped: from here on the pid may name someone else.
-                if status.is_ok() {
-                    tree.disarm();
-                }
-                status
-            };
-            tokio::join!(wait, read_all(stdout), log_tail(stderr, program))
+            tokio::join!(nix.wait(), read_all(stdout), log_tail(stderr, program))
         })
         .await;
 
@@ -237,10 +229,8 @@ impl NixRunner {
                 }
             }
             Err(_elapsed) => {
-                tracing::warn!(program, timeout = ?self.opts.timeout, "nix timed out, killing it and its builders");
-                tree.kill();
-                let _ = child.wait().await;
-                tree.disarm();
+                tracing::warn!(program, timeout = ?self.opts.timeout, "nix timed out, stopping it and its builders");
+                nix.stop().await;
                 Err(NixError::Timeout(self.opts.timeout))
             }
         }
@@ -326,81 +316,146 @@ async fn log_tail(err: impl AsyncRead + Unpin, program: &str) -> String {
     Vec::from(tail).join("\n")
 }
 
-/// The processes one Nix command started, killed together on a timeout or
-/// when dropped while armed.
+/// How long Nix gets, once asked to stop, to stop its builders and remove
+/// their build directories itself. A killed Nix leaves a build's whole
+/// temporary tree behind in /tmp, which for a large package is gigabytes.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A running Nix client, stopped together with its builders on a timeout
+/// or when dropped before it finished (the request was cancelled).
 ///
-/// The Nix client runs in a process group of its own, but its builders do
-/// not stay there: Nix puts each in a new session. Killing only the client's
-/// group would leave a running build behind, orphaned. So before killing,
-/// the client's group is stopped (it can start no more builders) and its
-/// descendants are found in /proc; their groups are killed as well.
-struct ProcessTree {
+/// The client runs in a process group of its own, but its builders do not
+/// stay there: Nix puts each in a new session. Killing only the client's
+/// group would leave a build running, orphaned. So stopping is: SIGTERM to
+/// the client's group (Nix then kills its builders and cleans up), and if
+/// it has not exited after [`STOP_GRACE`], SIGSTOP so that it can start no
+/// more builders, a walk of /proc for its descendants, and SIGKILL to its
+/// group and to theirs. Groups of builders seen before the SIGTERM are
+/// killed too if anything in them is still alive.
+struct RunningNix {
+    /// `None` once reaped: from then on the pid (and so the group id) may
+    /// name an unrelated process, so nothing may be signalled any more.
+    child: Option<Child>,
     pid: libc::pid_t,
-    armed: bool,
 }
 
-impl ProcessTree {
-    fn new(pid: libc::pid_t) -> Self {
-        ProcessTree { pid, armed: true }
+impl RunningNix {
+    fn new(child: Child) -> Self {
+        let pid = child.id().expect("a child just spawned has a pid") as libc::pid_t;
+        RunningNix { child: Some(child), pid }
     }
 
-    /// Called once the client has been reaped: its pid (and so its group
-    /// id) may then be reused by an unrelated process.
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    fn kill(&mut self) {
-        if !self.armed {
-            return;
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("waited for once");
+        let status = child.wait().await;
+        if status.is_ok() {
+            self.child = None;
         }
-        let own_group = unsafe { libc::getpgrp() };
-        // SAFETY: plain syscalls on a group this runner created and has not
-        // reaped (armed), so the id cannot have been reused.
-        unsafe { libc::killpg(self.pid, libc::SIGSTOP) };
-        let mut groups: Vec<libc::pid_t> = descendants(self.pid)
-            .into_iter()
-            .map(|(_, pgrp)| pgrp)
-            .filter(|&g| g > 1 && g != own_group && g != self.pid)
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
-        unsafe { libc::killpg(self.pid, libc::SIGKILL) };
-        for group in groups {
-            unsafe { libc::killpg(group, libc::SIGKILL) };
+        status
+    }
+
+    async fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let builders = ask_to_stop(self.pid);
+            stop_or_kill(child, self.pid, builders).await;
         }
     }
 }
 
-impl Drop for ProcessTree {
+impl Drop for RunningNix {
     fn drop(&mut self) {
-        if self.armed {
-            tracing::debug!(pid = self.pid, "nix request cancelled, killing nix");
-            self.kill();
+        let Some(child) = self.child.take() else { return };
+        tracing::debug!(pid = self.pid, "nix request cancelled, stopping nix");
+        let builders = ask_to_stop(self.pid);
+        match tokio::runtime::Handle::try_current() {
+            // Waiting out the grace period cannot happen here, in drop.
+            Ok(runtime) => {
+                runtime.spawn(stop_or_kill(child, self.pid, builders));
+            }
+            Err(_) => {
+                kill_tree(self.pid, &builders);
+                drop(child); // kill_on_drop, and reaped by tokio
+            }
         }
     }
 }
 
-/// Every (pid, process group) below `root`, from /proc. Empty where there is
-/// no /proc: then only the client's group is killed.
-fn descendants(root: libc::pid_t) -> Vec<(libc::pid_t, libc::pid_t)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+/// SIGTERM to the client's group; returns the groups of its descendants as
+/// they were just before.
+fn ask_to_stop(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let builders = descendant_groups(pid);
+    // SAFETY: a plain syscall; `pid` is an unreaped child's group.
+    unsafe { libc::killpg(pid, libc::SIGTERM) };
+    builders
+}
+
+async fn stop_or_kill(mut child: Child, pid: libc::pid_t, builders: Vec<libc::pid_t>) {
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        tracing::warn!(pid, "nix did not stop within {STOP_GRACE:?}, killing it and its builders");
+        kill_tree(pid, &builders);
+        let _ = child.wait().await;
+    }
+    kill_live_groups(&builders);
+}
+
+/// SIGKILL to the (unreaped) client's group, to its descendants' groups and
+/// to `builders`.
+fn kill_tree(pid: libc::pid_t, builders: &[libc::pid_t]) {
+    // SAFETY: plain syscalls; `pid` is an unreaped child's group.
+    unsafe { libc::killpg(pid, libc::SIGSTOP) };
+    let groups = descendant_groups(pid);
+    unsafe { libc::killpg(pid, libc::SIGKILL) };
+    kill_live_groups(&groups);
+    kill_live_groups(builders);
+}
+
+/// Kills those of `groups` that still have a process in them. A group id is
+/// not reused while a member lives, so checking first keeps a stale id from
+/// hitting an unrelated process.
+fn kill_live_groups(groups: &[libc::pid_t]) {
+    let live: HashSet<libc::pid_t> = processes().into_iter().map(|(_, _, pgrp)| pgrp).collect();
+    for group in groups.iter().filter(|g| live.contains(g)) {
+        // SAFETY: a plain syscall on a group with a live member.
+        unsafe { libc::killpg(*group, libc::SIGKILL) };
+    }
+}
+
+/// Process groups of the processes below `root`, other than `root`'s own
+/// and this server's.
+fn descendant_groups(root: libc::pid_t) -> Vec<libc::pid_t> {
     let mut children: HashMap<libc::pid_t, Vec<(libc::pid_t, libc::pid_t)>> = HashMap::new();
+    for (pid, ppid, pgrp) in processes() {
+        children.entry(ppid).or_default().push((pid, pgrp));
+    }
+    // SAFETY: getpgrp cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    let mut groups = Vec::new();
+    let mut queue = vec![root];
+    while let Some(parent) = queue.pop() {
+        for &(pid, pgrp) in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
+            if pgrp > 1 && pgrp != own && pgrp != root {
+                groups.push(pgrp);
+            }
+            queue.push(pid);
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// Every (pid, ppid, process group) in /proc. Empty where there is no
+/// /proc: then only the client's own group is signalled.
+fn processes() -> Vec<(libc::pid_t, libc::pid_t, libc::pid_t)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
         if let Some((ppid, pgrp)) = parse_stat(&stat) {
-            children.entry(ppid).or_default().push((pid, pgrp));
-        }
-    }
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(parent) = queue.pop() {
-        for &(pid, pgrp) in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
-            found.push((pid, pgrp));
-            queue.push(pid);
+            found.push((pid, ppid, pgrp));
         }
     }
     found
