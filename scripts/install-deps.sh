@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Strata's tests and demo need, and checks that
+# Nix works for root. Idempotent: when every package is already installed it
+# neither updates the package lists nor installs anything.
+#
+# The Rust toolchain is not installed here: the build uses rustup's cargo
+# (scripts/test.sh checks for it).
+set -euo pipefail
+
+PACKAGES=(
+  # Nix (single-user, as root; nix-setup-systemd brings /etc/nix/nix.conf with
+  # sandbox = false and the nixbld users) and the busybox the demo set is made of
+  nix-bin nix-setup-systemd busybox-static
+  # registry clients the end-to-end tests drive
+  skopeo umoci docker.io docker-registry
+  # Debian's Rust (the build itself uses rustup's cargo, see scripts/test.sh)
+  rustc-web rust-web-src cargo-web
+  # load testing and everyday tools the tests and the demo call
+  wrk jq curl git ca-certificates python3 xxd coreutils tar gzip procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages already installed"
+else
+  echo "install-deps: installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: must run as root to install packages" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y "${missing[@]}"
+fi
+
+# Nix: Debian's nix-bin is used by root as a single user, no daemon. The store
+# and its database are created on first use; make sure that works.
+if ! command -v nix-build >/dev/null; then
+  echo "install-deps: nix-build not found after installing nix-bin" >&2
+  exit 1
+fi
+mkdir -p /nix/store /nix/var/nix
+# No binary cache is needed (or reachable offline): don't wait on one.
+export NIX_CONFIG="${NIX_CONFIG:-}
+substituters ="
+if ! out=$(nix-build --no-out-link -E \
+    'derivation { name = "strata-nix-check"; system = builtins.currentSystem;
+                  builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }' 2>&1); then
+  echo "install-deps: Nix cannot build as $(id -un):" >&2
+  echo "$out" >&2
+  exit 1
+fi
+echo "install-deps: Nix $(nix-build --version | awk '{print $NF}') builds as $(id -un), store at /nix/store"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# THE test command: installs what the tests need, builds Strata, and runs
+# every test of the workspace (unit, plugin, host and end-to-end tests
+# against real registry clients). Fails on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(date +%s)
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+# rustup's toolchain: Debian's cargo-web (in /usr/bin) is too old for the
+# workspace, so ~/.cargo/bin goes first.
+if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+  echo "test.sh: rustup's cargo was not found (looked in ${CARGO_HOME:-$HOME/.cargo}/bin and PATH)." >&2
+  echo "test.sh: install the Rust toolchain with rustup (https://rustup.rs), then rerun." >&2
+  exit 1
+fi
+echo "using $(cargo --version) at $(command -v cargo)"
+
+# No binary cache is reachable offline: Nix must not wait on one.
+export STRATA_NIX_OFFLINE=1
+export NIX_CONFIG='substituters ='
+
+step "build (cargo build --release)"
+t0=$(date +%s)
+cargo build --release
+build_secs=$(( $(date +%s) - t0 ))
+
+step "tests (cargo test --workspace --release)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+t0=$(date +%s)
+set +e
+# The e2e harness would otherwise rebuild the server once per test binary:
+# it was built just above.
+STRATA_E2E_NO_BUILD=1 cargo test --workspace --release 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+test_secs=$(( $(date +%s) - t0 ))
+
+passed=0 failed=0 ignored=0
+while read -r p f i; do
+  passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i))
+done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
+
+echo
+echo "==> summary"
+echo "build: ${build_secs}s; tests: ${test_secs}s; total: $(( $(date +%s) - started ))s"
+echo "tests: ${passed} passed, ${failed} failed, ${ignored} ignored"
+if [ "$status" -ne 0 ]; then
+  grep -E '^test .* FAILED$|^error(\[|:)' "$log" | sort -u | sed 's/^/  /' || true
+  echo "FAILED (cargo test exited with $status)"
+  exit "$status"
+fi
+echo "OK"
