@@ -14,7 +14,7 @@
 #
 # Knobs:
 #   scale  multiplies every size: 0.01 for a quick set, 1 for the default
-#          (about 700 MiB), 2 for twice that.
+#          (about 610 MiB), 2 for twice that.
 #   bump   bumps the version of `bumpLib` (default `zlib`, a low-level
 #          library most of the set depends on) when not 0. Every package
 #          depending on it, directly or not, gets a new store path, as a zlib
