@@ -248,10 +248,12 @@ impl Loaded {
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => format!("ran out of fuel (limit {})", self.limits.fuel),
             Some(trap) => {
-                let mut reason = format!("trapped: {trap}");
+                let text = trap.to_string();
+                let mut reason = format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text));
                 if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
-                    let names: Vec<&str> =
-                        bt.frames().iter().filter_map(|f| f.func_name()).take(4).collect();
+                    let mut names: Vec<&str> = bt.frames().iter().filter_map(|f| f.func_name()).collect();
+                    names.dedup();
+                    names.truncate(4);
                     if !names.is_empty() {
                         reason.push_str(&format!(" in {}", names.join(" < ")));
                     }
@@ -417,10 +419,13 @@ fn compile(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>)
     let cached = cache_dir.map(|dir| dir.join(format!("{digest}-{}.cwasm", engine_key(engine))));
     if let Some(path) = &cached {
         if trusted(path) {
+            // Read, not `deserialize_file`: that maps the file, and a file
+            // truncated under a mapping kills the process with SIGBUS.
+            let bytes = std::fs::read(path).unwrap_or_default();
             // SAFETY: see above; the file is one this host wrote with
             // `Module::serialize` for this engine configuration, and wasmtime
             // still checks its header (version and settings) before use.
-            match unsafe { Module::deserialize_file(engine, path) } {
+            match unsafe { Module::deserialize(engine, &bytes) } {
                 Ok(module) => return Ok(module),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unusable cached plugin");
