@@ -83,10 +83,9 @@ struct Lookup {
     found: Vec<Found>,
 }
 
+/// One found package; its `name` (as requested) is not needed here.
 #[derive(Debug, Deserialize)]
 struct Found {
-    #[allow(dead_code)]
-    name: String,
     path: String,
 }
 
