@@ -1,0 +1,684 @@
+//! The end-to-end harness: a real `strata serve` process on 127.0.0.1 with
+//! the offline demo package set, and the real clients that talk to it
+//! (skopeo, umoci, chroot, a private dockerd, raw HTTP).
+//!
+//! Every wait is bounded, every process started here is stopped when its
+//! handle drops (its whole process group), and all network traffic stays on
+//! 127.0.0.1. A missing tool is a failure that says to run
+//! `scripts/install-deps.sh`, never a skip.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub use serde_json::Value;
+
+/// The repository root (this crate lives in `<root>/tests`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                repo_root().join(d)
+            }
+        }
+        None => repo_root().join("target"),
+    }
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+// ------------------------------------------------------------------ commands
+
+/// What a finished (or timed-out) command left behind.
+#[derive(Debug)]
+pub struct Output {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+    pub command: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.status.is_some_and(|s| s.success())
+    }
+
+    /// Panics with everything known about the command unless it succeeded.
+    pub fn assert_ok(self) -> Output {
+        assert!(self.success(), "command failed: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.timed_out {
+            format!("timed out after {:?}", self.elapsed)
+        } else {
+            format!("{:?} after {:?}", self.status, self.elapsed)
+        };
+        write!(f, "`{}` {how}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.command, tail(&self.stdout, 60), tail(&self.stderr, 60))
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("[… {start} lines left out]\n"));
+    }
+    out.push_str(&all[start..].join("\n"));
+    out
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Sends a signal to a whole process group (the leader's pid).
+fn kill_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory
+    // is involved.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
+    }
+}
+
+/// Waits for a child at most `limit`.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// Runs a command in its own process group with `stdin` fed in, output
+/// captured, and at most `timeout` of time; past it the whole group is
+/// killed.
+pub fn run_with_input(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let command = describe(cmd);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start `{command}`: {e} (run scripts/install-deps.sh?)"),
+    };
+    let feeder = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let bytes = bytes.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_bounded(&mut child, timeout);
+    let timed_out = status.is_none();
+    if timed_out {
+        kill_group(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+    } else {
+        // Anything the command left running in its group would hold the
+        // pipes open forever.
+        kill_group(child.id(), libc::SIGKILL);
+    }
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        timed_out,
+        elapsed: started.elapsed(),
+        command,
+    }
+}
+
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    run_with_input(cmd, None, timeout)
+}
+
+/// The path of a tool the tests need; fails (never skips) when it is absent.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin"), PathBuf::from("/usr/bin")];
+    for dir in std::env::split_paths(&path).chain(extra) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed (not found in PATH): run scripts/install-deps.sh");
+}
+
+/// Unpacking images and chroot need root; say so instead of failing obscurely.
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "{why} needs root (the tests run as root in CI)");
+}
+
+// ------------------------------------------------------------------ binary
+
+/// `target/release/strata`, built (once per test process, serialized across
+/// processes by a file lock) unless `STRATA_BIN` names a binary or
+/// `STRATA_E2E_NO_BUILD=1` says it was just built (scripts/test.sh).
+pub fn strata_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("STRATA_BIN") {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "STRATA_BIN={} is not a file", p.display());
+            return p;
+        }
+        let bin = target_dir().join("release").join("strata");
+        let skip = std::env::var("STRATA_E2E_NO_BUILD").as_deref() == Ok("1");
+        if skip && bin.is_file() {
+            return bin;
+        }
+        std::fs::create_dir_all(target_dir()).expect("create target dir");
+        let lock = File::create(target_dir().join(".strata-e2e-build.lock")).expect("create build lock");
+        // SAFETY: flock on a file descriptor we own; released when `lock`
+        // is closed at the end of this block.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = run(
+            Command::new(cargo)
+                .args(["build", "--release", "-p", "strata", "--bin", "strata"])
+                .current_dir(repo_root()),
+            Duration::from_secs(40 * 60),
+        );
+        assert!(out.success(), "building strata failed: {out}");
+        assert!(bin.is_file(), "cargo build succeeded but {} is missing", bin.display());
+        drop(lock);
+        bin
+    })
+    .clone()
+}
+
+// ------------------------------------------------------------------ server
+
+/// How to start a server beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct ServerOptions {
+    /// Storage directory to use (shared between servers); default: a new
+    /// one inside the server's temporary directory.
+    pub storage: Option<PathBuf>,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+}
+
+/// A running `strata serve`; stopped (its whole process group) on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub storage: PathBuf,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+    http: reqwest::blocking::Client,
+}
+
+/// Environment variables that would change what the server does, cleared so
+/// that the caller's environment cannot leak into a test.
+const CLEARED_ENV: &[&str] = &[
+    "PORT",
+    "NIXERY_CHANNEL",
+    "NIXERY_PKGS_REPO",
+    "NIXERY_PKGS_PATH",
+    "NIXERY_STORAGE_BACKEND",
+    "STORAGE_PATH",
+    "GCS_BUCKET",
+    "S3_BUCKET",
+    "S3_PREFIX",
+    "NIX_TIMEOUT",
+    "NIX_POPULARITY_URL",
+    "WEB_DIR",
+    "STRATA_CONFIG",
+    "RUST_LOG",
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// A client for raw requests: loopback only, bounded in time.
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(300))
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(opts: ServerOptions) -> Server {
+        let bin = strata_bin();
+        let dir = tempfile::Builder::new().prefix("strata-e2e-").tempdir().expect("temp dir");
+        let storage = opts.storage.clone().unwrap_or_else(|| dir.path().join("storage"));
+        std::fs::create_dir_all(&storage).expect("storage dir");
+        let storage = storage.canonicalize().expect("storage dir");
+        let nix_work = dir.path().join("nix");
+        let log = dir.path().join("strata.log");
+        let http = http_client();
+        // A port picked free can be taken before the server binds it: retry.
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let config = dir.path().join("strata.toml");
+            let toml = format!(
+                "listen = \"{addr}\"\n{}\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
+                opts.extra_toml,
+                storage.display(),
+                nix_work.display()
+            );
+            std::fs::write(&config, toml).expect("write config");
+            let log_file = File::create(&log).expect("create log");
+            let mut cmd = Command::new(&bin);
+            for var in CLEARED_ENV {
+                cmd.env_remove(var);
+            }
+            cmd.arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
+                .env("STRATA_NIX_OFFLINE", "1")
+                .env("NIX_CONFIG", "substituters =")
+                .env("RUST_LOG", "info")
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log fd"))
+                .stderr(log_file)
+                .process_group(0);
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            match wait_ready(&mut child, &http, &format!("http://{addr}/v2/"), Duration::from_secs(60)) {
+                Ok(()) => return Server { child, addr, storage, log, dir, http },
+                Err(exited) => {
+                    stop_group(&mut child);
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    let port_taken = last_log.contains("listen on") || last_log.contains("in use");
+                    if !(exited && port_taken) {
+                        let why = if exited { "exited during start-up" } else { "did not answer GET /v2/ within 60 s" };
+                        panic!("strata {why} ({addr}); log:\n{}", tail(&last_log, 80));
+                    }
+                }
+            }
+        }
+        panic!("strata could not bind a free port in 5 attempts; last log:\n{}", tail(&last_log, 80));
+    }
+
+    /// `127.0.0.1:PORT`, as registry clients want it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `docker://127.0.0.1:PORT/<name>:<tag>` for skopeo.
+    pub fn docker_ref(&self, name: &str, tag: &str) -> String {
+        format!("docker://{}/{name}:{tag}", self.addr)
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http.get(self.url(path))
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+}
+
+/// `Err(true)`: the process exited; `Err(false)`: it did not answer in time.
+fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, url: &str, limit: Duration) -> Result<(), bool> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(true);
+        }
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send() {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(false)
+}
+
+/// SIGTERM to a process group leader, bounded wait, then SIGKILL to the
+/// whole group (a Nix build in flight goes too).
+fn stop_group(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        kill_group(child.id(), libc::SIGKILL);
+        return;
+    }
+    kill_group(child.id(), libc::SIGTERM);
+    if wait_bounded(child, Duration::from_secs(10)).is_none() {
+        eprintln!("process {} did not stop on SIGTERM within 10 s; killing it", child.id());
+    }
+    kill_group(child.id(), libc::SIGKILL);
+    let _ = wait_bounded(child, Duration::from_secs(5));
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+        if thread::panicking() {
+            eprintln!("---- strata log ({}) ----\n{}\n---- end of strata log ----", self.addr, tail(&self.log(), 80));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ clients
+
+/// `skopeo` with a policy that accepts anything (the images are unsigned).
+pub fn skopeo(args: &[&str], timeout: Duration) -> Output {
+    let skopeo = require_tool("skopeo");
+    run(Command::new(skopeo).arg("--insecure-policy").args(args), timeout)
+}
+
+/// `skopeo copy docker://…/<name>:<tag> oci:<layout>:<oci_tag>`.
+pub fn skopeo_copy(server: &Server, name: &str, tag: &str, layout: &Path, oci_tag: &str) -> Output {
+    let dest = format!("oci:{}:{oci_tag}", layout.display());
+    skopeo(
+        &["copy", "--src-tls-verify=false", &server.docker_ref(name, tag), &dest],
+        Duration::from_secs(300),
+    )
+}
+
+/// `skopeo inspect [--raw|--config] …` parsed as JSON.
+pub fn skopeo_inspect(server: &Server, name: &str, tag: &str, extra: &[&str]) -> Value {
+    let image = server.docker_ref(name, tag);
+    let mut args = vec!["inspect", "--tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.push(&image);
+    let out = skopeo(&args, Duration::from_secs(300)).assert_ok();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("skopeo inspect printed no JSON ({e}):\n{}", out.stdout))
+}
+
+/// `umoci unpack --image <layout>:<tag> <bundle>`; the rootfs is
+/// `<bundle>/rootfs`.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
+    require_root("umoci unpack");
+    let umoci = require_tool("umoci");
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new(umoci).args(["unpack", "--image", &image]).arg(bundle), Duration::from_secs(300)).assert_ok();
+    bundle.join("rootfs")
+}
+
+/// Runs a program inside an unpacked root file system.
+pub fn chroot(rootfs: &Path, args: &[&str]) -> Output {
+    require_root("chroot");
+    let chroot = require_tool("chroot");
+    run(
+        Command::new(chroot).arg(rootfs).args(args).env_clear().env("PATH", "/bin:/usr/bin").env("HOME", "/"),
+        Duration::from_secs(60),
+    )
+}
+
+/// The digests of the blobs an OCI layout holds.
+pub fn oci_blobs(layout: &Path) -> BTreeSet<String> {
+    let dir = layout.join("blobs").join("sha256");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| format!("sha256:{}", e.expect("dir entry").file_name().to_string_lossy()))
+        .collect()
+}
+
+/// Entries of a gzip-compressed layer: (path without a leading `./` or `/`,
+/// entry type, link target if any, mode).
+pub fn layer_entries(blob: &[u8]) -> Vec<(String, tar::EntryType, Option<String>, u32)> {
+    let gz = flate2::read::GzDecoder::new(blob);
+    let mut archive = tar::Archive::new(gz);
+    archive
+        .entries()
+        .expect("layer is a tar.gz")
+        .map(|e| {
+            let e = e.expect("tar entry");
+            let path = e.path().expect("entry path").to_string_lossy().into_owned();
+            let path = path.trim_start_matches("./").trim_start_matches('/').to_string();
+            let link = e.link_name().ok().flatten().map(|l| l.to_string_lossy().into_owned());
+            let mode = e.header().mode().unwrap_or(0);
+            (path, e.header().entry_type(), link, mode)
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ raw HTTP
+
+/// A response read off a plain socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `METHOD target` exactly as written (no client normalizes the path:
+/// `%2e%2e` and `..` reach the server as is).
+pub fn raw_request(addr: SocketAddr, method: &str, target: &str) -> RawResponse {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    RawResponse { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// The first error of a distribution-spec error body: (code, message, detail).
+pub fn spec_error(body: &[u8]) -> (String, String, Value) {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let first = &v["errors"][0];
+    let code = first["code"].as_str().unwrap_or_else(|| panic!("no errors[0].code in {v}")).to_string();
+    let message = first["message"].as_str().unwrap_or_default().to_string();
+    (code, message, first["detail"].clone())
+}
+
+// ------------------------------------------------------------------ docker
+
+/// Tests that use a Docker engine run one at a time.
+pub fn docker_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A private Docker engine: its own data root, exec root, socket and
+/// configuration, no bridge and no iptables; stopped on drop.
+pub struct Dockerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    docker: PathBuf,
+    log: PathBuf,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        require_root("dockerd");
+        let dockerd = require_tool("dockerd");
+        // Docker's own client, matching the engine, if both are installed.
+        let docker = if Path::new("/usr/bin/docker").is_file() { PathBuf::from("/usr/bin/docker") } else { require_tool("docker") };
+        // Short paths: the socket's path must fit in sun_path.
+        let dir = tempfile::Builder::new().prefix("dkr").tempdir_in("/tmp").expect("temp dir");
+        let d = dir.path();
+        let socket = d.join("docker.sock");
+        let log = d.join("dockerd.log");
+        std::fs::write(d.join("daemon.json"), "{}\n").unwrap();
+        std::fs::create_dir_all(d.join("config")).unwrap();
+        let log_file = File::create(&log).unwrap();
+        let child = Command::new(dockerd)
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .expect("start dockerd");
+        let mut engine = Dockerd { child, dir, socket, docker, log };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(status)) = engine.child.try_wait() {
+                panic!("dockerd exited ({status}) during start-up; log:\n{}", tail(&engine.log(), 60));
+            }
+            if engine.socket.exists() && engine.docker(&["version"], Duration::from_secs(10)).success() {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "dockerd not ready within 90 s; log:\n{}", tail(&engine.log(), 60));
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.docker);
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.path().join("config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH");
+        cmd
+    }
+
+    pub fn docker(&self, args: &[&str], timeout: Duration) -> Output {
+        run(self.command().args(args), timeout)
+    }
+
+    pub fn docker_with_input(&self, args: &[&str], stdin: &[u8], timeout: Duration) -> Output {
+        run_with_input(self.command().args(args), Some(stdin), timeout)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("---- dockerd log ----\n{}\n---- end of dockerd log ----", tail(&self.log(), 40));
+        }
+        kill_group(self.child.id(), libc::SIGTERM);
+        if wait_bounded(&mut self.child, Duration::from_secs(20)).is_none() {
+            eprintln!("dockerd did not stop on SIGTERM within 20 s; killing it");
+        }
+        kill_group(self.child.id(), libc::SIGKILL);
+        let _ = wait_bounded(&mut self.child, Duration::from_secs(5));
+        // Mounts a killed engine left behind would keep the directory.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = run(Command::new("umount").args(["-l", m]), Duration::from_secs(10));
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The Docker engine as a client: it HEADs the manifest by tag, fetches it by
+//! digest, pulls the layers and runs the image. A private dockerd is started
+//! per test; the tests take turns.
+
+use std::time::Duration;
+use strata_e2e::*;
+
+#[test]
+fn docker_pulls_and_runs_hello() {
+    let _turn = docker_lock();
+    let server = Server::start();
+    let engine = Dockerd::start();
+    let image = format!("{}/shell/hello", server.host());
+
+    let pull = engine.docker(&["pull", &image], Duration::from_secs(300));
+    assert!(pull.success(), "docker pull: {pull}\n--- strata log ---\n{}", server.log());
+
+    let run = engine.docker(&["run", "--rm", "--network", "none", &image, "hello"], Duration::from_secs(120)).assert_ok();
+    assert_eq!(run.stdout, "Hello, world!\n", "{run}");
+
+    // Docker's digest is the one the registry serves.
+    let inspect = engine.docker(&["image", "inspect", &image], Duration::from_secs(30)).assert_ok();
+    let info: Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let repo_digest = info[0]["RepoDigests"][0].as_str().unwrap_or_default().to_string();
+    let served = server
+        .get("/v2/shell/hello/manifests/latest")
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .unwrap();
+    let served = served.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    assert!(repo_digest.ends_with(&served), "RepoDigests {repo_digest} vs served {served}");
+    assert_eq!(info[0]["Config"]["Cmd"], serde_json::json!(["bash"]), "{}", info[0]["Config"]);
+}
+
+#[test]
+fn docker_run_without_a_command_opens_bash() {
+    let _turn = docker_lock();
+    let server = Server::start();
+    let engine = Dockerd::start();
+    let image = format!("{}/shell/hello", server.host());
+    // `docker run` pulls by itself.
+    let run = engine.docker_with_input(
+        &["run", "--rm", "-i", "--network", "none", &image],
+        b"echo from-bash\nhello\nexit\n",
+        Duration::from_secs(300),
+    );
+    assert!(run.success(), "docker run: {run}\n--- strata log ---\n{}", server.log());
+    assert_eq!(run.stdout, "from-bash\nHello, world!\n", "{run}");
+}
