@@ -15,10 +15,14 @@
 # Otherwise Debian's rustc-web/rust-web-src/cargo-web (/usr/bin/cargo and
 # /usr/bin/rustc) build std from source (-Zbuild-std), linked with rustup's
 # rust-lld. Both share one target directory, target-wasm/, so std is built
-# once. Set STRATA_WASM_TOOLCHAIN=rustup|build-std to choose.
+# once. Set STRATA_WASM_TOOLCHAIN=rustup|build-std to choose, and
+# STRATA_WASM_TARGET_DIR for another target directory.
 #
 # Output is reproducible: the same sources and toolchain give the same
-# bytes, wherever the checkout and the cargo home are (paths are remapped).
+# bytes, wherever the checkout, target directory and cargo home are (paths
+# are remapped). A crate with a path dependency outside its own workspace
+# (the example's SDK) is reproducible only at the same location: cargo
+# hashes such a dependency's absolute path into symbol names.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,11 +31,16 @@ cd "$root"
 target=wasm32-unknown-unknown
 profile=plugin
 builtins=(bundles popularity size nixpkgs-source)
-export CARGO_TARGET_DIR="$root/target-wasm"
+export CARGO_TARGET_DIR=${STRATA_WASM_TARGET_DIR:-$root/target-wasm}
+mkdir -p "$CARGO_TARGET_DIR"
+CARGO_TARGET_DIR=$(cd "$CARGO_TARGET_DIR" && pwd)
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 
-# Paths compiled into panic messages must not depend on this machine.
+# Paths compiled into panic messages must not depend on this machine. The
+# last matching prefix wins, so the target directory (build scripts'
+# generated sources) is named /target even inside the checkout.
 rustflags="--remap-path-prefix=$root=/strata --remap-path-prefix=$cargo_home=/cargo"
+rustflags="$rustflags --remap-path-prefix=$CARGO_TARGET_DIR=/target"
 
 have_rustup_target() {
     command -v rustup >/dev/null 2>&1 &&
