@@ -110,9 +110,14 @@ fn config(fx: &Fixtures) -> PluginsConfig {
         group: "good".into(),
         source: "good".into(),
         fuel: TEST_FUEL,
+        // Cranelift in a debug build takes seconds for the built-in `size`:
+        // compile it once for all tests and runs.
+        cache_dir: Some(concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-cache").into()),
         ..PluginsConfig::default()
     };
     cfg.define.insert("good".into(), PluginDefinition { path: fx.path("good") });
+    // The embedded `size` plugin serves `size/…` images.
+    cfg.group_rules.push(GroupRule { prefix: Some("size/".into()), tag: None, plugin: "size".into() });
     for (name, _) in RUNTIME_HOSTILE {
         cfg.define.insert(name.to_string(), PluginDefinition { path: fx.path(name) });
         cfg.group_rules.push(GroupRule { prefix: Some(format!("{name}/")), tag: None, plugin: name.to_string() });
@@ -125,6 +130,10 @@ async fn good_call_succeeds(set: &PluginSet) {
     assert_eq!(layers.layers.len(), 2);
     let expansion = set.expand(&["x".to_string()], "latest").await.expect("expansion still works");
     assert_eq!(expansion.packages, ["hello"]);
+    let size = set.grouper_for("size/image", "latest");
+    assert_eq!(size.name(), "size");
+    let layers = size.group_layers(input()).await.expect("the built-in size plugin still works");
+    assert_eq!(layers.layers.concat().len(), 4);
 }
 
 #[tokio::test]
@@ -157,10 +166,14 @@ async fn hostile_and_good_calls_run_concurrently() {
     let fx = Fixtures::new();
     let set = PluginSet::load(&config(&fx)).unwrap();
     let mut calls = Vec::new();
-    for round in 0..3 {
+    for round in 0..4 {
         for (name, _) in RUNTIME_HOSTILE {
             let set = set.clone();
-            let image = if round == 1 { "plain/image".to_string() } else { format!("{name}/x") };
+            let image = match round {
+                0 => "plain/image".to_string(),
+                1 => "size/image".to_string(),
+                _ => format!("{name}/x"),
+            };
             calls.push(tokio::spawn(async move {
                 let plugin = set.grouper_for(&image, "latest").clone();
                 (plugin.name().to_string(), plugin.group_layers(input()).await)
@@ -169,7 +182,7 @@ async fn hostile_and_good_calls_run_concurrently() {
     }
     for call in calls {
         let (name, result) = call.await.unwrap();
-        assert_eq!(result.is_ok(), name == "good", "{name}: {result:?}");
+        assert_eq!(result.is_ok(), name == "good" || name == "size", "{name}: {result:?}");
     }
 }
 
@@ -285,7 +298,7 @@ async fn a_plugin_used_under_several_keys_is_loaded_once() {
     cfg.group_rules.push(GroupRule { prefix: None, tag: Some("big".into()), plugin: "good".into() });
     let set = PluginSet::load(&cfg).unwrap();
     let all = set.all();
-    assert_eq!(all.len(), 1 + RUNTIME_HOSTILE.len());
+    assert_eq!(all.len(), 2 + RUNTIME_HOSTILE.len());
     assert!(std::sync::Arc::ptr_eq(&set.group, &set.source));
     assert!(std::sync::Arc::ptr_eq(set.grouper_for("any", "big"), &set.group));
     assert_eq!(set.grouper_for("panic/x", "big").name(), "panic", "first match wins");
@@ -295,25 +308,51 @@ async fn a_plugin_used_under_several_keys_is_loaded_once() {
     assert_eq!(good.config(), &serde_json::json!({}));
 }
 
+/// `good` with a custom section naming `tag`: the same plugin under a digest
+/// no other test (and no earlier load in this process) has used.
+fn fresh_copy(fx: &Fixtures, tag: &str) -> PathBuf {
+    let mut wasm = std::fs::read(fx.path("good")).unwrap();
+    let name = b"strata-test";
+    let payload = format!("{tag} {:?}", Instant::now());
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128, "one-byte LEB128 size");
+    wasm.extend([0, size as u8, name.len() as u8]);
+    wasm.extend(name);
+    wasm.extend(payload.as_bytes());
+    let path = fx.dir.path().join(format!("fresh-{tag}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
 #[tokio::test]
 async fn compiled_modules_are_cached_and_a_bad_cache_entry_is_not_fatal() {
     let fx = Fixtures::new();
+    let wasm = fresh_copy(&fx, "cache");
     let cache = tempfile::tempdir().unwrap();
-    let cfg = PluginsConfig { cache_dir: Some(cache.path().join("modules")), ..PluginsConfig::default() };
-    let first = load_file(&fx.path("good"), serde_json::Value::Null, &cfg).unwrap();
+    let with_cache = |dir: &str| PluginsConfig { cache_dir: Some(cache.path().join(dir)), ..test_limits() };
+    let first = load_file(&wasm, serde_json::Value::Null, &with_cache("a")).unwrap();
     let entries: Vec<PathBuf> =
-        std::fs::read_dir(cache.path().join("modules")).unwrap().map(|e| e.unwrap().path()).collect();
+        std::fs::read_dir(cache.path().join("a")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let entry = &entries[0];
-    let name = entry.file_name().unwrap().to_str().unwrap();
+    let name = entry.file_name().unwrap().to_str().unwrap().to_string();
     assert!(name.starts_with(first.digest()) && name.ends_with(".cwasm"), "{name}");
-    // Cached load, then a corrupted entry: both load and work.
-    let second = load_file(&fx.path("good"), serde_json::Value::Null, &cfg).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(entry).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // From a cache another process wrote (same file, another directory).
+    std::fs::create_dir(cache.path().join("b")).unwrap();
+    std::fs::copy(entry, cache.path().join("b").join(&name)).unwrap();
+    let second = load_file(&wasm, serde_json::Value::Null, &with_cache("b")).unwrap();
     assert!(second.group_layers(input()).await.is_ok());
-    std::fs::write(entry, b"not machine code").unwrap();
-    let third = load_file(&fx.path("good"), serde_json::Value::Null, &cfg).unwrap();
+    // A corrupted entry: compiled again, and the entry rewritten.
+    std::fs::create_dir(cache.path().join("c")).unwrap();
+    std::fs::write(cache.path().join("c").join(&name), b"not machine code").unwrap();
+    let third = load_file(&wasm, serde_json::Value::Null, &with_cache("c")).unwrap();
     assert!(third.group_layers(input()).await.is_ok());
-    assert_ne!(std::fs::read(entry).unwrap(), b"not machine code", "the entry is rewritten");
+    assert_eq!(std::fs::read(cache.path().join("c").join(&name)).unwrap(), std::fs::read(entry).unwrap());
 }
 
 #[tokio::test]

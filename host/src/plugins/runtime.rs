@@ -415,7 +415,29 @@ fn check_func(module: &Module, name: &str, params: &[&str], results: &[&str]) ->
 /// engine's compilation settings (which include the wasmtime version), owned
 /// by this user and writable by no one else. Any cache problem falls back to
 /// compiling; the cache never makes a start fail.
+///
+/// Within a process, each distinct module (and cache location) is compiled
+/// once (a `Module` is a
+/// cheap handle): the same file under two names, or `PluginSet::load` run
+/// again, costs nothing, and concurrent loads of one module wait for the
+/// first instead of compiling it again.
 fn compile(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>) -> anyhow::Result<Module> {
+    type Slot = Arc<OnceLock<Result<Module, String>>>;
+    type Key = (String, Option<PathBuf>);
+    static COMPILED: OnceLock<std::sync::Mutex<std::collections::HashMap<Key, Slot>>> = OnceLock::new();
+    let slot: Slot = COMPILED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((digest.to_string(), cache_dir.map(Path::to_path_buf)))
+        .or_default()
+        .clone();
+    slot.get_or_init(|| compile_uncached(engine, wasm, digest, cache_dir).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn compile_uncached(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>) -> anyhow::Result<Module> {
     let cached = cache_dir.map(|dir| dir.join(format!("{digest}-{}.cwasm", engine_key(engine))));
     if let Some(path) = &cached {
         if trusted(path) {
@@ -484,10 +506,14 @@ fn store_cached(module: &Module, path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let bytes = module.serialize()?;
+    // Unique per process and per call: two loads of one module at once
+    // must not write into the same temporary file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp: PathBuf = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("plugin"),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     {
         use std::io::Write;
