@@ -20,10 +20,16 @@ strata_plugin_sdk::export_plugin! {
 /// The `group_layers` hook.
 pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let graph = &input.graph;
-    let index: BTreeMap<&str, usize> =
-        graph.paths.iter().enumerate().map(|(i, p)| (p.path.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = graph
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.as_str(), i))
+        .collect();
     if !graph.paths.is_empty() && input.budget == 0 {
-        return Err(PluginError::new("a layer budget of 0 cannot hold any store path"));
+        return Err(PluginError::new(
+            "a layer budget of 0 cannot hold any store path",
+        ));
     }
 
     // Roots sorted by their name without the hash, so that the layers read
@@ -70,7 +76,11 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     }
 
     // Over budget, the smallest package layers join the shared one.
-    let size: BTreeMap<&str, u64> = graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
+    let size: BTreeMap<&str, u64> = graph
+        .paths
+        .iter()
+        .map(|p| (p.path.as_str(), p.nar_size))
+        .collect();
     let bytes = |l: &Vec<String>| l.iter().map(|p| size[p.as_str()]).sum::<u64>();
     let mut layers: Vec<Vec<String>> = per_root.into_iter().filter(|l| !l.is_empty()).collect();
     while layers.len() + usize::from(!shared.is_empty()) > input.budget as usize {
@@ -88,7 +98,10 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     for layer in &mut out {
         layer.sort();
     }
-    Ok(Layers { strategy: "one-layer-per-package".into(), layers: out })
+    Ok(Layers {
+        strategy: "one-layer-per-package".into(),
+        layers: out,
+    })
 }
 
 /// `/nix/store/<hash>-<name>` → `<name>`.
@@ -104,7 +117,10 @@ mod tests {
     use strata_plugin_sdk::{ClosureGraph, StorePath};
 
     fn p(name: &str) -> String {
-        let hash = format!("{:0>32}", name.len() * 31 + name.bytes().map(usize::from).sum::<usize>());
+        let hash = format!(
+            "{:0>32}",
+            name.len() * 31 + name.bytes().map(usize::from).sum::<usize>()
+        );
         format!("/nix/store/{hash}-{name}")
     }
 
@@ -121,7 +137,10 @@ mod tests {
         paths.sort_by(|a, b| a.path.cmp(&b.path));
         GroupInput {
             config: Default::default(),
-            graph: ClosureGraph { roots: roots.iter().map(|r| p(r)).collect(), paths },
+            graph: ClosureGraph {
+                roots: roots.iter().map(|r| p(r)).collect(),
+                paths,
+            },
             popularity: BTreeMap::new(),
             budget,
         }
@@ -153,7 +172,11 @@ mod tests {
         assert_eq!(out.strategy, "one-layer-per-package");
         assert_eq!(
             names(&out),
-            vec![vec!["glibc"], vec!["curl", "git", "zlib"], vec!["jq", "oniguruma"]]
+            vec![
+                vec!["glibc"],
+                vec!["curl", "git", "zlib"],
+                vec!["jq", "oniguruma"]
+            ]
         );
     }
 
@@ -171,13 +194,22 @@ mod tests {
         let mut closure = GRAPH.to_vec();
         closure.retain(|n| !["jq", "oniguruma"].contains(&n.0));
         let out = group_layers(input(&closure, &["git", "curl"], 10)).unwrap();
-        assert_eq!(names(&out), vec![vec!["curl", "glibc", "zlib"], vec!["git"]]);
+        assert_eq!(
+            names(&out),
+            vec![vec!["curl", "glibc", "zlib"], vec!["git"]]
+        );
     }
 
     #[test]
     fn over_budget_small_packages_join_the_base() {
         let out = group_layers(input(GRAPH, &["jq", "git"], 2)).unwrap();
-        assert_eq!(names(&out), vec![vec!["glibc", "jq", "oniguruma"], vec!["curl", "git", "zlib"]]);
+        assert_eq!(
+            names(&out),
+            vec![
+                vec!["glibc", "jq", "oniguruma"],
+                vec!["curl", "git", "zlib"]
+            ]
+        );
         let out = group_layers(input(GRAPH, &["jq", "git"], 1)).unwrap();
         assert_eq!(out.layers.len(), 1);
     }
@@ -185,7 +217,12 @@ mod tests {
     #[test]
     fn always_a_partition() {
         let all: BTreeSet<String> = GRAPH.iter().map(|n| p(n.0)).collect();
-        for roots in [&["git"][..], &["jq"], &["git", "jq"], &["zlib", "jq", "curl"]] {
+        for roots in [
+            &["git"][..],
+            &["jq"],
+            &["git", "jq"],
+            &["zlib", "jq", "curl"],
+        ] {
             for budget in 1..5 {
                 // Every path is given, even those no root needs: they go
                 // to the shared layer.

@@ -71,9 +71,16 @@ struct Bundle {
 /// open a shell instead of failing for want of a command.
 fn builtin_bundles() -> BTreeMap<String, Bundle> {
     let shell = Bundle {
-        packages: ["bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano"]
-            .map(String::from)
-            .to_vec(),
+        packages: [
+            "bashInteractive",
+            "cacert",
+            "coreutils",
+            "iana-etc",
+            "moreutils",
+            "nano",
+        ]
+        .map(String::from)
+        .to_vec(),
         cmd: Some(vec!["bash".into()]),
         ..Bundle::default()
     };
@@ -231,7 +238,15 @@ mod tests {
         let e = run(serde_json::Value::Null, &["shell", "git"]).unwrap();
         assert_eq!(
             pkgs(&e),
-            ["bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano", "git"]
+            [
+                "bashInteractive",
+                "cacert",
+                "coreutils",
+                "iana-etc",
+                "moreutils",
+                "nano",
+                "git"
+            ]
         );
         assert_eq!(e.image.cmd, Some(vec!["bash".to_string()]));
     }
@@ -282,7 +297,15 @@ mod tests {
         let e = run(json!({}), &["nano", "shell", "git", "nano", "git"]).unwrap();
         assert_eq!(
             pkgs(&e),
-            ["nano", "bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "git"]
+            [
+                "nano",
+                "bashInteractive",
+                "cacert",
+                "coreutils",
+                "iana-etc",
+                "moreutils",
+                "git"
+            ]
         );
     }
 
@@ -350,8 +373,15 @@ mod tests {
         assert_eq!(
             pkgs(&e),
             [
-                "bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano",
-                "git", "git-lfs", "gdb"
+                "bashInteractive",
+                "cacert",
+                "coreutils",
+                "iana-etc",
+                "moreutils",
+                "nano",
+                "git",
+                "git-lfs",
+                "gdb"
             ]
         );
         assert_eq!(e.image.cmd, Some(vec!["bash".to_string()]));
@@ -364,9 +394,17 @@ mod tests {
         let err = run(json!({ "bundles": { "arm64": ["x"] } }), &["x"]).unwrap_err();
         assert!(err.message.contains("reserved"), "{}", err.message);
         let err = run(json!({ "bundle": {} }), &["x"]).unwrap_err();
-        assert!(err.message.contains("invalid plugin configuration"), "{}", err.message);
+        assert!(
+            err.message.contains("invalid plugin configuration"),
+            "{}",
+            err.message
+        );
         let err = run(json!({ "bundles": { "x": 3 } }), &["x"]).unwrap_err();
-        assert!(err.message.contains("invalid plugin configuration"), "{}", err.message);
+        assert!(
+            err.message.contains("invalid plugin configuration"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

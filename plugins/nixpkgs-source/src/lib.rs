@@ -82,7 +82,9 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         }
         return Ok(SourceOutput {
             identity: format!("channel:{channel}"),
-            source: NixSource::Channel { channel: channel.to_string() },
+            source: NixSource::Channel {
+                channel: channel.to_string(),
+            },
             immutable: false,
         });
     }
@@ -95,7 +97,11 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         if is_latest(tag) {
             return Ok(SourceOutput {
                 identity: format!("git:{url}@HEAD"),
-                source: NixSource::Git { url: url.to_string(), rev: None, r#ref: None },
+                source: NixSource::Git {
+                    url: url.to_string(),
+                    rev: None,
+                    r#ref: None,
+                },
                 immutable: false,
             });
         }
@@ -109,7 +115,11 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         return Ok(SourceOutput {
             identity: format!("git:{url}@{rev}"),
             immutable: is_full_commit(&rev),
-            source: NixSource::Git { url: url.to_string(), rev: Some(rev), r#ref: None },
+            source: NixSource::Git {
+                url: url.to_string(),
+                rev: Some(rev),
+                r#ref: None,
+            },
         });
     }
 
@@ -135,14 +145,22 @@ mod tests {
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn run(config: Value, tag: &str) -> Result<SourceOutput, PluginError> {
-        render_source(SourceInput { config, tag: tag.into() })
+        render_source(SourceInput {
+            config,
+            tag: tag.into(),
+        })
     }
 
     #[test]
     fn channel_ignores_ordinary_tags() {
         for tag in ["latest", "v1", "", "abc1234"] {
             let out = run(json!({ "channel": "nixos-unstable" }), tag).unwrap();
-            assert_eq!(out.source, NixSource::Channel { channel: "nixos-unstable".into() });
+            assert_eq!(
+                out.source,
+                NixSource::Channel {
+                    channel: "nixos-unstable".into()
+                }
+            );
             assert_eq!(out.identity, "channel:nixos-unstable");
             assert!(!out.immutable);
         }
@@ -151,7 +169,12 @@ mod tests {
     #[test]
     fn channel_with_commit_tag_pins_nixpkgs() {
         let out = run(json!({ "channel": "nixos-24.05" }), &COMMIT.to_uppercase()).unwrap();
-        assert_eq!(out.source, NixSource::Channel { channel: COMMIT.into() });
+        assert_eq!(
+            out.source,
+            NixSource::Channel {
+                channel: COMMIT.into()
+            }
+        );
         assert_eq!(out.identity, format!("channel:{COMMIT}"));
         assert!(out.immutable);
     }
@@ -160,7 +183,14 @@ mod tests {
     fn git_latest_is_default_branch() {
         let url = "https://example.org/nixpkgs.git";
         let out = run(json!({ "git": url }), "latest").unwrap();
-        assert_eq!(out.source, NixSource::Git { url: url.into(), rev: None, r#ref: None });
+        assert_eq!(
+            out.source,
+            NixSource::Git {
+                url: url.into(),
+                rev: None,
+                r#ref: None
+            }
+        );
         assert_eq!(out.identity, format!("git:{url}@HEAD"));
         assert!(!out.immutable);
         assert_eq!(run(json!({ "git": url }), "").unwrap(), out);
@@ -172,7 +202,11 @@ mod tests {
         let out = run(json!({ "git": url }), COMMIT).unwrap();
         assert_eq!(
             out.source,
-            NixSource::Git { url: url.into(), rev: Some(COMMIT.into()), r#ref: None }
+            NixSource::Git {
+                url: url.into(),
+                rev: Some(COMMIT.into()),
+                r#ref: None
+            }
         );
         assert_eq!(out.identity, format!("git:{url}@{COMMIT}"));
         assert!(out.immutable);
@@ -180,7 +214,11 @@ mod tests {
         let out = run(json!({ "git": url }), "ABC1234").unwrap();
         assert_eq!(
             out.source,
-            NixSource::Git { url: url.into(), rev: Some("abc1234".into()), r#ref: None }
+            NixSource::Git {
+                url: url.into(),
+                rev: Some("abc1234".into()),
+                r#ref: None
+            }
         );
         assert!(!out.immutable, "a short hash may become ambiguous");
     }
@@ -188,19 +226,38 @@ mod tests {
     #[test]
     fn git_rejects_non_revisions() {
         let url = "https://example.org/nixpkgs.git";
-        for tag in ["v1.0", "abc123", "master", "g123456789", &format!("{COMMIT}0")] {
+        for tag in [
+            "v1.0",
+            "abc123",
+            "master",
+            "g123456789",
+            &format!("{COMMIT}0"),
+        ] {
             let err = run(json!({ "git": url }), tag).unwrap_err();
-            assert!(err.message.contains(&format!("tag `{tag}` is not a git revision")), "{err}");
+            assert!(
+                err.message
+                    .contains(&format!("tag `{tag}` is not a git revision")),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn path_source() {
         let out = run(json!({ "path": "/srv/nixpkgs" }), "anything").unwrap();
-        assert_eq!(out.source, NixSource::Path { path: "/srv/nixpkgs".into() });
+        assert_eq!(
+            out.source,
+            NixSource::Path {
+                path: "/srv/nixpkgs".into()
+            }
+        );
         assert_eq!(out.identity, "path:/srv/nixpkgs");
         assert!(!out.immutable);
-        let out = run(json!({ "path": "/srv/nixpkgs", "immutable": true }), "latest").unwrap();
+        let out = run(
+            json!({ "path": "/srv/nixpkgs", "immutable": true }),
+            "latest",
+        )
+        .unwrap();
         assert!(out.immutable);
         let err = run(json!({ "path": "nixpkgs" }), "latest").unwrap_err();
         assert!(err.message.contains("absolute"), "{err}");

@@ -37,7 +37,10 @@ struct Config {
 impl Default for Config {
     fn default() -> Self {
         // Nixery's values.
-        Config { popularity_threshold: 100, size_threshold: 100_000_000 }
+        Config {
+            popularity_threshold: 100,
+            size_threshold: 100_000_000,
+        }
     }
 }
 
@@ -80,13 +83,21 @@ impl Graph {
             match index.get(r.as_str()) {
                 Some(&i) => roots.push(i),
                 None => {
-                    return Err(PluginError::new(format!("top-level path {r} is not in the closure")))
+                    return Err(PluginError::new(format!(
+                        "top-level path {r} is not in the closure"
+                    )))
                 }
             }
         }
         Ok(Graph {
-            paths: order.iter().map(|&o| input.graph.paths[o].path.clone()).collect(),
-            sizes: order.iter().map(|&o| input.graph.paths[o].nar_size).collect(),
+            paths: order
+                .iter()
+                .map(|&o| input.graph.paths[o].path.clone())
+                .collect(),
+            sizes: order
+                .iter()
+                .map(|&o| input.graph.paths[o].nar_size)
+                .collect(),
             refs,
             roots,
         })
@@ -227,7 +238,11 @@ pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
                 if idom[p] == UNDEF {
                     continue;
                 }
-                new = if new == UNDEF { p } else { intersect(&idom, p, new) };
+                new = if new == UNDEF {
+                    p
+                } else {
+                    intersect(&idom, p, new)
+                };
             }
             if new != UNDEF && idom[v] != new {
                 idom[v] = new;
@@ -251,18 +266,24 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let g = Graph::new(&input)?;
     let n = g.len();
     if n > 0 && input.budget == 0 {
-        return Err(PluginError::new("a layer budget of 0 cannot hold any store path"));
+        return Err(PluginError::new(
+            "a layer budget of 0 cannot hold any store path",
+        ));
     }
 
     // Node 0 is the synthetic root; path i is node i + 1.
     let closure = g.closure_sizes();
-    let popularity = |i: usize| input.popularity.get(store_name(&g.paths[i])).copied().unwrap_or(0);
+    let popularity = |i: usize| {
+        input
+            .popularity
+            .get(store_name(&g.paths[i]))
+            .copied()
+            .unwrap_or(0)
+    };
     let mut root_edges: Vec<usize> = g.roots.clone();
-    for i in 0..n {
-        if popularity(i) >= config.popularity_threshold || closure[i] > config.size_threshold {
-            root_edges.push(i);
-        }
-    }
+    root_edges.extend((0..n).filter(|&i| {
+        popularity(i) >= config.popularity_threshold || closure[i] > config.size_threshold
+    }));
     root_edges.sort_unstable();
     root_edges.dedup();
     let mut succ: Vec<Vec<usize>> = Vec::with_capacity(n + 1);
@@ -328,8 +349,10 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         .collect();
 
     // Keyed by (rating, smallest path): unique, since paths are.
-    let mut queue: BTreeMap<(u128, String), Candidate> =
-        candidates.into_iter().map(|c| ((c.rating, c.paths[0].clone()), c)).collect();
+    let mut queue: BTreeMap<(u128, String), Candidate> = candidates
+        .into_iter()
+        .map(|c| ((c.rating, c.paths[0].clone()), c))
+        .collect();
     while queue.len() > input.budget as usize {
         let (_, mut a) = queue.pop_first().expect("more than budget >= 1 candidates");
         let (_, b) = queue.pop_first().expect("more than budget >= 1 candidates");
@@ -358,11 +381,14 @@ mod tests {
 
     fn sp(name: &str) -> String {
         // Hashes chosen so that path order differs from name order.
-        let hash: String = format!("{:x}", name.len() * 7919 + name.bytes().map(|b| b as usize).sum::<usize>())
-            .chars()
-            .cycle()
-            .take(32)
-            .collect();
+        let hash: String = format!(
+            "{:x}",
+            name.len() * 7919 + name.bytes().map(|b| b as usize).sum::<usize>()
+        )
+        .chars()
+        .cycle()
+        .take(32)
+        .collect();
         format!("/nix/store/{hash}-{name}")
     }
 
@@ -380,7 +406,10 @@ mod tests {
         paths.sort_by(|a, b| a.path.cmp(&b.path));
         GroupInput {
             config: serde_json::Value::Null,
-            graph: ClosureGraph { roots: roots.iter().map(|r| sp(r)).collect(), paths },
+            graph: ClosureGraph {
+                roots: roots.iter().map(|r| sp(r)).collect(),
+                paths,
+            },
             popularity: BTreeMap::new(),
             budget,
         }
@@ -435,7 +464,10 @@ mod tests {
             ("glibc", 30, &[]),
         ];
         let out = group_layers(input(nodes, &["app-a", "app-b"], 10)).unwrap();
-        assert_eq!(names(&out), vec![vec!["glibc"], vec!["app-a", "liba"], vec!["app-b", "libb"]]);
+        assert_eq!(
+            names(&out),
+            vec![vec!["glibc"], vec!["app-a", "liba"], vec!["app-b", "libb"]]
+        );
     }
 
     #[test]
@@ -450,7 +482,10 @@ mod tests {
         i.popularity.insert("pop".into(), 150);
         i.popularity.insert("small".into(), 99);
         let out = group_layers(i).unwrap();
-        assert_eq!(names(&out), vec![vec!["big"], vec!["pop"], vec!["app", "small"]]);
+        assert_eq!(
+            names(&out),
+            vec![vec!["big"], vec!["pop"], vec!["app", "small"]]
+        );
     }
 
     #[test]
@@ -489,8 +524,7 @@ mod tests {
 
     #[test]
     fn unpopular_paths_merge_before_popular_ones() {
-        let nodes: &[(&str, u64, &[&str])] =
-            &[("a", 10, &[]), ("b", 10, &[]), ("c", 10, &[])];
+        let nodes: &[(&str, u64, &[&str])] = &[("a", 10, &[]), ("b", 10, &[]), ("c", 10, &[])];
         let mut i = input(nodes, &["a", "b", "c"], 2);
         i.popularity.insert("b".into(), 500);
         let out = group_layers(i).unwrap();
@@ -502,11 +536,20 @@ mod tests {
     #[test]
     fn errors() {
         let nodes: &[(&str, u64, &[&str])] = &[("a", 10, &[])];
-        assert!(group_layers(input(nodes, &["a"], 0)).unwrap_err().message.contains("budget"));
-        assert!(group_layers(input(nodes, &["zzz"], 3)).unwrap_err().message.contains("not in"));
+        assert!(group_layers(input(nodes, &["a"], 0))
+            .unwrap_err()
+            .message
+            .contains("budget"));
+        assert!(group_layers(input(nodes, &["zzz"], 3))
+            .unwrap_err()
+            .message
+            .contains("not in"));
         let mut i = input(nodes, &["a"], 3);
         i.config = json!({ "popularity": 3 });
-        assert!(group_layers(i).unwrap_err().message.contains("invalid plugin configuration"));
+        assert!(group_layers(i)
+            .unwrap_err()
+            .message
+            .contains("invalid plugin configuration"));
     }
 
     #[test]
@@ -524,7 +567,11 @@ mod tests {
         (1usize..40).prop_flat_map(|n| {
             (
                 proptest::collection::vec(
-                    (0u64..3_000_000, proptest::collection::vec(0usize..1000, 0..5), any::<bool>()),
+                    (
+                        0u64..3_000_000,
+                        proptest::collection::vec(0usize..1000, 0..5),
+                        any::<bool>(),
+                    ),
                     n,
                 ),
                 proptest::collection::vec(0usize..n, 1..5),
@@ -532,7 +579,12 @@ mod tests {
                 proptest::collection::vec((0usize..n, 0u64..300), 0..6),
             )
                 .prop_map(move |(nodes, roots, budget, pops)| {
-                    let name = |i: usize| format!("/nix/store/{:032x}-p{i}", (i as u128 * 0x9e37_79b9_7f4a_7c15) % (1u128 << 127));
+                    let name = |i: usize| {
+                        format!(
+                            "/nix/store/{:032x}-p{i}",
+                            (i as u128 * 0x9e37_79b9_7f4a_7c15) % (1u128 << 127)
+                        )
+                    };
                     let paths = nodes
                         .iter()
                         .enumerate()
@@ -545,7 +597,12 @@ mod tests {
                             if *selfref {
                                 r.push(name(i));
                             }
-                            StorePath { path: name(i), nar_size: *size, references: r, nar_hash: String::new() }
+                            StorePath {
+                                path: name(i),
+                                nar_size: *size,
+                                references: r,
+                                nar_hash: String::new(),
+                            }
                         })
                         .collect::<Vec<_>>();
                     let mut paths = paths;

@@ -51,7 +51,9 @@ impl Default for Config {
         // A layer of its own costs a request; a path above 5 MB costs more
         // to download again with its neighbours than that. On the reuse
         // benchmark in the tests, 20 MB pulled 5% more bytes.
-        Config { large_threshold: 5_000_000 }
+        Config {
+            large_threshold: 5_000_000,
+        }
     }
 }
 
@@ -94,15 +96,23 @@ impl Graph {
             match index.get(r.as_str()) {
                 Some(&i) => roots.push(i),
                 None => {
-                    return Err(PluginError::new(format!("top-level path {r} is not in the closure")))
+                    return Err(PluginError::new(format!(
+                        "top-level path {r} is not in the closure"
+                    )))
                 }
             }
         }
         roots.sort_unstable();
         roots.dedup();
         Ok(Graph {
-            paths: order.iter().map(|&o| input.graph.paths[o].path.clone()).collect(),
-            sizes: order.iter().map(|&o| input.graph.paths[o].nar_size).collect(),
+            paths: order
+                .iter()
+                .map(|&o| input.graph.paths[o].path.clone())
+                .collect(),
+            sizes: order
+                .iter()
+                .map(|&o| input.graph.paths[o].nar_size)
+                .collect(),
             refs,
             roots,
         })
@@ -172,11 +182,17 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let g = Graph::new(&input)?;
     let n = g.len();
     if n > 0 && input.budget == 0 {
-        return Err(PluginError::new("a layer budget of 0 cannot hold any store path"));
+        return Err(PluginError::new(
+            "a layer budget of 0 cannot hold any store path",
+        ));
     }
     let heights = g.heights();
 
-    let large: Vec<bool> = g.sizes.iter().map(|&s| s >= config.large_threshold).collect();
+    let large: Vec<bool> = g
+        .sizes
+        .iter()
+        .map(|&s| s >= config.large_threshold)
+        .collect();
     let mut owner = large.clone();
     for &r in &g.roots {
         owner[r] = true;
@@ -195,7 +211,12 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
             }
             stamp[v] = o;
             keys[v].push(o);
-            stack.extend(g.refs[v].iter().copied().filter(|&w| !owner[w] && stamp[w] != o));
+            stack.extend(
+                g.refs[v]
+                    .iter()
+                    .copied()
+                    .filter(|&w| !owner[w] && stamp[w] != o),
+            );
         }
     }
 
@@ -211,10 +232,17 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         } else {
             // An empty key (a path no owner reaches) cannot occur in a real
             // closure; such paths share one group rather than fail.
-            groups.entry(std::mem::take(&mut keys[v])).or_default().push(v);
+            groups
+                .entry(std::mem::take(&mut keys[v]))
+                .or_default()
+                .push(v);
         }
     }
-    split_groups.extend(groups.into_values().map(|members| split(&g, &heights, members)));
+    split_groups.extend(
+        groups
+            .into_values()
+            .map(|members| split(&g, &heights, members)),
+    );
 
     let budget = input.budget as usize;
     let mut count: usize = split_groups.iter().map(Vec::len).sum();
@@ -227,7 +255,14 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
             .enumerate()
             .flat_map(|(gi, levels)| {
                 levels.windows(2).enumerate().map(move |(li, w)| {
-                    ((w[0].size + w[1].size, std::cmp::min(&w[0].paths[0], &w[1].paths[0])), gi, li)
+                    (
+                        (
+                            w[0].size + w[1].size,
+                            std::cmp::min(&w[0].paths[0], &w[1].paths[0]),
+                        ),
+                        gi,
+                        li,
+                    )
                 })
             })
             .min();
@@ -251,7 +286,10 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     }
     let mut layers: Vec<Layer> = queue.into_values().collect();
     layers.sort_by(|a, b| (a.height, &a.paths[0]).cmp(&(b.height, &b.paths[0])));
-    Ok(Layers { strategy: "size".into(), layers: layers.into_iter().map(|l| l.paths).collect() })
+    Ok(Layers {
+        strategy: "size".into(),
+        layers: layers.into_iter().map(|l| l.paths).collect(),
+    })
 }
 
 impl Layer {
@@ -281,7 +319,10 @@ fn split(g: &Graph, heights: &[u32], members: Vec<usize>) -> Vec<Layer> {
     for v in members {
         levels.entry(heights[v]).or_default().push(v);
     }
-    levels.values().map(|vs| Layer::of(g, heights, vs)).collect()
+    levels
+        .values()
+        .map(|vs| Layer::of(g, heights, vs))
+        .collect()
 }
 
 #[cfg(test)]

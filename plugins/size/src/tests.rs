@@ -7,7 +7,9 @@ use strata_plugin_sdk::{ClosureGraph, StorePath};
 const MB: u64 = 1_000_000;
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A package universe whose store paths are derived like Nix's: the hash
@@ -21,7 +23,10 @@ struct Universe {
 
 impl Universe {
     fn add(&mut self, name: &str, size: u64, refs: &[&str]) -> &mut Self {
-        self.pkgs.insert(name.into(), (size, refs.iter().map(|s| s.to_string()).collect()));
+        self.pkgs.insert(
+            name.into(),
+            (size, refs.iter().map(|s| s.to_string()).collect()),
+        );
         self
     }
 
@@ -33,7 +38,11 @@ impl Universe {
             key.push_str(&self.path(r));
         }
         let h = fnv1a(key.as_bytes());
-        format!("/nix/store/{:016x}{:016x}-{name}", h, h.rotate_left(17) ^ 0x5555)
+        format!(
+            "/nix/store/{:016x}{:016x}-{name}",
+            h,
+            h.rotate_left(17) ^ 0x5555
+        )
     }
 
     fn closure(&self, roots: &[&str]) -> BTreeSet<String> {
@@ -61,7 +70,10 @@ impl Universe {
         paths.sort_by(|a, b| a.path.cmp(&b.path));
         GroupInput {
             config,
-            graph: ClosureGraph { roots: roots.iter().map(|r| self.path(r)).collect(), paths },
+            graph: ClosureGraph {
+                roots: roots.iter().map(|r| self.path(r)).collect(),
+                paths,
+            },
             popularity: BTreeMap::new(),
             budget,
         }
@@ -87,7 +99,13 @@ fn sorted(mut v: Vec<Vec<&str>>) -> Vec<Vec<&str>> {
 #[test]
 fn empty_closure() {
     let out = group_layers(Universe::default().input(&[], 0, json!(null))).unwrap();
-    assert_eq!(out, Layers { strategy: "size".into(), layers: vec![] });
+    assert_eq!(
+        out,
+        Layers {
+            strategy: "size".into(),
+            layers: vec![]
+        }
+    );
 }
 
 #[test]
@@ -99,10 +117,22 @@ fn large_paths_alone_private_deps_with_their_owner() {
         .add("libapp", MB, &["glibc"]);
     let out = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
     // Ordered by height: libidn2 0, glibc 1, libapp 2, app 3.
-    assert_eq!(names(&out), vec![vec!["libidn2"], vec!["glibc"], vec!["libapp"], vec!["app"]]);
+    assert_eq!(
+        names(&out),
+        vec![vec!["libidn2"], vec!["glibc"], vec!["libapp"], vec!["app"]]
+    );
     u.add("tool", MB, &["libapp", "glibc"]);
     let out = group_layers(u.input(&["app", "tool"], 90, json!(null))).unwrap();
-    assert_eq!(names(&out), vec![vec!["libidn2"], vec!["glibc"], vec!["libapp"], vec!["app"], vec!["tool"]]);
+    assert_eq!(
+        names(&out),
+        vec![
+            vec!["libidn2"],
+            vec!["glibc"],
+            vec!["libapp"],
+            vec!["app"],
+            vec!["tool"]
+        ]
+    );
 }
 
 #[test]
@@ -119,9 +149,17 @@ fn shared_paths_keyed_by_owner_set() {
     let layers = names(&out);
     assert_eq!(
         sorted(layers[..4].to_vec()),
-        vec![vec!["a1", "a2"], vec!["ab1", "ab2"], vec!["abc"], vec!["b1"]]
+        vec![
+            vec!["a1", "a2"],
+            vec!["ab1", "ab2"],
+            vec!["abc"],
+            vec!["b1"]
+        ]
     );
-    assert_eq!(sorted(layers[4..].to_vec()), vec![vec!["a"], vec!["b"], vec!["c"]]);
+    assert_eq!(
+        sorted(layers[4..].to_vec()),
+        vec![vec!["a"], vec!["b"], vec!["c"]]
+    );
 }
 
 #[test]
@@ -130,7 +168,9 @@ fn owners_stop_the_walk() {
     // dep's private dependency, so asking for `tool` too changes nothing
     // in dep's layer.
     let mut u = Universe::default();
-    u.add("tool", MB, &["dep"]).add("dep", MB, &["lib"]).add("lib", MB, &[]);
+    u.add("tool", MB, &["dep"])
+        .add("dep", MB, &["lib"])
+        .add("lib", MB, &[]);
     let both = group_layers(u.input(&["tool", "dep"], 90, json!(null))).unwrap();
     let alone = group_layers(u.input(&["dep"], 90, json!(null))).unwrap();
     assert_eq!(names(&both), vec![vec!["lib"], vec!["dep"], vec!["tool"]]);
@@ -148,10 +188,21 @@ fn groups_split_by_height() {
         .add("low1", MB, &[])
         .add("low2", MB, &[]);
     let out = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(names(&out), vec![vec!["low1", "low2"], vec!["mid1", "mid2"], vec!["app"]]);
-    u.add("mid1", MB, &["low1", "low2", "new"]).add("new", MB, &[]);
+    assert_eq!(
+        names(&out),
+        vec![vec!["low1", "low2"], vec!["mid1", "mid2"], vec!["app"]]
+    );
+    u.add("mid1", MB, &["low1", "low2", "new"])
+        .add("new", MB, &[]);
     let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(names(&bumped), vec![vec!["low1", "low2", "new"], vec!["mid1", "mid2"], vec!["app"]]);
+    assert_eq!(
+        names(&bumped),
+        vec![
+            vec!["low1", "low2", "new"],
+            vec!["mid1", "mid2"],
+            vec!["app"]
+        ]
+    );
     u.add("mid1", 2 * MB, &["low1", "low2"]);
     let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
     assert_eq!(bumped.layers[0], out.layers[0]);
@@ -160,7 +211,10 @@ fn groups_split_by_height() {
 #[test]
 fn budget_merges_smallest_first() {
     let mut u = Universe::default();
-    u.add("a", 10, &[]).add("b", 20, &[]).add("c", 30, &[]).add("d", 1000, &[]);
+    u.add("a", 10, &[])
+        .add("b", 20, &[])
+        .add("c", 30, &[])
+        .add("d", 1000, &[]);
     let out = group_layers(u.input(&["a", "b", "c", "d"], 2, json!(null))).unwrap();
     // a+b (30), then the two of size 30.
     assert_eq!(sorted(names(&out)), vec![vec!["a", "b", "c"], vec!["d"]]);
@@ -175,12 +229,18 @@ fn config_and_errors() {
     let out = group_layers(u.input(&["a"], 5, json!({ "large_threshold": 100 }))).unwrap();
     assert_eq!(names(&out), vec![vec!["b"], vec!["a"]]);
     let err = group_layers(u.input(&["a"], 5, json!({ "large": 1 }))).unwrap_err();
-    assert!(err.message.contains("invalid plugin configuration"), "{err}");
+    assert!(
+        err.message.contains("invalid plugin configuration"),
+        "{err}"
+    );
     let err = group_layers(u.input(&["a"], 0, json!(null))).unwrap_err();
     assert!(err.message.contains("budget"), "{err}");
     let mut i = u.input(&["a"], 5, json!(null));
     i.graph.roots.push("/nix/store/x-nope".into());
-    assert!(group_layers(i).unwrap_err().message.contains("not in the closure"));
+    assert!(group_layers(i)
+        .unwrap_err()
+        .message
+        .contains("not in the closure"));
 }
 
 #[test]
@@ -214,10 +274,24 @@ fn nixpkgs_like() -> Universe {
         .add("libunistring-1.2", 1_800_000, &[])
         .add("xgcc-13-libgcc", 150_000, &[])
         .add("gcc-13-lib", 8 * MB, &["glibc-2.39"])
-        .add("bash-interactive-5.2", 8 * MB, &["glibc-2.39", "readline-8.2", "ncurses-6.4"])
+        .add(
+            "bash-interactive-5.2",
+            8 * MB,
+            &["glibc-2.39", "readline-8.2", "ncurses-6.4"],
+        )
         .add("readline-8.2", 600_000, &["glibc-2.39", "ncurses-6.4"])
         .add("ncurses-6.4", 3_500_000, &["glibc-2.39"])
-        .add("coreutils-9.5", 7 * MB, &["glibc-2.39", "acl-2.3", "attr-2.5", "gmp-6.3", "openssl-3.0"])
+        .add(
+            "coreutils-9.5",
+            7 * MB,
+            &[
+                "glibc-2.39",
+                "acl-2.3",
+                "attr-2.5",
+                "gmp-6.3",
+                "openssl-3.0",
+            ],
+        )
         .add("acl-2.3", 300_000, &["glibc-2.39", "attr-2.5"])
         .add("attr-2.5", 100_000, &["glibc-2.39"])
         .add("gmp-6.3", 800_000, &["glibc-2.39", "gcc-13-lib"])
@@ -227,7 +301,13 @@ fn nixpkgs_like() -> Universe {
         .add(
             "moreutils-0.69",
             300_000,
-            &["glibc-2.39", "perl-5.38", "perl-IPC-Run", "perl-TimeDate", "perl-TimeDuration"],
+            &[
+                "glibc-2.39",
+                "perl-5.38",
+                "perl-IPC-Run",
+                "perl-TimeDate",
+                "perl-TimeDuration",
+            ],
         )
         .add("perl-5.38", 60 * MB, &["glibc-2.39", "libxcrypt-4.4"])
         .add("libxcrypt-4.4", 300_000, &["glibc-2.39"])
@@ -235,32 +315,63 @@ fn nixpkgs_like() -> Universe {
         .add("perl-IO-Tty", 100_000, &["perl-5.38", "glibc-2.39"])
         .add("perl-TimeDate", 200_000, &["perl-5.38"])
         .add("perl-TimeDuration", 100_000, &["perl-5.38"])
-        .add("nano-8.0", 3 * MB, &["glibc-2.39", "ncurses-6.4", "file-5.45"])
+        .add(
+            "nano-8.0",
+            3 * MB,
+            &["glibc-2.39", "ncurses-6.4", "file-5.45"],
+        )
         .add("file-5.45", 8 * MB, &["glibc-2.39", "zlib-1.3"])
         .add("zlib-1.3", 150_000, &["glibc-2.39"])
         .add(
             "git-2.45",
             55 * MB,
             &[
-                "glibc-2.39", "zlib-1.3", "curl-8.7", "openssl-3.0", "pcre2-10.43", "expat-2.6",
-                "perl-5.38", "bash-interactive-5.2", "coreutils-9.5",
+                "glibc-2.39",
+                "zlib-1.3",
+                "curl-8.7",
+                "openssl-3.0",
+                "pcre2-10.43",
+                "expat-2.6",
+                "perl-5.38",
+                "bash-interactive-5.2",
+                "coreutils-9.5",
             ],
         )
         .add(
             "curl-8.7",
             1_500_000,
             &[
-                "glibc-2.39", "zlib-1.3", "openssl-3.0", "nghttp2-1.61", "libssh2-1.11",
-                "brotli-1.1", "zstd-1.5", "libidn2-2.3", "libpsl-0.21", "krb5-1.21",
+                "glibc-2.39",
+                "zlib-1.3",
+                "openssl-3.0",
+                "nghttp2-1.61",
+                "libssh2-1.11",
+                "brotli-1.1",
+                "zstd-1.5",
+                "libidn2-2.3",
+                "libpsl-0.21",
+                "krb5-1.21",
             ],
         )
         .add("curl-8.7-bin", 300_000, &["curl-8.7", "glibc-2.39"])
         .add("nghttp2-1.61", 500_000, &["glibc-2.39"])
-        .add("libssh2-1.11", 400_000, &["glibc-2.39", "openssl-3.0", "zlib-1.3"])
-        .add("brotli-1.1", 1 * MB, &["glibc-2.39"])
+        .add(
+            "libssh2-1.11",
+            400_000,
+            &["glibc-2.39", "openssl-3.0", "zlib-1.3"],
+        )
+        .add("brotli-1.1", MB, &["glibc-2.39"])
         .add("zstd-1.5", 1_200_000, &["glibc-2.39"])
-        .add("libpsl-0.21", 200_000, &["glibc-2.39", "libidn2-2.3", "libunistring-1.2"])
-        .add("krb5-1.21", 3 * MB, &["glibc-2.39", "openssl-3.0", "keyutils-1.6"])
+        .add(
+            "libpsl-0.21",
+            200_000,
+            &["glibc-2.39", "libidn2-2.3", "libunistring-1.2"],
+        )
+        .add(
+            "krb5-1.21",
+            3 * MB,
+            &["glibc-2.39", "openssl-3.0", "keyutils-1.6"],
+        )
         .add("keyutils-1.6", 100_000, &["glibc-2.39"])
         .add("pcre2-10.43", 1_600_000, &["glibc-2.39"])
         .add("expat-2.6", 300_000, &["glibc-2.39"])
@@ -270,7 +381,11 @@ fn nixpkgs_like() -> Universe {
 }
 
 const SHELL: [&str; 6] = [
-    "bash-interactive-5.2", "nss-cacert-3.98", "coreutils-9.5", "iana-etc-2024", "moreutils-0.69",
+    "bash-interactive-5.2",
+    "nss-cacert-3.98",
+    "coreutils-9.5",
+    "iana-etc-2024",
+    "moreutils-0.69",
     "nano-8.0",
 ];
 
@@ -282,8 +397,12 @@ fn pulls(images: &[(Universe, Vec<&str>)], strategy: &dyn Fn(GroupInput) -> Imag
         .iter()
         .map(|(u, roots)| {
             let input = u.input(roots, 94, json!(null));
-            let size: BTreeMap<String, u64> =
-                input.graph.paths.iter().map(|p| (p.path.clone(), p.nar_size)).collect();
+            let size: BTreeMap<String, u64> = input
+                .graph
+                .paths
+                .iter()
+                .map(|p| (p.path.clone(), p.nar_size))
+                .collect();
             strategy(input)
                 .into_iter()
                 .filter(|l| cache.insert(l.clone()))
@@ -316,32 +435,55 @@ fn reuse_beats_single_layer_and_popularity() {
         (u.clone(), with(&["curl-8.7-bin", "jq-1.7"])),
         (bumped, with(&["git-2.45"])),
     ];
-    let single = pulls(&images, &|i| vec![i.graph.paths.iter().map(|p| p.path.clone()).collect()]);
-    let popularity = pulls(&images, &|i| strata_plugin_popularity::group_layers(i).unwrap().layers);
+    let single = pulls(&images, &|i| {
+        vec![i.graph.paths.iter().map(|p| p.path.clone()).collect()]
+    });
+    let popularity = pulls(&images, &|i| {
+        strata_plugin_popularity::group_layers(i).unwrap().layers
+    });
     let size = pulls(&images, &|i| group_layers(i).unwrap().layers);
     let total = |v: &[u64]| v.iter().sum::<u64>();
     println!("bytes pulled per step (base, +git, other app, zlib bump):");
     println!("  single-layer {single:?} total {}", total(&single));
     println!("  popularity   {popularity:?} total {}", total(&popularity));
     println!("  size         {size:?} total {}", total(&size));
-    assert!(total(&size) < total(&popularity), "size {size:?} popularity {popularity:?}");
+    assert!(
+        total(&size) < total(&popularity),
+        "size {size:?} popularity {popularity:?}"
+    );
     assert!(total(&popularity) < total(&single));
     // After the first pull, size never pulls more than popularity.
     for step in 1..4 {
-        assert!(size[step] <= popularity[step], "step {step}: {size:?} vs {popularity:?}");
+        assert!(
+            size[step] <= popularity[step],
+            "step {step}: {size:?} vs {popularity:?}"
+        );
     }
 }
 
 #[test]
 fn no_catch_all_layer() {
     let u = nixpkgs_like();
-    let roots: Vec<&str> = SHELL.iter().copied().chain(["git-2.45", "jq-1.7"]).collect();
+    let roots: Vec<&str> = SHELL
+        .iter()
+        .copied()
+        .chain(["git-2.45", "jq-1.7"])
+        .collect();
     let input = u.input(&roots, 94, json!(null));
-    let size: BTreeMap<String, u64> =
-        input.graph.paths.iter().map(|p| (p.path.clone(), p.nar_size)).collect();
+    let size: BTreeMap<String, u64> = input
+        .graph
+        .paths
+        .iter()
+        .map(|p| (p.path.clone(), p.nar_size))
+        .collect();
     let total: u64 = size.values().sum();
     let out = group_layers(input).unwrap();
-    let biggest = out.layers.iter().map(|l| l.iter().map(|p| size[p]).sum::<u64>()).max().unwrap();
+    let biggest = out
+        .layers
+        .iter()
+        .map(|l| l.iter().map(|p| size[p]).sum::<u64>())
+        .max()
+        .unwrap();
     assert!(biggest * 3 < total, "biggest layer {biggest} of {total}");
 }
 
@@ -352,12 +494,20 @@ fn no_catch_all_layer() {
 fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
     (2usize..45).prop_flat_map(|n| {
         proptest::collection::vec(
-            (0u64..1500, proptest::collection::vec(0usize..1000, 0..5), any::<bool>()),
+            (
+                0u64..1500,
+                proptest::collection::vec(0usize..1000, 0..5),
+                any::<bool>(),
+            ),
             n,
         )
         .prop_map(move |nodes| {
             let name = |i: usize| {
-                format!("/nix/store/{:032x}-p{}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c), i % 7)
+                format!(
+                    "/nix/store/{:032x}-p{}",
+                    (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c),
+                    i % 7
+                )
             };
             let paths = nodes
                 .iter()
@@ -371,7 +521,12 @@ fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
                     if *selfref {
                         r.push(name(i));
                     }
-                    StorePath { path: name(i), nar_size: *size, references: r, nar_hash: String::new() }
+                    StorePath {
+                        path: name(i),
+                        nar_size: *size,
+                        references: r,
+                        nar_hash: String::new(),
+                    }
                 })
                 .collect();
             (paths, n)
@@ -381,8 +536,11 @@ fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
 
 /// The closure of `roots` (indices into the universe) as a hook input.
 fn image(universe: &[StorePath], roots: &[usize], budget: u32) -> GroupInput {
-    let index: BTreeMap<&str, usize> =
-        universe.iter().enumerate().map(|(i, p)| (p.path.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = universe
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.as_str(), i))
+        .collect();
     let mut seen = BTreeSet::new();
     let mut stack = roots.to_vec();
     while let Some(v) = stack.pop() {
@@ -394,7 +552,10 @@ fn image(universe: &[StorePath], roots: &[usize], budget: u32) -> GroupInput {
     paths.sort_by(|a, b| a.path.cmp(&b.path));
     GroupInput {
         config: json!({ "large_threshold": 1000 }),
-        graph: ClosureGraph { roots: roots.iter().map(|&r| universe[r].path.clone()).collect(), paths },
+        graph: ClosureGraph {
+            roots: roots.iter().map(|&r| universe[r].path.clone()).collect(),
+            paths,
+        },
         popularity: BTreeMap::new(),
         budget,
     }
@@ -462,13 +623,20 @@ proptest! {
 #[test]
 fn over_budget_groups_rejoin_before_mixing() {
     let mut u = Universe::default();
-    u.add("a", 10, &["a-mid"]).add("a-mid", 10, &["a-low"]).add("a-low", 10, &[]);
+    u.add("a", 10, &["a-mid"])
+        .add("a-mid", 10, &["a-low"])
+        .add("a-low", 10, &[]);
     u.add("b", 1000, &["b-low"]).add("b-low", 1000, &[]);
     // Five levels; three layers fit: a's levels rejoin (smallest pairs),
     // b keeps its split.
     let out = group_layers(u.input(&["a", "b"], 3, json!(null))).unwrap();
-    assert_eq!(sorted(names(&out)), vec![vec!["a", "a-low", "a-mid"], vec!["b"], vec!["b-low"]]);
+    assert_eq!(
+        sorted(names(&out)),
+        vec![vec!["a", "a-low", "a-mid"], vec!["b"], vec!["b-low"]]
+    );
     let out = group_layers(u.input(&["a", "b"], 4, json!(null))).unwrap();
-    assert_eq!(sorted(names(&out)), vec![vec!["a"], vec!["a-low", "a-mid"], vec!["b"], vec!["b-low"]]);
+    assert_eq!(
+        sorted(names(&out)),
+        vec![vec!["a"], vec!["a-low", "a-mid"], vec!["b"], vec!["b-low"]]
+    );
 }
-
