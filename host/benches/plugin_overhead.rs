@@ -79,8 +79,8 @@ fn main() {
         ("size", "img", strata_plugin_size::group_layers),
         ("popularity", "pop/img", strata_plugin_popularity::group_layers),
     ];
-    println!("| plugin | native | wasm call (whole) | of which in wasm | marshalling only | overhead | fuel | instantiate | layers |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| plugin | native | wasm call (whole) | of which in wasm | marshalling only | overhead | fuel | memory | instantiate | layers |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, image, native) in rows {
         let plugin = set.grouper_for(image, "latest").clone();
         assert_eq!(plugin.name(), name);
@@ -97,6 +97,7 @@ fn main() {
         let mut call_times = Vec::new();
         let mut wasm_times = Vec::new();
         let mut fuel = 0;
+        let mut memory = 0;
         let mut wasm_out = None;
         for _ in 0..iterations {
             let i = input.clone();
@@ -105,6 +106,7 @@ fn main() {
             call_times.push(t.elapsed());
             wasm_times.push(stats.wasm_time);
             fuel = stats.fuel;
+            memory = stats.memory_bytes;
             wasm_out = Some(out);
         }
         assert_eq!(native_out, wasm_out, "{name}: wasm and native disagree");
@@ -122,13 +124,14 @@ fn main() {
             (0..2000).map(|_| plugin.instantiate_only().expect("instantiate").wasm_time).collect();
         let (native_t, call_t) = (median(native_times), median(call_times));
         println!(
-            "| {name} | {} ms | {} ms | {} ms | {} ms | {} ms | {:.2e} | {} ms | {} |",
+            "| {name} | {} ms | {} ms | {} ms | {} ms | {} ms | {:.2e} | {} MiB | {} ms | {} |",
             ms(native_t),
             ms(call_t),
             ms(median(wasm_times)),
             ms(median(marshal)),
             ms(call_t.saturating_sub(native_t)),
             fuel as f64,
+            memory >> 20,
             ms(median(inst)),
             wasm_out.unwrap().layers.len(),
         );

@@ -107,9 +107,10 @@ impl CheckReport {
     ) {
         match result {
             Ok((value, stats)) => self.lines.push(format!(
-                "{hook} ({what}): ok in {:.2} ms, {} fuel: {}",
+                "{hook} ({what}): ok in {:.2} ms, {} fuel, {} KiB of memory: {}",
                 stats.wasm_time.as_secs_f64() * 1e3,
                 stats.fuel,
+                stats.memory_bytes / 1024,
                 show(&value)
             )),
             Err(e) => {

@@ -103,6 +103,9 @@ pub struct CallStats {
     /// Wall time of store creation, instantiation, input copy, the call and
     /// output copy (not JSON encoding or decoding).
     pub wasm_time: Duration,
+    /// The guest's linear memory when the call returned (it never shrinks,
+    /// so this is the peak): what `memory_mib` must leave room for.
+    pub memory_bytes: usize,
 }
 
 /// Store data: `StoreLimits` does the limiting; the wrapper only remembers
@@ -112,6 +115,7 @@ struct State {
     limits: StoreLimits,
     memory_cap: usize,
     memory_denied: bool,
+    memory_peak: usize,
 }
 
 impl ResourceLimiter for State {
@@ -124,7 +128,11 @@ impl ResourceLimiter for State {
         if desired > self.memory_cap {
             self.memory_denied = true;
         }
-        self.limits.memory_growing(current, desired, maximum)
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_peak = self.memory_peak.max(desired);
+        }
+        Ok(allowed)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -224,7 +232,7 @@ impl Loaded {
             .tables(8)
             .trap_on_grow_failure(true)
             .build();
-        let state = State { limits, memory_cap: self.limits.memory_bytes, memory_denied: false };
+        let state = State { limits, memory_cap: self.limits.memory_bytes, memory_denied: false, memory_peak: 0 };
         let mut store = Store::new(self.pre.module().engine(), state);
         store.limiter(|s| s);
         store.set_fuel(self.limits.fuel).expect("the engine consumes fuel");
@@ -233,7 +241,8 @@ impl Loaded {
             Err(e) => Err(CallError::Wasm(e)),
         };
         let fuel = self.limits.fuel - store.get_fuel().unwrap_or(0);
-        let stats = CallStats { fuel, wasm_time: start.elapsed() };
+        let memory_bytes = store.data().memory_peak;
+        let stats = CallStats { fuel, wasm_time: start.elapsed(), memory_bytes };
         match result {
             Ok(r) => Ok((r, stats)),
             Err(CallError::Refused(reason)) => Err(reason),
