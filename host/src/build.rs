@@ -268,7 +268,12 @@ impl Builder {
     /// even when the image turns out to be stored already.
     pub async fn plan(&self, name: &str, tag: &str) -> Result<Plan> {
         let segments: Vec<String> = name.split('/').map(str::to_string).collect();
-        let expansion = timed("expand chain", "expand_names", self.plugins.expand(&segments, tag)).await?;
+        let mut expansion = timed("expand chain", "expand_names", self.plugins.expand(&segments, tag)).await?;
+        // Sorted, as Nixery does: `git/shell` and `shell/git` are one image,
+        // byte for byte, whichever a replica happened to build first (the
+        // symlink forest's "first package wins" then follows this order).
+        expansion.packages.sort();
+        expansion.packages.dedup();
         if expansion.packages.is_empty() {
             return Err(Error::NameInvalid(format!("{name} names no packages")));
         }
@@ -295,16 +300,13 @@ impl Builder {
     /// Everything that decides an image's bytes, hashed: the same key on any
     /// replica means the same manifests.
     fn cache_key(&self, e: &Expansion, s: &SourceOutput, grouper: &Plugin) -> String {
-        let mut packages = e.packages.clone();
-        packages.sort();
-        packages.dedup();
         let mut plugins: Vec<&str> = self.plugins.expand.iter().map(|p| p.digest()).collect();
         plugins.push(grouper.digest());
         plugins.push(self.plugins.source.digest());
         let key = serde_json::json!({
             "v": 1,
             "source": s.identity,
-            "packages": packages,
+            "packages": e.packages,
             "arch": e.arch,
             "image": e.image,
             "plugins": plugins,
