@@ -5,10 +5,10 @@
 //! everything a plugin returns before acting on it.
 //!
 //! The ABI is in `strata_plugin_sdk` (and `docs/plugins.md`). Here:
-//! - [`runtime`]: engine, compilation (and its cache), one instance per call;
-//! - [`validate`]: the checks on plugin output;
-//! - [`builtin`]: the plugins embedded in the binary;
-//! - [`check`]: `strata plugin check`.
+//! - `runtime`: engine, compilation (and its cache), one instance per call;
+//! - `validate`: the checks on plugin output;
+//! - `builtin`: the plugins embedded in the binary;
+//! - `check`: `strata plugin check`.
 
 mod builtin;
 mod check;
@@ -83,6 +83,12 @@ impl Plugin {
         let digest = hex::encode(Sha256::digest(wasm));
         let loaded = Loaded::new(wasm, &digest, limits, cache_dir)?;
         let info = loaded.info().map_err(|reason| anyhow::anyhow!("strata_plugin_info {reason}"))?;
+        // Shown on the web page and in logs: keep it short and on one line.
+        for (field, value) in [("name", &info.name), ("version", &info.version)] {
+            if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+                anyhow::bail!("strata_plugin_info returned a {field} that is empty, over 128 bytes or not one line");
+            }
+        }
         let mut declared: Vec<&str> = info.hooks.iter().map(String::as_str).collect();
         declared.sort_unstable();
         let mut exported = loaded.hooks.clone();
@@ -126,7 +132,7 @@ impl Plugin {
 
     /// Whether the module exports the hook (by wire name, `group_layers`).
     pub fn implements(&self, hook: &str) -> bool {
-        self.loaded.hooks.iter().any(|h| *h == hook)
+        self.loaded.hooks.contains(&hook)
     }
 
     pub async fn expand_names(&self, mut input: ExpandInput) -> Result<ExpandOutput, PluginFailure> {
