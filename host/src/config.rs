@@ -350,7 +350,7 @@ impl Default for PluginsConfig {
             source: "nixpkgs-source".into(),
             define: BTreeMap::new(),
             config: BTreeMap::new(),
-            fuel: 2_000_000_000,
+            fuel: 6_000_000_000,
             memory_mib: 64,
             output_mib: 16,
             cache_dir: None,
