@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Benchmarks: start Strata and its peers side by side and print ratios.
+    Bench {
+        #[command(subcommand)]
+        command: strata::bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,8 +164,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(cfg).await,
         Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
+        Command::Bench { command } => strata::bench::run(command).await,
         Command::Plugin { command: PluginCommand::Check { file } } => {
-            let plugin = strata::plugins::load_file(&file, serde_json::Value::Null, &cfg.plugins)?;
+            // The plugin's table from the config, by its file stem, so a
+            // source plugin is checked with the source it would serve.
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let table = match cfg.plugins.config.get(stem) {
+                Some(t) => serde_json::to_value(t)?,
+                None => serde_json::Value::Null,
+            };
+            let plugin = strata::plugins::load_file(&file, table, &cfg.plugins)?;
             let report = strata::plugins::check_sample(&plugin).await;
             println!("{report}");
             if !report.ok() {
