@@ -4,6 +4,7 @@
 //!
 //! The pull path, top to bottom, is `build::Builder::build`.
 
+pub mod bench;
 pub mod build;
 pub mod config;
 pub mod error;
