@@ -249,6 +249,9 @@ pub struct ServerOptions {
     pub storage: Option<PathBuf>,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Environment variables set last (they may replace the defaults, e.g.
+    /// `NIXERY_PKGS_PATH` or `NIX_TIMEOUT`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `strata serve`; stopped (its whole process group) on drop.
@@ -332,6 +335,7 @@ impl Server {
                 .env("STRATA_NIX_OFFLINE", "1")
                 .env("NIX_CONFIG", "substituters =")
                 .env("RUST_LOG", "info")
+                .envs(opts.env.iter().map(|(k, v)| (k, v)))
                 .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log fd"))
@@ -383,6 +387,28 @@ impl Server {
 
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where the server keeps its Nix expressions and GC roots.
+    pub fn nix_work_dir(&self) -> PathBuf {
+        self.dir.path().join("nix")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the server process only (not its group).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits at most `limit` for the server to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_bounded(&mut self.child, limit)
     }
 
 }
