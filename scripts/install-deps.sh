@@ -17,6 +17,8 @@ PACKAGES=(
   rustc-web rust-web-src cargo-web
   # load testing and everyday tools the tests and the demo call
   wrk jq curl git ca-certificates python3 xxd coreutils tar gzip procps
+  # the browser test: Debian's headless Chromium driven from Node
+  chromium nodejs
 )
 
 missing=()
@@ -25,6 +27,11 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+# npm comes with nodesource's nodejs, and as its own package with Debian's:
+# only ask for Debian's when there is no npm at all.
+if ! command -v npm >/dev/null; then
+  missing+=(npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages already installed"
