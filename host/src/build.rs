@@ -134,7 +134,7 @@ fn nix_system(arch: &str) -> Result<&'static str> {
 impl Builder {
     pub async fn new(cfg: Arc<Config>) -> anyhow::Result<Arc<Builder>> {
         let plugins = Arc::new(PluginSet::load(&cfg.plugins)?);
-        let storage = Storage::open(&cfg.storage_url())?;
+        let storage = Storage::from_config(&cfg)?;
         let nix = NixRunner::new(NixOptions {
             timeout: Duration::from_secs(cfg.nix.timeout_secs),
             work_dir: cfg.nix_work_dir(),
@@ -186,7 +186,9 @@ impl Builder {
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
         let key = (name.to_string(), tag.to_string());
         if let Some(img) = self.images.get(&key) {
-            if img.expires.is_none_or(|t| t > Instant::now()) {
+            // Once its access mark is due (hourly), an image goes the store's
+            // way again: `strata gc` may have removed it since.
+            if img.expires.is_none_or(|t| t > Instant::now()) && !self.storage.access_due(&img.docker.digest) {
                 crate::metrics::cache("memory");
                 return Ok(img);
             }
@@ -218,7 +220,9 @@ impl Builder {
                 })
                 .clone()
         };
-        fut.await
+        let img = fut.await?;
+        self.storage.mark_access(&img.docker.digest);
+        Ok(img)
     }
 
     fn remember(&self, name: String, tag: String, img: Arc<Image>) {
@@ -324,6 +328,14 @@ impl Builder {
             crate::metrics::cache("store");
             return Ok(img);
         }
+        // Another replica may be building the same image on the same store.
+        let _lease = match self.storage.lease(&plan.cache_key, || self.load_record(&record_key)).await? {
+            crate::lease::Acquired::Held(lease) => lease,
+            crate::lease::Acquired::Published(img) => {
+                crate::metrics::cache("store");
+                return Ok(img);
+            }
+        };
         let _slot = self.build_slot().await?;
         crate::metrics::cache("built");
         let started = Instant::now();

@@ -31,6 +31,27 @@ pub struct StorageConfig {
     /// `file:///abs/dir` (default: a directory under the user's data dir),
     /// `s3://bucket/prefix`, `gs://bucket`, `az://container`, `memory://`.
     pub url: Option<String>,
+    /// How blob GETs are answered from a store that can sign URLs (S3, GCS,
+    /// Azure): streamed through the host, or a 307 to a presigned URL so
+    /// layer bytes go from the store to the client without the host.
+    pub serve: ServeMode,
+    /// Lifetime of a presigned URL. A client must start its download within
+    /// it; a leaked URL is useless after it.
+    pub presign_secs: u64,
+    /// A build lease's lifetime, renewed while the build runs: how long a
+    /// replica that died mid-build blocks the others.
+    pub lease_secs: u64,
+    /// How long a request waits for another replica's build before it is
+    /// answered 503 with `Retry-After`.
+    pub lease_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    #[default]
+    Proxy,
+    Redirect,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +128,7 @@ impl Default for Config {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: None }
+        StorageConfig { url: None, serve: ServeMode::Proxy, presign_secs: 300, lease_secs: 30, lease_wait_secs: 600 }
     }
 }
 
@@ -255,6 +276,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let st = &self.storage;
+        // S3 refuses presigned URLs valid for more than 7 days.
+        if st.presign_secs == 0 || st.presign_secs > 7 * 24 * 3600 {
+            return Err(bad(format!("storage.presign_secs={} must be between 1 and 604800 (7 days)", st.presign_secs)));
+        }
+        if st.lease_secs < 3 {
+            return Err(bad(format!("storage.lease_secs={} must be at least 3 (it is renewed every third of it)", st.lease_secs)));
+        }
+        if st.lease_wait_secs == 0 {
+            return Err(bad("storage.lease_wait_secs must be at least 1"));
+        }
         if self.layers.budget < 2 || self.layers.budget > 125 {
             return Err(bad(format!(
                 "layers.budget={} must be between 2 and 125 (Docker's limit)",

@@ -54,6 +54,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove images not requested within a window, and the blobs no
+    /// remaining image names. Dry run unless `--delete`.
+    ///
+    /// Example: `strata gc --older-than 30d --delete`
+    Gc {
+        /// Images not requested for this long go (`30d`, `12h`, `90m`).
+        #[arg(long, value_parser = strata::gc::parse_age)]
+        older_than: std::time::Duration,
+        /// Remove what is found; without it only report.
+        #[arg(long)]
+        delete: bool,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -164,6 +176,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(cfg).await,
         Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
+        Command::Gc { older_than, delete } => {
+            let storage = strata::storage::Storage::from_config(&cfg)?;
+            println!("gc: {}", storage.description());
+            println!("{}", strata::gc::collect(&storage, older_than, delete).await?);
+            Ok(())
+        }
         Command::Bench { command } => strata::bench::run(command).await,
         Command::Plugin { command: PluginCommand::Check { file } } => {
             // The plugin's table from the config, by its file stem, so a

@@ -154,6 +154,19 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>> {
 
 async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, digest: &str) -> Result<Response> {
     let size = builder.storage.blob_size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.into()))?;
+    // From a cloud store, the bytes may go straight to the client; the
+    // client sends its Range to the store itself.
+    if *method == Method::GET {
+        if let Some(url) = builder.storage.redirect_url(digest).await? {
+            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+            let h = resp.headers_mut();
+            set(h, header::LOCATION.as_str(), url.as_str());
+            // The URL expires: no cache may keep the redirect.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            set(h, "docker-content-digest", digest);
+            return Ok(resp);
+        }
+    }
     let range = parse_range(headers, size)?;
     let (status, len) = match &range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),

@@ -3,69 +3,105 @@
 //!
 //! Layout: `blobs/sha256/<hex>` (layers, configs, manifests, by content),
 //! `staging/<random>` (uploads in progress), `meta/…` (small JSON records:
-//! built images, packed layers). A blob appears under its final key only by a
-//! rename after its size and digest were checked, so a crash never leaves a
-//! partial blob where a client could fetch it.
+//! built images, packed layers; last accesses), `leases/…` (which replica is
+//! building what, see [`crate::lease`]). A blob appears under its final key
+//! only by a rename (on S3, GCS and Azure: a server-side copy, which makes
+//! the object appear whole or not at all) after its size and digest were
+//! checked, so a crash never leaves a partial blob where a client could
+//! fetch it; what it leaves under `staging/` is removed by `strata gc`.
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
+use object_store::signer::Signer;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::config::{Config, ServeMode};
 use crate::error::{Error, Result};
+
+mod access;
+mod backend;
+
+pub use access::{access_key, ACCESS_PREFIX, MARK_INTERVAL};
+
+pub const BLOB_PREFIX: &str = "blobs/sha256/";
+pub const IMAGE_PREFIX: &str = "meta/images/";
+pub const LAYER_PREFIX: &str = "meta/layers/";
+pub const STAGING_PREFIX: &str = "staging/";
+pub const LEASE_PREFIX: &str = "leases/";
 
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// For `serve = "redirect"`: signs keys under the URL's prefix.
+    redirect: Option<Redirect>,
     /// For logs and the web page; never contains credentials.
     description: String,
+    marks: access::Marks,
+    pub(crate) leases: crate::lease::Leases,
+}
+
+#[derive(Clone)]
+struct Redirect {
+    signer: Arc<dyn Signer>,
+    prefix: Path,
+    lifetime: Duration,
 }
 
 pub fn blob_key(digest: &str) -> Path {
-    Path::from(format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")))
+    Path::from(format!("{BLOB_PREFIX}{}", digest.trim_start_matches("sha256:")))
+}
+
+/// Whether a conditional create made the object or found it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existed,
 }
 
 impl Storage {
     /// Opens a store from a URL (`file:///dir`, `s3://bucket/prefix`,
     /// `gs://bucket`, `az://container`, `memory://`), credentials taken from
-    /// the environment as each SDK does.
+    /// the environment as each SDK does; blobs are streamed through the host
+    /// and leases have their default timing.
     pub fn open(url: &str) -> anyhow::Result<Storage> {
-        let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("storage url {url:?}: {e}"))?;
-        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-            // object_store's file store needs its root to exist; everything
-            // else is created on demand by the service.
-            "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|_| anyhow::anyhow!("storage url {url:?} is not an absolute path"))?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| anyhow::anyhow!("storage url {url:?}: {e}"))?;
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?)
+        let opened = backend::open(url)?;
+        Ok(Storage {
+            store: opened.store,
+            redirect: None,
+            description: opened.description,
+            marks: access::Marks::new(),
+            leases: crate::lease::Leases::new(Duration::from_secs(30), Duration::from_secs(600)),
+        })
+    }
+
+    /// The store `[storage]` describes, serving and leasing as configured.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Storage> {
+        let st = &cfg.storage;
+        let url = cfg.storage_url();
+        let opened = backend::open(&url)?;
+        let redirect = match (st.serve, opened.signer) {
+            (ServeMode::Proxy, _) => None,
+            (ServeMode::Redirect, Some(signer)) => {
+                Some(Redirect { signer, prefix: opened.prefix, lifetime: Duration::from_secs(st.presign_secs) })
             }
-            "memory" => Arc::new(object_store::memory::InMemory::new()),
-            _ => {
-                let opts: Vec<(String, String)> = std::env::vars()
-                    .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
-                let (store, prefix) = object_store::parse_url_opts(&parsed, opts)?;
-                let store: Arc<dyn ObjectStore> = Arc::from(store);
-                if prefix.as_ref().is_empty() {
-                    store
-                } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-                }
-            }
+            (ServeMode::Redirect, None) => anyhow::bail!(
+                "configuration: storage.serve = \"redirect\" needs a store that presigns URLs (s3://, gs://, az://); {} is served by the host: use serve = \"proxy\"",
+                opened.description
+            ),
         };
-        let mut shown = parsed.clone();
-        let _ = shown.set_password(None);
-        let _ = shown.set_username("");
-        shown.set_query(None);
-        Ok(Storage { store, description: shown.to_string() })
+        Ok(Storage {
+            store: opened.store,
+            redirect,
+            description: opened.description,
+            marks: access::Marks::new(),
+            leases: crate::lease::Leases::new(Duration::from_secs(st.lease_secs), Duration::from_secs(st.lease_wait_secs)),
+        })
     }
 
     pub fn description(&self) -> &str {
@@ -130,7 +166,7 @@ impl Storage {
     /// A writer for a blob whose digest is not known yet. The bytes go to a
     /// staging key; [`Storage::publish`] moves them to their final key.
     pub fn staging_writer(&self) -> (Path, BufWriter) {
-        let key = Path::from(format!("staging/{:032x}", rand::random::<u128>()));
+        let key = Path::from(format!("{STAGING_PREFIX}{:032x}", rand::random::<u128>()));
         (key.clone(), BufWriter::new(self.store.clone(), key))
     }
 
@@ -156,5 +192,75 @@ impl Storage {
 
     pub async fn discard(&self, staging: &Path) {
         let _ = self.store.delete(staging).await;
+    }
+
+    /// A presigned URL for a blob when the store is configured to answer
+    /// blob GETs by redirect; `None`: stream it through the host.
+    pub async fn redirect_url(&self, digest: &str) -> Result<Option<url::Url>> {
+        let Some(r) = &self.redirect else { return Ok(None) };
+        let key = Path::from_iter(r.prefix.parts().chain(blob_key(digest).parts()));
+        Ok(Some(r.signer.signed_url(reqwest::Method::GET, &key, r.lifetime).await?))
+    }
+
+    /// Whether this process has not marked the image (by its Docker
+    /// manifest digest) as requested within the last hour.
+    pub fn access_due(&self, digest: &str) -> bool {
+        self.marks.due(digest)
+    }
+
+    /// Records that the image was requested, at most once an hour, without
+    /// making the caller wait for the store.
+    pub fn mark_access(&self, digest: &str) {
+        if !self.marks.take(digest) {
+            return;
+        }
+        let (store, marks, digest) = (self.store.clone(), self.marks.clone(), digest.to_string());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return marks.forget(&digest) };
+        runtime.spawn(async move {
+            let now = crate::lease::now_ms() / 1000;
+            let key = Path::from(access_key(&digest));
+            if let Err(e) = store.put(&key, PutPayload::from(now.to_string())).await {
+                tracing::warn!(%digest, error = %e, "could not record the image's last access");
+                marks.forget(&digest);
+            }
+        });
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every object under `prefix` (a folder, ending in `/`), with its size
+    /// and modification time.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = Path::from(prefix);
+        Ok(self.store.list(Some(&prefix)).try_collect().await?)
+    }
+
+    /// Deletes one object; one already gone is not an error.
+    pub async fn delete(&self, key: &Path) -> Result<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `bytes` unless `key` exists, atomically (`PutMode::Create`):
+    /// of several replicas trying at once, exactly one gets [`Created::New`].
+    /// `Ok(None)` when the store cannot put conditionally.
+    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<Option<Created>> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&Path::from(key), PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(Some(Created::New)),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Some(Created::Existed))
+            }
+            Err(object_store::Error::NotImplemented) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -1,0 +1,49 @@
+//! When an image was last requested, for `strata gc`: a small object
+//! `meta/access/<manifest hex>` whose modification time is the answer.
+//!
+//! Written at most once an hour per image and process, from a spawned task:
+//! a warm pull pays one in-memory lookup, never a store round trip. The same
+//! hour bounds how long a replica serves an image from memory without
+//! looking at the store: once its mark is due, the request goes the store's
+//! way again, so an image `gc` removed is rebuilt instead of served with
+//! missing blobs.
+
+use std::time::Duration;
+
+/// How often one process marks one image, and so the resolution of
+/// `strata gc --older-than`.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(3600);
+
+pub const ACCESS_PREFIX: &str = "meta/access/";
+
+/// The marker of the image whose Docker manifest is `digest`.
+pub fn access_key(digest: &str) -> String {
+    format!("{ACCESS_PREFIX}{}", digest.trim_start_matches("sha256:"))
+}
+
+/// Images this process marked within the last [`MARK_INTERVAL`].
+#[derive(Clone)]
+pub(super) struct Marks {
+    recent: moka::sync::Cache<String, ()>,
+}
+
+impl Marks {
+    pub fn new() -> Marks {
+        Marks { recent: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(MARK_INTERVAL).build() }
+    }
+
+    pub fn due(&self, digest: &str) -> bool {
+        !self.recent.contains_key(digest)
+    }
+
+    /// True when the caller should write the marker now; the slot is taken
+    /// at once so that concurrent requests write it once.
+    pub fn take(&self, digest: &str) -> bool {
+        self.recent.entry(digest.to_string()).or_insert(()).is_fresh()
+    }
+
+    /// A marker that could not be written is retried by the next request.
+    pub fn forget(&self, digest: &str) {
+        self.recent.invalidate(digest);
+    }
+}
