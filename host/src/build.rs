@@ -561,7 +561,7 @@ impl Builder {
             Ok(Ok(blob)) => blob,
             Ok(Err(e)) => {
                 self.storage.discard(&staging).await;
-                return Err(Error::Storage(format!("packing layer: {e}")));
+                return Err(Error::storage("packing layer", &e));
             }
             Err(e) => {
                 self.storage.discard(&staging).await;

@@ -43,6 +43,16 @@ pub enum Error {
     Nix { timeout_secs: Option<u64>, message: String },
     #[error("storage: {0}")]
     Storage(String),
+    /// The store's file system or quota is full: 507, so that alerting can
+    /// tell it from a bug and a retry after clean-up can succeed.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// No or wrong credentials, when access control is on (`[auth]`).
+    #[error("authentication required")]
+    Unauthorized { realm: String },
+    /// Valid credentials that do not cover this name.
+    #[error("access to {0} denied")]
+    Denied(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -65,7 +75,7 @@ impl From<PluginFailure> for Error {
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::storage("", &e)
     }
 }
 
@@ -75,7 +85,43 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// Whether an error, or one it wraps, is the OS saying the disk (or the
+/// quota) is full. object_store and `SyncIoBridge` wrap the `io::Error`
+/// several levels down, and `io::Error::source` skips its own payload, so
+/// both links are followed.
+fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                if is_storage_full(inner) {
+                    return true;
+                }
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl Error {
+    /// A storage failure, [`Error::StorageFull`] when that is its cause;
+    /// `context` (may be empty) says what was being done.
+    pub fn storage(context: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+        let text = if context.is_empty() { e.to_string() } else { format!("{context}: {e}") };
+        if is_storage_full(e) {
+            Error::StorageFull(text)
+        } else {
+            Error::Storage(text)
+        }
+    }
+
     /// The spec's code and the HTTP status for it.
     pub fn code_and_status(&self) -> (&'static str, StatusCode) {
         use Error::*;
@@ -91,6 +137,9 @@ impl Error {
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             Busy { .. } => ("TOOMANYREQUESTS", StatusCode::SERVICE_UNAVAILABLE),
             Nix { timeout_secs: Some(_), .. } => ("UNKNOWN", StatusCode::GATEWAY_TIMEOUT),
+            StorageFull(_) => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE),
+            Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
+            Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             Plugin { .. } | Nix { .. } | Storage(_) | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -106,6 +155,7 @@ impl Error {
             }
             Error::Nix { .. } => "image build failed in Nix (details in the server log)".into(),
             Error::Storage(_) => "storage error (details in the server log)".into(),
+            Error::StorageFull(_) => "storage is full (details in the server log)".into(),
             Error::Internal(_) => "internal error (details in the server log)".into(),
             other => other.to_string(),
         }
@@ -137,6 +187,13 @@ impl IntoResponse for Error {
         let headers = resp.headers_mut();
         if let Error::Busy { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let Error::Unauthorized { realm } = &self {
+            // Basic: what docker, podman and skopeo answer with `--creds`
+            // or a `login` without a token service.
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         if let Error::RangeInvalid { size } = self {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
