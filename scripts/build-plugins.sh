@@ -4,6 +4,7 @@
 #
 #   scripts/build-plugins.sh                          # plugins/dist/*.wasm
 #   scripts/build-plugins.sh examples/custom-plugin   # also <dir>/<lib>.wasm
+#   scripts/build-plugins.sh --no-builtins DIR        # only DIR's plugin
 #
 # Built-ins land in plugins/dist/<dir name>.wasm (committed: the host embeds
 # them). A crate named as an argument lands in its own directory as
@@ -24,6 +25,12 @@
 # (the example's SDK) is reproducible only at the same location: cargo
 # hashes such a dependency's absolute path into symbol names.
 set -euo pipefail
+
+builtins_too=1
+if [[ ${1:-} == --no-builtins ]]; then
+    builtins_too=0
+    shift
+fi
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -101,18 +108,20 @@ out_dir="$CARGO_TARGET_DIR/$target/$profile"
 report=()
 start=$(date +%s)
 
-echo "building built-in plugins ($mode)" >&2
-packages=()
-for p in "${builtins[@]}"; do
-    packages+=(-p "strata-plugin-$p")
-done
-RUSTFLAGS="$rustflags" "${cargo_build[@]}" --target "$target" --profile "$profile" "${packages[@]}"
-mkdir -p plugins/dist
-for p in "${builtins[@]}"; do
-    src="$out_dir/$(lib_name "plugins/$p/Cargo.toml").wasm"
-    cp "$src" "plugins/dist/$p.wasm"
-    report+=("plugins/dist/$p.wasm")
-done
+if ((builtins_too)); then
+    echo "building built-in plugins ($mode)" >&2
+    packages=()
+    for p in "${builtins[@]}"; do
+        packages+=(-p "strata-plugin-$p")
+    done
+    RUSTFLAGS="$rustflags" "${cargo_build[@]}" --target "$target" --profile "$profile" "${packages[@]}"
+    mkdir -p plugins/dist
+    for p in "${builtins[@]}"; do
+        src="$out_dir/$(lib_name "plugins/$p/Cargo.toml").wasm"
+        cp "$src" "plugins/dist/$p.wasm"
+        report+=("plugins/dist/$p.wasm")
+    done
+fi
 
 for dir in "$@"; do
     dir=${dir%/}
