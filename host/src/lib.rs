@@ -5,6 +5,7 @@
 //! The pull path, top to bottom, is `build::Builder::build`.
 
 pub mod bench;
+pub mod bench_layering;
 pub mod build;
 pub mod config;
 pub mod error;

@@ -9,10 +9,14 @@ pub enum BenchCommand {
     /// Registry speed against the CNCF registry and `tar | gzip`: warm
     /// manifests, blob throughput, cold packing, peak memory, single-flight.
     Perf(perf::Args),
+    /// Bytes a client downloads pulling a series of images, per layering
+    /// strategy (single layer, one path per layer, popularity, size).
+    Layering(crate::bench_layering::Args),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Perf(args) => perf::run(args).await,
+        BenchCommand::Layering(args) => crate::bench_layering::cli(args).await,
     }
 }

@@ -220,13 +220,14 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         }
     }
 
-    // Each entry is one group's levels, lowest first; a large path is a
-    // group of one level.
-    let mut split_groups: Vec<Vec<Layer>> = Vec::new();
+    // Each entry is one group's levels, lowest first, each level split
+    // into classes of paths with the same references; a large path is a
+    // group of one level of one class.
+    let mut split_groups: Vec<Vec<Vec<Layer>>> = Vec::new();
     let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
     for v in 0..n {
         if large[v] {
-            split_groups.push(vec![Layer::of(&g, &heights, &[v])]);
+            split_groups.push(vec![vec![Layer::of(&g, &heights, &[v])]]);
         } else if owner[v] {
             groups.entry(vec![v]).or_default().push(v);
         } else {
@@ -245,10 +246,56 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     );
 
     let budget = input.budget as usize;
-    let mut count: usize = split_groups.iter().map(Vec::len).sum();
-    // Over budget, first undo height splits, cheapest adjacent pair first:
-    // that costs reuse only when the group's own paths change, whereas
-    // merging across groups ties unrelated packages together.
+    let mut count: usize = split_groups.iter().flatten().map(Vec::len).sum();
+    // Over budget, first whole levels give up their reference classes,
+    // smallest level first (bytes, then smallest path): what the level
+    // holds is intrinsic, so the same levels rejoin in every image that is
+    // over budget by as much.
+    if count > budget {
+        let mut split_levels: Vec<((u64, &str), usize, usize)> = split_groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, levels)| {
+                levels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.len() > 1)
+                    .map(move |(li, c)| {
+                        let size = c.iter().map(|l| l.size).sum::<u64>();
+                        let first = c.iter().map(|l| l.paths[0].as_str()).min().unwrap_or("");
+                        ((size, first), gi, li)
+                    })
+            })
+            .collect();
+        split_levels.sort();
+        let joins: Vec<(usize, usize)> = split_levels
+            .into_iter()
+            .map(|(_, gi, li)| (gi, li))
+            .take_while(|&(gi, li)| {
+                let over = count > budget;
+                if over {
+                    count -= split_groups[gi][li].len() - 1;
+                }
+                over
+            })
+            .collect();
+        for (gi, li) in joins {
+            let mut classes = std::mem::take(&mut split_groups[gi][li]).into_iter();
+            let mut joined = classes.next().expect("a split level has classes");
+            for c in classes {
+                joined.absorb(c);
+            }
+            split_groups[gi][li] = vec![joined];
+        }
+    }
+    // Still over budget, every level is one layer now: undo height splits,
+    // cheapest adjacent pair first: that costs reuse only when the group's
+    // own paths change, whereas merging across groups ties unrelated
+    // packages together.
+    let mut split_groups: Vec<Vec<Layer>> = split_groups
+        .into_iter()
+        .map(|levels| levels.into_iter().flatten().collect())
+        .collect();
     while count > budget {
         let best = split_groups
             .iter()
@@ -313,15 +360,27 @@ impl Layer {
 
 /// Splits one group by height, so that a library's version bump, which
 /// renames the library and what is above it, leaves the lower levels of
-/// every group alone.
-fn split(g: &Graph, heights: &[u32], members: Vec<usize>) -> Vec<Layer> {
-    let mut levels: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+/// every group alone; and each level by references: paths with the same
+/// references change together (a dependency's bump renames all of them),
+/// paths with different ones need not.
+fn split(g: &Graph, heights: &[u32], members: Vec<usize>) -> Vec<Vec<Layer>> {
+    let mut levels: BTreeMap<u32, BTreeMap<&[usize], Vec<usize>>> = BTreeMap::new();
     for v in members {
-        levels.entry(heights[v]).or_default().push(v);
+        levels
+            .entry(heights[v])
+            .or_default()
+            .entry(g.refs[v].as_slice())
+            .or_default()
+            .push(v);
     }
     levels
         .values()
-        .map(|vs| Layer::of(g, heights, vs))
+        .map(|classes| {
+            classes
+                .values()
+                .map(|vs| Layer::of(g, heights, vs))
+                .collect()
+        })
         .collect()
 }
 

@@ -178,9 +178,10 @@ fn owners_stop_the_walk() {
 }
 
 #[test]
-fn groups_split_by_height() {
-    // One private group of three levels: a bump of `mid` leaves `low`'s
-    // layer alone.
+fn groups_split_by_height_and_references() {
+    // One private group of three levels: a bump of `mid1` leaves `low`'s
+    // layer alone. The middle level splits by references: `mid2` does not
+    // depend on `low1`, so a bump of `low1` leaves it alone.
     let mut u = Universe::default();
     u.add("app", MB, &["mid1", "mid2", "low1"])
         .add("mid1", MB, &["low1", "low2"])
@@ -188,24 +189,30 @@ fn groups_split_by_height() {
         .add("low1", MB, &[])
         .add("low2", MB, &[]);
     let out = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    let layers = names(&out);
+    assert_eq!(layers[0], vec!["low1", "low2"]);
+    assert_eq!(
+        sorted(layers[1..3].to_vec()),
+        vec![vec!["mid1"], vec!["mid2"]]
+    );
+    assert_eq!(layers[3], vec!["app"]);
+    u.add("mid1", MB, &["low1", "low2", "new"])
+        .add("new", MB, &[]);
+    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    assert_eq!(names(&bumped)[0], vec!["low1", "low2", "new"]);
+    assert!(bumped
+        .layers
+        .contains(&u.input(&["mid2"], 1, json!(null)).graph.roots));
+    u.add("mid1", 2 * MB, &["low1", "low2"]);
+    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    assert_eq!(bumped.layers[0], out.layers[0]);
+
+    // Over budget, whole levels give up their reference classes first.
+    let out = group_layers(u.input(&["app"], 3, json!(null))).unwrap();
     assert_eq!(
         names(&out),
         vec![vec!["low1", "low2"], vec!["mid1", "mid2"], vec!["app"]]
     );
-    u.add("mid1", MB, &["low1", "low2", "new"])
-        .add("new", MB, &[]);
-    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(
-        names(&bumped),
-        vec![
-            vec!["low1", "low2", "new"],
-            vec!["mid1", "mid2"],
-            vec!["app"]
-        ]
-    );
-    u.add("mid1", 2 * MB, &["low1", "low2"]);
-    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(bumped.layers[0], out.layers[0]);
 }
 
 #[test]

@@ -1,0 +1,96 @@
+//! Popularity data for a package set, computed the way Nixery's data is
+//! meant: for each store path name, how many of the set's top-level
+//! packages have it in their runtime closure. Without such data the
+//! `popularity` strategy rates every candidate 0; the benchmark runs it
+//! both ways, so that Nixery's algorithm is judged at its best.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use strata_plugin_sdk::{ClosureGraph, NixSource};
+
+use crate::nix::NixRunner;
+
+/// The top-level derivation attributes of the package set at `path` (nested
+/// sets such as `xorg` are left out, as a channel's popularity count
+/// would leave out what is not built by default).
+pub async fn top_level_packages(path: &Path) -> anyhow::Result<Vec<String>> {
+    let expr = "{ path }: let s = import path { }; in builtins.filter \
+                (n: (builtins.tryEval ((s.${n}.type or null) == \"derivation\")).value) \
+                (builtins.attrNames s)";
+    let out = tokio::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", expr, "--argstr", "path"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        anyhow::bail!("nix-instantiate listing {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Builds every top-level package of the set and counts, per store path
+/// name, the packages whose closure holds it.
+pub async fn popularity_of_set(nix: &NixRunner, path: &Path, system: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let packages = top_level_packages(path).await?;
+    let source = NixSource::Path { path: path.to_string_lossy().into_owned() };
+    let resolved = nix.resolve(&source, &packages, system).await?;
+    Ok(count_closures(&resolved.graph))
+}
+
+/// For each path name, the number of roots whose closure contains a path
+/// of that name.
+pub fn count_closures(graph: &ClosureGraph) -> BTreeMap<String, u64> {
+    let refs: HashMap<&str, &[String]> =
+        graph.paths.iter().map(|p| (p.path.as_str(), p.references.as_slice())).collect();
+    let roots: BTreeSet<&str> = graph.roots.iter().map(String::as_str).collect();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for root in roots {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut stack = vec![root];
+        while let Some(p) = stack.pop() {
+            if seen.insert(p) {
+                stack.extend(refs.get(p).into_iter().flat_map(|r| r.iter().map(String::as_str)));
+            }
+        }
+        let names: BTreeSet<&str> = seen.into_iter().map(store_name).collect();
+        for name in names {
+            *counts.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// `/nix/store/<hash>-<name>` → `<name>`, the key of popularity data.
+fn store_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.split_once('-').map_or(base, |(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_plugin_sdk::StorePath;
+
+    fn p(name: &str, refs: &[&str]) -> StorePath {
+        StorePath {
+            path: format!("/nix/store/h{name}-{name}"),
+            nar_size: 1,
+            references: refs.iter().map(|r| format!("/nix/store/h{r}-{r}")).chain([format!("/nix/store/h{name}-{name}")]).collect(),
+            nar_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn counts_closures_not_references() {
+        let graph = ClosureGraph {
+            roots: vec!["/nix/store/happ-app".into(), "/nix/store/hcurl-curl".into()],
+            paths: vec![p("app", &["curl"]), p("curl", &["zlib", "glibc"]), p("zlib", &["glibc"]), p("glibc", &[])],
+        };
+        let counts = count_closures(&graph);
+        assert_eq!(counts["app"], 1);
+        assert_eq!(counts["curl"], 2);
+        assert_eq!(counts["glibc"], 2);
+        assert_eq!(counts["zlib"], 2);
+    }
+}
