@@ -133,8 +133,14 @@ fn nix_system(arch: &str) -> Result<&'static str> {
 
 impl Builder {
     pub async fn new(cfg: Arc<Config>) -> anyhow::Result<Arc<Builder>> {
-        let plugins = Arc::new(PluginSet::load(&cfg.plugins)?);
         let storage = Storage::from_config(&cfg)?;
+        Builder::with_storage(cfg, storage).await
+    }
+
+    /// [`Builder::new`] over a store opened elsewhere: tests put a store that
+    /// fails on purpose under a real build.
+    pub async fn with_storage(cfg: Arc<Config>, storage: Storage) -> anyhow::Result<Arc<Builder>> {
+        let plugins = Arc::new(PluginSet::load(&cfg.plugins)?);
         let nix = NixRunner::new(NixOptions {
             timeout: Duration::from_secs(cfg.nix.timeout_secs),
             work_dir: cfg.nix_work_dir(),
@@ -357,11 +363,16 @@ impl Builder {
         let nar_sizes: HashMap<&str, u64> =
             resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
         self.stage("packing layers");
-        let packed = futures::future::try_join_all(grouping.layers.iter().enumerate().map(|(i, paths)| {
+        // All of them run to their end even when one fails: a layer dropped
+        // mid-way would leave its staged bytes behind (its packing thread
+        // cannot be cancelled), one that ends discards or publishes them.
+        let packed = futures::future::join_all(grouping.layers.iter().enumerate().map(|(i, paths)| {
             let nar: u64 = paths.iter().filter_map(|p| nar_sizes.get(p.as_str())).sum();
             self.store_path_layer(i, paths.clone(), nar)
         }))
-        .await?;
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
         let roots = resolved.roots.clone();
         let level = self.cfg.layers.compression_level;
         let (final_layer, final_bytes) = tokio::task::spawn_blocking(move || {

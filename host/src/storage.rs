@@ -104,6 +104,19 @@ impl Storage {
         })
     }
 
+    /// Any `object_store` as the store, streamed through the host, leases
+    /// with their default timing: for tests that wrap a real store in one
+    /// that fails on purpose.
+    pub fn from_store(store: Arc<dyn ObjectStore>, description: &str) -> Storage {
+        Storage {
+            store,
+            redirect: None,
+            description: description.to_string(),
+            marks: access::Marks::new(),
+            leases: crate::lease::Leases::new(Duration::from_secs(30), Duration::from_secs(600)),
+        }
+    }
+
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -186,7 +199,10 @@ impl Storage {
             let _ = self.store.delete(staging).await;
             return Ok(());
         }
-        self.store.rename(staging, &blob_key(digest)).await?;
+        if let Err(e) = self.store.rename(staging, &blob_key(digest)).await {
+            let _ = self.store.delete(staging).await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
