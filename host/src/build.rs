@@ -321,9 +321,15 @@ impl Builder {
             "image": e.image,
             "plugins": plugins,
             "budget": self.cfg.layers.budget,
-            "level": self.cfg.layers.compression_level,
+            "encodings": self.encoding_ids(),
         });
         hex_sha256(key.to_string().as_bytes())
+    }
+
+    /// The byte formats layers are packed in, OCI's first (see
+    /// [`crate::config::LayersConfig::encodings`]).
+    fn encoding_ids(&self) -> Vec<String> {
+        self.cfg.layers.encodings().iter().map(|e| e.format_id()).collect()
     }
 
     async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
@@ -374,22 +380,26 @@ impl Builder {
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
         let roots = resolved.roots.clone();
-        let level = self.cfg.layers.compression_level;
-        let (final_layer, final_bytes) = tokio::task::spawn_blocking(move || {
+        let encodings = self.cfg.layers.encodings();
+        let (ca_bundle, final_blobs, final_bytes) = tokio::task::spawn_blocking(move || {
             let forest = FinalLayer::new(&roots)?;
-            let (blob, bytes) = forest.pack(level, Vec::new())?;
-            Ok::<_, std::io::Error>(((forest.ca_bundle(), blob), bytes))
+            let (blobs, bytes) = forest.pack(&encodings, vec![Vec::new(); encodings.len()])?;
+            Ok::<_, std::io::Error>((forest.ca_bundle(), blobs, bytes))
         })
         .await
         .map_err(|e| Error::Internal(format!("final layer task: {e}")))??;
-        let (ca_bundle, final_blob) = final_layer;
-        self.storage.put_blob(Bytes::from(final_bytes)).await?;
+        for bytes in final_bytes {
+            self.storage.put_blob(Bytes::from(bytes)).await?;
+        }
+        let final_blob = final_blobs[0].clone();
 
+        // One description per layer in the OCI manifest's encoding; the
+        // config (diff_ids, history) is the same for every encoding.
         let mut descriptions: Vec<LayerDescription> = packed
             .iter()
             .zip(&grouping.layers)
-            .map(|(blob, paths)| LayerDescription {
-                blob: blob.clone(),
+            .map(|(blobs, paths)| LayerDescription {
+                blob: blobs[0].clone(),
                 created_by: format!("strata {}: {}", grouping.strategy, store_names(paths)),
             })
             .collect();
@@ -411,10 +421,13 @@ impl Builder {
         })?;
         let config_size = config.len() as u64;
         let config_digest = self.storage.put_blob(Bytes::from(config)).await?;
-        let blobs: Vec<LayerBlob> = descriptions.iter().map(|d| d.blob.clone()).collect();
+        // Docker schema 2 takes the gzip form of each layer (the last one).
+        let oci_blobs: Vec<LayerBlob> = descriptions.iter().map(|d| d.blob.clone()).collect();
+        let docker_blobs: Vec<LayerBlob> =
+            packed.iter().chain([&final_blobs]).map(|b| b.last().expect("an encoding").clone()).collect();
         let mut manifests = Vec::new();
-        for format in [Format::Docker, Format::Oci] {
-            let bytes = Bytes::from(manifest::manifest_json(format, (&config_digest, config_size), &blobs)?);
+        for (format, blobs) in [(Format::Docker, &docker_blobs), (Format::Oci, &oci_blobs)] {
+            let bytes = Bytes::from(manifest::manifest_json(format, (&config_digest, config_size), blobs)?);
             let digest = self.storage.put_blob(bytes.clone()).await?;
             manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
         }
@@ -422,9 +435,9 @@ impl Builder {
         let mut layer_summaries: Vec<LayerSummary> = packed
             .iter()
             .zip(&grouping.layers)
-            .map(|(blob, paths)| LayerSummary {
-                digest: blob.digest.clone(),
-                size: blob.size,
+            .map(|(blobs, paths)| LayerSummary {
+                digest: blobs[0].digest.clone(),
+                size: blobs[0].size,
                 nar_size: paths.iter().map(|p| nar_sizes.get(p.as_str()).copied().unwrap_or(0)).sum(),
                 paths: paths.clone(),
             })
@@ -528,65 +541,87 @@ impl Builder {
         Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary })))
     }
 
-    /// Packs one group of store paths, unless the same set was packed before
-    /// (by any image, on any replica): the record maps the sorted path set
-    /// to its blob.
-    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<LayerBlob> {
+    /// Packs one group of store paths in every configured encoding, unless
+    /// the same set was packed so before (by any image, on any replica): the
+    /// record maps the sorted path set and the byte formats to the blobs.
+    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<Vec<LayerBlob>> {
         let progress = self.progress.get().cloned();
         paths.sort();
-        let level = self.cfg.layers.compression_level;
+        let encodings = self.cfg.layers.encodings();
         let key = format!(
             "meta/layers/{}.json",
-            hex_sha256(serde_json::json!({ "paths": paths, "level": level, "format": "gzip" }).to_string().as_bytes())
+            hex_sha256(serde_json::json!({ "paths": paths, "formats": self.encoding_ids() }).to_string().as_bytes())
         );
         if let Some(bytes) = self.storage.get_bytes(&key).await? {
-            if let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes) {
-                if self.storage.blob_size(&blob.digest).await? == Some(blob.size) {
+            if let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes) {
+                let blobs: Vec<LayerBlob> = [record.primary].into_iter().chain(record.also).collect();
+                let mut all_there = blobs.len() == encodings.len();
+                for blob in &blobs {
+                    all_there &= self.storage.blob_size(&blob.digest).await? == Some(blob.size);
+                }
+                if all_there {
                     if let Some(p) = &progress {
-                        p.layer_done(index, &blob, true);
+                        p.layer_done(index, &blobs[0], true);
                     }
-                    return Ok(blob);
+                    return Ok(blobs);
                 }
             }
         }
         let _slot = self.pack_slots.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
-        let (staging, writer) = self.storage.staging_writer();
+        let (staging, writers): (Vec<_>, Vec<_>) = encodings.iter().map(|_| self.storage.staging_writer()).unzip();
         if let Some(p) = &progress {
             p.layer_start(index, nar_size);
         }
         let observer = progress.clone();
         let packed = tokio::task::spawn_blocking(move || {
-            let bridge = tokio_util::io::SyncIoBridge::new(writer);
+            let bridges = writers.into_iter().map(tokio_util::io::SyncIoBridge::new).collect();
             let mut advance = |n: u64| {
                 if let Some(p) = &observer {
                     p.layer_advance(index, n)
                 }
             };
-            let (blob, mut bridge) = layers::pack_store_paths(&paths, level, bridge, &mut advance)?;
-            bridge.shutdown()?;
-            Ok::<_, std::io::Error>(blob)
+            let (blobs, bridges) = layers::pack_store_paths(&paths, &encodings, bridges, &mut advance)?;
+            for mut bridge in bridges {
+                bridge.shutdown()?;
+            }
+            Ok::<_, std::io::Error>(blobs)
         })
         .await
         .map_err(|e| Error::Internal(format!("packing task: {e}")));
-        let blob = match packed {
-            Ok(Ok(blob)) => blob,
-            Ok(Err(e)) => {
-                self.storage.discard(&staging).await;
-                return Err(Error::storage("packing layer", &e));
-            }
-            Err(e) => {
-                self.storage.discard(&staging).await;
-                return Err(e);
+        let blobs = match packed {
+            Ok(Ok(blobs)) => blobs,
+            failed => {
+                for s in &staging {
+                    self.storage.discard(s).await;
+                }
+                return Err(match failed {
+                    Ok(Err(e)) => Error::Storage(format!("packing layer: {e}")),
+                    Err(e) => e,
+                    Ok(Ok(_)) => unreachable!(),
+                });
             }
         };
-        self.storage.publish(&staging, &blob.digest, blob.size).await?;
-        let record = serde_json::to_vec(&blob).map_err(|e| Error::Internal(e.to_string()))?;
+        for (s, blob) in staging.iter().zip(&blobs) {
+            self.storage.publish(s, &blob.digest, blob.size).await?;
+        }
+        let record = LayerRecord { primary: blobs[0].clone(), also: blobs[1..].to_vec() };
+        let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
         self.storage.put_bytes(&key, Bytes::from(record)).await?;
         if let Some(p) = &progress {
-            p.layer_done(index, &blob, false);
+            p.layer_done(index, &blobs[0], false);
         }
-        Ok(blob)
+        Ok(blobs)
     }
+}
+
+/// A packed layer's record: the blob in the first encoding, as `strata gc`
+/// reads it, and the other encodings' blobs.
+#[derive(Serialize, Deserialize)]
+struct LayerRecord {
+    #[serde(flatten)]
+    primary: LayerBlob,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    also: Vec<LayerBlob>,
 }
 
 /// `strata inspect` and `/api/inspect`: an image's plan, closure and layers.

@@ -72,8 +72,40 @@ pub struct LayersConfig {
     /// Most layers of an image, the host's symlink layer included. Docker's
     /// limit is 125; 94 leaves room for users' own layers, as in Nixery.
     pub budget: u32,
-    /// gzip level, 0–9.
-    pub compression_level: u32,
+    /// `gzip`, which every client reads, or `zstd` (OCI `+zstd` layers,
+    /// smaller and faster to unpack, for the clients that read them; Docker
+    /// schema 2 manifests have no zstd type and keep gzip layers).
+    pub compression: crate::compress::Codec,
+    /// Level of `compression`: gzip 0–9 (default 6), zstd 1–19 (default
+    /// 3). `compression_level` is its older name.
+    #[serde(rename = "level", alias = "compression_level")]
+    pub compression_level: Option<u32>,
+}
+
+impl LayersConfig {
+    /// The level, the codec's default when unset.
+    pub fn level(&self) -> u32 {
+        self.compression_level.unwrap_or(match self.compression {
+            crate::compress::Codec::Gzip => 6,
+            crate::compress::Codec::Zstd => 3,
+        })
+    }
+
+    /// The form OCI manifests reference.
+    pub fn encoding(&self) -> crate::compress::Encoding {
+        crate::compress::Encoding { codec: self.compression, level: self.level() as i32 }
+    }
+
+    /// Every form a layer is packed in, OCI's first: with zstd, a gzip copy
+    /// (level 6) for Docker schema 2 manifests, compressed from the same tar
+    /// pass.
+    pub fn encodings(&self) -> Vec<crate::compress::Encoding> {
+        let mut all = vec![self.encoding()];
+        if self.compression != crate::compress::Codec::Gzip {
+            all.push(crate::compress::Encoding::gzip(6));
+        }
+        all
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,7 +172,7 @@ impl Default for NixConfig {
 
 impl Default for LayersConfig {
     fn default() -> Self {
-        LayersConfig { budget: 94, compression_level: 6 }
+        LayersConfig { budget: 94, compression: crate::compress::Codec::Gzip, compression_level: None }
     }
 }
 
@@ -183,6 +215,7 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.validate()?;
+        cfg.layers.compression_level = Some(cfg.layers.level());
         Ok(cfg)
     }
 
@@ -293,8 +326,17 @@ impl Config {
                 self.layers.budget
             )));
         }
-        if self.layers.compression_level > 9 {
-            return Err(bad(format!("layers.compression_level={} must be 0-9", self.layers.compression_level)));
+        let (level, range) = match self.layers.compression {
+            crate::compress::Codec::Gzip => (self.layers.level(), 0..=9),
+            crate::compress::Codec::Zstd => (self.layers.level(), 1..=19),
+        };
+        if !range.contains(&level) {
+            return Err(bad(format!(
+                "layers.level={level} must be {}-{} for {}",
+                range.start(),
+                range.end(),
+                self.layers.compression.name()
+            )));
         }
         if self.plugins.expand.is_empty() && self.plugins.config.contains_key("bundles") {
             return Err(bad("plugins.config.bundles is set but plugins.expand is empty"));
@@ -452,6 +494,14 @@ mod tests {
         std::fs::write(&file, "[layers]\nbudget = 500\n").unwrap();
         let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("layers.budget"), "{err}");
+        std::fs::write(&file, "[layers]\ncompression = \"zstd\"\nlevel = 0\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("layers.level=0") && err.contains("zstd"), "{err}");
+        std::fs::write(&file, "[layers]\ncompression = \"zstd\"\n").unwrap();
+        let cfg = Config::load(Some(&file), &env(&[])).unwrap();
+        assert_eq!(cfg.layers.encodings(), [crate::compress::Encoding::zstd(3), crate::compress::Encoding::gzip(6)]);
+        std::fs::write(&file, "[layers]\ncompression_level = 9\n").unwrap();
+        assert_eq!(Config::load(Some(&file), &env(&[])).unwrap().layers.encodings(), [crate::compress::Encoding::gzip(9)]);
         std::fs::write(&file, "[layers]\nbudgett = 5\n").unwrap();
         let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("budgett"), "{err}");

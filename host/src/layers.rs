@@ -1,11 +1,14 @@
-//! Layer assembly: deterministic tar → gzip → digests in one streaming pass.
+//! Layer assembly: deterministic tar → compressor(s) → digests in one
+//! streaming pass.
 //!
 //! Determinism is what makes layers shareable: the same store paths must give
 //! the same bytes on any replica, on any day, so entries are sorted, times
-//! fixed, owners zeroed and no user names written.
+//! fixed, owners zeroed and no user names written; the compressors'
+//! output depends only on their input and settings (see [`crate::compress`]).
+//! Memory is bounded by the compressors' blocks in flight and the writers'
+//! buffers, never by the size of a layer: files are streamed, not read whole.
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use crate::compress::{self, Codec, Encoding};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +31,9 @@ pub struct LayerBlob {
     pub size: u64,
     /// Base64 md5 of the compressed bytes, for stores that check it.
     pub md5: String,
+    /// How the bytes are compressed (records written before zstd: gzip).
+    #[serde(default)]
+    pub codec: Codec,
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -63,16 +69,43 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Runs `fill` on a tar builder whose output is gzipped into `out`, hashing
-/// both sides of the compressor. Returns the blob's description and `out`.
-fn pack<W: Write>(
-    level: u32,
-    out: W,
-    fill: impl FnOnce(&mut tar::Builder<&mut Hashing<GzEncoder<Hashing<W>>>>) -> io::Result<()>,
-) -> io::Result<(LayerBlob, W)> {
-    let compressed = Hashing::new(out, true);
-    let gz = GzEncoder::new(compressed, Compression::new(level));
-    let mut plain = Hashing::new(gz, false);
+/// Writes everything to each of several writers: one tar stream, several
+/// compressed forms.
+struct Tee<E>(Vec<E>);
+
+impl<E: Write> Write for Tee<E> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for w in &mut self.0 {
+            w.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(Write::flush)
+    }
+}
+
+type Compressed<'a, W> = Box<dyn compress::Encoder<Hashing<W>> + 'a>;
+
+/// The tar builder `fill` writes to: hashed (the diff_id), then compressed
+/// once per encoding, each output hashed again (the digests).
+type TarSink<'s, 'a, W> = tar::Builder<&'s mut Hashing<Tee<Compressed<'a, W>>>>;
+
+/// Runs `fill` on a tar builder whose output is compressed into each of
+/// `outs` (one per encoding, same order), hashing both sides of the
+/// compressors. Returns one blob per encoding and the writers.
+fn pack<'a, W: Write + 'a>(
+    encodings: &[Encoding],
+    outs: Vec<W>,
+    fill: impl FnOnce(&mut TarSink<'_, 'a, W>) -> io::Result<()>,
+) -> io::Result<(Vec<LayerBlob>, Vec<W>)> {
+    assert_eq!(encodings.len(), outs.len(), "one writer per encoding");
+    let encoders = encodings
+        .iter()
+        .zip(outs)
+        .map(|(e, out)| compress::encoder(*e, Hashing::new(out, true)))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut plain = Hashing::new(Tee(encoders), false);
     {
         let mut builder = tar::Builder::new(&mut plain);
         builder.mode(tar::HeaderMode::Deterministic);
@@ -80,17 +113,23 @@ fn pack<W: Write>(
         builder.finish()?;
     }
     let diff_id = format!("sha256:{}", hex::encode(plain.sha.finalize_reset()));
-    let compressed = plain.inner.finish()?;
-    let blob = LayerBlob {
-        digest: format!("sha256:{}", hex::encode(compressed.sha.finalize())),
-        diff_id,
-        size: compressed.len,
-        md5: base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            compressed.md5.expect("md5 enabled").finalize(),
-        ),
-    };
-    Ok((blob, compressed.inner))
+    let mut blobs = Vec::new();
+    let mut outs = Vec::new();
+    for (encoder, encoding) in plain.inner.0.into_iter().zip(encodings) {
+        let compressed = encoder.finish()?;
+        blobs.push(LayerBlob {
+            digest: format!("sha256:{}", hex::encode(compressed.sha.finalize())),
+            diff_id: diff_id.clone(),
+            size: compressed.len,
+            md5: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                compressed.md5.expect("md5 enabled").finalize(),
+            ),
+            codec: encoding.codec,
+        });
+        outs.push(compressed.inner);
+    }
+    Ok((blobs, outs))
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -118,15 +157,17 @@ fn append_symlink<W: Write>(b: &mut tar::Builder<W>, path: &str, target: &Path) 
 /// Files that are hard links of each other inside the layer become tar hard
 /// links, as `nix-store --optimise` makes many of them.
 /// `progress` hears the number of file bytes read, as they are read.
-pub fn pack_store_paths<W: Write>(
+/// One blob per entry of `encodings`, written to the writer at the same
+/// place in `outs`.
+pub fn pack_store_paths<'a, W: Write + 'a>(
     paths: &[String],
-    level: u32,
-    out: W,
+    encodings: &[Encoding],
+    outs: Vec<W>,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<(LayerBlob, W)> {
+) -> io::Result<(Vec<LayerBlob>, Vec<W>)> {
     let mut sorted: Vec<&String> = paths.iter().collect();
     sorted.sort();
-    pack(level, out, |b| {
+    pack(encodings, outs, |b| {
         append_dir(b, "nix", 0o755)?;
         append_dir(b, "nix/store", 0o755)?;
         let mut seen = HashMap::new();
@@ -172,7 +213,10 @@ fn append_tree<W: Write>(
             seen.insert(key, name.to_string());
         }
         let mut h = header(tar::EntryType::Regular, mode, meta.len());
-        b.append_data(&mut h, name, fs::File::open(src)?)?;
+        // Large reads: `io::copy` then hands the compressors 256 KiB at a
+        // time instead of 8 KiB.
+        let file = io::BufReader::with_capacity(256 * 1024, fs::File::open(src)?);
+        b.append_data(&mut h, name, file)?;
         progress(meta.len());
         Ok(())
     } else {
@@ -263,8 +307,8 @@ impl FinalLayer {
         matches!(self.entries.get(path), Some(Entry::Dir(_)))
     }
 
-    pub fn pack<W: Write>(&self, level: u32, out: W) -> io::Result<(LayerBlob, W)> {
-        pack(level, out, |b| {
+    pub fn pack<'a, W: Write + 'a>(&self, encodings: &[Encoding], outs: Vec<W>) -> io::Result<(Vec<LayerBlob>, Vec<W>)> {
+        pack(encodings, outs, |b| {
             for (path, entry) in &self.entries {
                 match entry {
                     Entry::Dir(mode) => append_dir(b, path, *mode)?,
@@ -308,8 +352,13 @@ mod tests {
         std::os::unix::fs::symlink("a", root.join("bin/link")).unwrap();
         let p = vec![root.to_string_lossy().into_owned()];
 
-        let (blob1, bytes1) = pack_store_paths(&p, 6, Vec::new(), &mut |_| {}).unwrap();
-        let (blob2, bytes2) = pack_store_paths(&p, 6, Vec::new(), &mut |_| {}).unwrap();
+        let gz = [Encoding::gzip(6)];
+        let one = |e: &[Encoding]| {
+            let (mut blobs, mut outs) = pack_store_paths(&p, e, vec![Vec::new(); e.len()], &mut |_| {}).unwrap();
+            (blobs.remove(0), outs.remove(0))
+        };
+        let (blob1, bytes1) = one(&gz);
+        let (blob2, bytes2) = one(&gz);
         assert_eq!(bytes1, bytes2);
         assert_eq!(blob1, blob2);
         assert_eq!(blob1.digest, sha256_digest(&bytes1));
@@ -328,6 +377,16 @@ mod tests {
         let link = names.iter().find(|n| n.0.ends_with("bin/link")).unwrap();
         assert_eq!(link.1, tar::EntryType::Symlink);
         assert!(names.iter().all(|n| n.2 == MTIME));
+
+        // zstd and gzip from one pass: the same tar inside both.
+        let both = [Encoding::zstd(3), Encoding::gzip(6)];
+        let (blobs, outs) = pack_store_paths(&p, &both, vec![Vec::new(), Vec::new()], &mut |_| {}).unwrap();
+        assert_eq!(blobs[1], blob1);
+        assert_eq!(outs[1], bytes1);
+        assert_eq!(blobs[0].codec, Codec::Zstd);
+        assert_eq!(blobs[0].diff_id, blob1.diff_id);
+        assert_eq!(blobs[0].digest, sha256_digest(&outs[0]));
+        assert_eq!(zstd::decode_all(&outs[0][..]).unwrap(), plain);
     }
 
     #[test]
@@ -351,8 +410,8 @@ mod tests {
         assert!(matches!(layer.entries.get("tmp"), Some(Entry::Dir(0o1777))));
         assert!(layer.entries.contains_key("etc/passwd"));
         assert_eq!(layer.ca_bundle().as_deref(), Some("/etc/ssl/certs/ca-bundle.crt"));
-        let (_, bytes) = layer.pack(6, Vec::new()).unwrap();
-        let names = unpack_names(&bytes);
+        let (_, bytes) = layer.pack(&[Encoding::gzip(6)], vec![Vec::new()]).unwrap();
+        let names = unpack_names(&bytes[0]);
         let mut sorted = names.clone();
         sorted.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(names, sorted);

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod bench_layering;
 pub mod build;
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod export;

@@ -12,6 +12,7 @@ use oci_spec::image::{
 };
 use std::str::FromStr;
 
+use crate::compress::Codec;
 use crate::error::{Error, Result};
 use crate::layers::LayerBlob;
 use strata_plugin_sdk::ImageSettings;
@@ -135,9 +136,16 @@ fn digest(s: &str) -> Result<Digest> {
 }
 
 pub fn manifest_json(format: Format, config: (&str, u64), layers: &[LayerBlob]) -> Result<Vec<u8>> {
-    let (config_type, layer_type) = match format {
-        Format::Docker => (MediaType::Other(DOCKER_CONFIG.into()), MediaType::Other(DOCKER_LAYER.into())),
-        Format::Oci => (MediaType::ImageConfig, MediaType::ImageLayerGzip),
+    let config_type = match format {
+        Format::Docker => MediaType::Other(DOCKER_CONFIG.into()),
+        Format::Oci => MediaType::ImageConfig,
+    };
+    // Schema 2 has no zstd layer type: the builder gives it gzip copies.
+    let layer_type = |l: &LayerBlob| match (format, l.codec) {
+        (Format::Docker, Codec::Gzip) => Ok(MediaType::Other(DOCKER_LAYER.into())),
+        (Format::Docker, other) => Err(internal(format!("a Docker schema 2 manifest cannot hold {} layers", other.name()))),
+        (Format::Oci, Codec::Gzip) => Ok(MediaType::ImageLayerGzip),
+        (Format::Oci, Codec::Zstd) => Ok(MediaType::ImageLayerZstd),
     };
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -146,7 +154,7 @@ pub fn manifest_json(format: Format, config: (&str, u64), layers: &[LayerBlob]) 
         .layers(
             layers
                 .iter()
-                .map(|l| Ok(Descriptor::new(layer_type.clone(), l.size, digest(&l.digest)?)))
+                .map(|l| Ok(Descriptor::new(layer_type(l)?, l.size, digest(&l.digest)?)))
                 .collect::<Result<Vec<_>>>()?,
         )
         .build()
@@ -188,6 +196,7 @@ mod tests {
             diff_id: format!("sha256:{}", "b".repeat(64)),
             size: 10,
             md5: String::new(),
+            codec: Codec::Gzip,
         };
         let cfg = format!("sha256:{}", "c".repeat(64));
         for f in [Format::Docker, Format::Oci] {
@@ -196,5 +205,9 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!(declared_media_type(&a).as_deref(), Some(f.media_type()));
         }
+        let zstd = LayerBlob { codec: Codec::Zstd, ..blob };
+        let oci = manifest_json(Format::Oci, (&cfg, 5), std::slice::from_ref(&zstd)).unwrap();
+        assert!(String::from_utf8(oci).unwrap().contains("application/vnd.oci.image.layer.v1.tar+zstd"));
+        assert!(manifest_json(Format::Docker, (&cfg, 5), &[zstd]).is_err());
     }
 }
