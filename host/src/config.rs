@@ -19,6 +19,10 @@ pub struct Config {
     pub cache: CacheConfig,
     pub builds: BuildsConfig,
     pub plugins: PluginsConfig,
+    /// What each client may send and hold (see [`crate::limits`]).
+    pub limits: crate::limits::LimitsConfig,
+    /// Optional access control (see [`crate::auth`]); off by default.
+    pub auth: crate::auth::AuthConfig,
     /// Directory of web assets replacing the embedded page (`WEB_DIR`).
     pub web_dir: Option<PathBuf>,
     /// Largest number of packages one image may name.
@@ -152,6 +156,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             builds: BuildsConfig::default(),
             plugins: PluginsConfig::default(),
+            limits: Default::default(),
+            auth: Default::default(),
             web_dir: None,
             max_packages: 64,
         }
@@ -309,6 +315,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         let st = &self.storage;
         // S3 refuses presigned URLs valid for more than 7 days.
         if st.presign_secs == 0 || st.presign_secs > 7 * 24 * 3600 {

@@ -50,6 +50,9 @@ pub enum Error {
     /// No or wrong credentials, when access control is on (`[auth]`).
     #[error("authentication required")]
     Unauthorized { realm: String },
+    /// A request body larger than `[limits] max_body_bytes`.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// Valid credentials that do not cover this name.
     #[error("access to {0} denied")]
     Denied(String),
@@ -140,6 +143,7 @@ impl Error {
             StorageFull(_) => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE),
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
+            TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
             Plugin { .. } | Nix { .. } | Storage(_) | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }

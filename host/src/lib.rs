@@ -4,6 +4,7 @@
 //!
 //! The pull path, top to bottom, is `build::Builder::build`.
 
+pub mod auth;
 pub mod bench;
 pub mod bench_layering;
 pub mod build;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod export;
 pub mod gc;
 pub mod layers;
+pub mod limits;
 pub mod lease;
 pub mod manifest;
 pub mod metrics;

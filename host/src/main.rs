@@ -255,18 +255,27 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
+    let auth = strata::auth::Auth::from_config(&cfg.auth)?;
     let builder = Builder::new(Arc::new(cfg)).await?;
     let app = strata::registry::router(builder.clone())
         .merge(strata::web::router(builder.clone()))
-        .merge(strata::metrics::router())
-        .layer(axum::middleware::from_fn(strata::metrics::observe));
+        .merge(strata::metrics::router());
+    // Inside the request log, so that refusals are logged and counted.
+    let app = match auth {
+        Some(auth) => {
+            tracing::info!("access control on");
+            app.layer(axum::middleware::from_fn_with_state(auth, strata::auth::guard))
+        }
+        None => app,
+    };
+    let app = app.layer(axum::middleware::from_fn(strata::metrics::observe));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     tracing::info!(
         address = %listener.local_addr()?,
         storage = builder.storage.description(),
         "strata serving"
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    strata::limits::serve(listener, app, &builder.config().limits, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -421,7 +421,8 @@ fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, url: &str, li
             return Err(true);
         }
         if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send() {
-            if r.status().is_success() {
+            // 401: access control is on, and the server is answering.
+            if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED {
                 return Ok(());
             }
         }
