@@ -46,6 +46,38 @@ else
   apt-get install -y "${missing[@]}"
 fi
 
+# Object-store stand-ins for tests/tests/{storage,scale_out}.rs (see
+# tests/src/stores.rs): S3 (moto's server; s3s-fs, which checks signatures),
+# Azure Blob (azurite, plus Microsoft's Python SDK to create its container)
+# and GCS (gcp-storage-emulator). Pinned; installed only when the pinned
+# version is not already there.
+PIP_PINS=("moto[server]==5.2.1" "gcp-storage-emulator==2026.7.19" "azure-storage-blob==12.26.0")
+pip_missing=()
+for pin in "${PIP_PINS[@]}"; do
+  name=${pin%%==*}; name=${name%%\[*}; want=${pin##*==}
+  have=$(python3 -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+  [ "$have" = "$want" ] || pip_missing+=("$pin")
+done
+if [ ${#pip_missing[@]} -gt 0 ]; then
+  echo "install-deps: pip installing ${pip_missing[*]}"
+  python3 -m pip install --quiet "${pip_missing[@]}"
+fi
+AZURITE_VERSION=3.35.0
+if [ "$(azurite-blob --version 2>/dev/null || true)" != "$AZURITE_VERSION" ]; then
+  echo "install-deps: npm installing azurite@$AZURITE_VERSION"
+  npm install --global --no-fund --no-audit "azurite@$AZURITE_VERSION"
+fi
+# rustup's cargo (Debian's, in /usr/bin, is too old) and where it installs.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+S3S_FS_VERSION=0.14.1 # 0.17 needs a newer rustc than this machine's
+if [ "$(s3s-fs --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]; then
+  echo "install-deps: cargo installing s3s-fs@$S3S_FS_VERSION (a few minutes)"
+  cargo install --locked --features binary "s3s-fs@$S3S_FS_VERSION"
+fi
+for tool in moto_server gcp-storage-emulator azurite-blob s3s-fs; do
+  command -v "$tool" >/dev/null || { echo "install-deps: $tool not on PATH after installing it" >&2; exit 1; }
+done
+
 # Nix: Debian's nix-bin is used by root as a single user, no daemon. The store
 # and its database are created on first use; make sure that works.
 if ! command -v nix-build >/dev/null; then
