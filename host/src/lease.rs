@@ -20,6 +20,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
@@ -32,6 +33,8 @@ pub struct Leases {
     owner: String,
     ttl: Duration,
     wait: Duration,
+    /// Whether the store honours conditional creates, found out once.
+    conditional: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ impl Leases {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let host = if host.trim().is_empty() { "host" } else { host.trim() };
         let owner = format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>());
-        Leases { owner, ttl, wait }
+        Leases { owner, ttl, wait, conditional: Arc::default() }
     }
 
     pub fn owner(&self) -> &str {
@@ -95,6 +98,32 @@ async fn generations(storage: &Storage, image: &str) -> Result<Vec<(u64, Path)>>
 }
 
 impl Storage {
+    /// Whether a second conditional create of one key is refused, as it must
+    /// be for leases to mean anything. Some S3-compatible servers accept
+    /// `If-None-Match: *` and ignore it (s3s-fs 0.14 does): every replica
+    /// would then "win" every lease. Asked of the store once per process.
+    pub async fn conditional_create_works(&self) -> Result<bool> {
+        let works = self
+            .leases
+            .conditional
+            .get_or_try_init(|| async {
+                let key = format!("{LEASE_PREFIX}.probe/{}", self.leases.owner.replace('/', "-"));
+                let first = self.put_if_absent(&key, Bytes::from_static(b"probe")).await?;
+                let second = self.put_if_absent(&key, Bytes::from_static(b"probe")).await?;
+                let _ = self.delete(&Path::from(key)).await;
+                let works = first == Some(Created::New) && second == Some(Created::Existed);
+                if !works {
+                    tracing::warn!(
+                        storage = self.description(),
+                        "the store cannot create objects conditionally, or ignores the condition: replicas sharing it may build the same image at once"
+                    );
+                }
+                Ok::<_, Error>(works)
+            })
+            .await?;
+        Ok(*works)
+    }
+
     /// Takes the build lease of the image with cache key `image`, or waits
     /// while another replica holds it until `published` finds that replica's
     /// result. Bounded by `storage.lease_wait_secs`: past it the request is
@@ -105,6 +134,12 @@ impl Storage {
         Fut: Future<Output = Result<Option<T>>>,
     {
         let leases = &self.leases;
+        if !self.conditional_create_works().await? {
+            return Ok(match published().await? {
+                Some(done) => Acquired::Published(done),
+                None => Acquired::Held(Lease::none()),
+            });
+        }
         let deadline = Instant::now() + leases.wait;
         let mut delay = Duration::from_millis(100);
         let mut waiting_on: Option<String> = None;

@@ -70,7 +70,14 @@ impl Storage {
     /// the environment as each SDK does; blobs are streamed through the host
     /// and leases have their default timing.
     pub fn open(url: &str) -> anyhow::Result<Storage> {
-        let opened = backend::open(url)?;
+        Storage::open_with(url, &[])
+    }
+
+    /// [`Storage::open`] with object_store options (`aws_endpoint`,
+    /// `azure_storage_use_emulator`, …) over the environment's: for tests,
+    /// which cannot give each store its own process environment.
+    pub fn open_with(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Storage> {
+        let opened = backend::open(url, options)?;
         Ok(Storage {
             store: opened.store,
             redirect: None,
@@ -80,11 +87,18 @@ impl Storage {
         })
     }
 
+    /// The same store with other lease timing (`lease_secs`,
+    /// `lease_wait_secs`): tests make leases expire in seconds.
+    pub fn with_lease_timing(mut self, ttl: Duration, wait: Duration) -> Storage {
+        self.leases = crate::lease::Leases::new(ttl, wait);
+        self
+    }
+
     /// The store `[storage]` describes, serving and leasing as configured.
     pub fn from_config(cfg: &Config) -> anyhow::Result<Storage> {
         let st = &cfg.storage;
         let url = cfg.storage_url();
-        let opened = backend::open(&url)?;
+        let opened = backend::open(&url, &[])?;
         let redirect = match (st.serve, opened.signer) {
             (ServeMode::Proxy, _) => None,
             (ServeMode::Redirect, Some(signer)) => {

@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod stores;
+
 /// The repository root (this crate lives in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
@@ -252,6 +254,10 @@ pub struct ServerOptions {
     /// Environment variables set last (they may replace the defaults, e.g.
     /// `NIXERY_PKGS_PATH` or `NIX_TIMEOUT`).
     pub env: Vec<(String, String)>,
+    /// A storage URL (`s3://…`, `az://…`) used instead of `storage`.
+    pub storage_url: Option<String>,
+    /// More keys of the `[storage]` table (`serve = "redirect"`).
+    pub storage_toml: String,
 }
 
 /// A running `strata serve`; stopped (its whole process group) on drop.
@@ -316,10 +322,11 @@ impl Server {
         for _attempt in 0..5 {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let config = dir.path().join("strata.toml");
+            let url = opts.storage_url.clone().unwrap_or_else(|| format!("file://{}", storage.display()));
             let toml = format!(
-                "listen = \"{addr}\"\n{}\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
+                "listen = \"{addr}\"\n{}\n\n[storage]\nurl = \"{url}\"\n{}\n\n[nix]\nwork_dir = \"{}\"\n",
                 opts.extra_toml,
-                storage.display(),
+                opts.storage_toml,
                 nix_work.display()
             );
             std::fs::write(&config, toml).expect("write config");
@@ -327,6 +334,13 @@ impl Server {
             let mut cmd = Command::new(&bin);
             for var in CLEARED_ENV {
                 cmd.env_remove(var);
+            }
+            // Cloud credentials and endpoints come only from `opts.env`.
+            for (var, _) in std::env::vars_os() {
+                let v = var.to_string_lossy();
+                if ["AWS_", "AZURE_", "AZURITE_", "GOOGLE_"].iter().any(|p| v.starts_with(p)) || v == "SERVICE_ACCOUNT" {
+                    cmd.env_remove(&var);
+                }
             }
             cmd.arg("--config")
                 .arg(&config)
