@@ -74,7 +74,11 @@ fn check_goals(r: &Report) -> Vec<String> {
         }
     }
     if size.total_pulled() > popularity.total_pulled() {
-        failures.push(format!("over the series size pulled {} B, popularity {} B", size.total_pulled(), popularity.total_pulled()));
+        failures.push(format!(
+            "over the series size pulled {} B, popularity {} B",
+            size.total_pulled(),
+            popularity.total_pulled()
+        ));
     }
     // And within Docker's limit, below the budget.
     for (row, budget) in [(size, 94), (popularity, 94), (single, 2)] {
@@ -223,25 +227,32 @@ fn layer_order_is_stable_base_first_symlinks_last() {
 
 // ------------------------------------------------------- popularity data
 
+/// The closure of `path` within an image's closure.
+fn closure_of(closure: &[strata_plugin_sdk::StorePath], path: &str) -> BTreeSet<String> {
+    let refs: HashMap<&str, &Vec<String>> = closure.iter().map(|p| (p.path.as_str(), &p.references)).collect();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![path.to_string()];
+    while let Some(q) = stack.pop() {
+        if !seen.contains(&q) {
+            stack.extend(refs[q.as_str()].iter().cloned());
+            seen.insert(q);
+        }
+    }
+    seen
+}
+
 /// A store path name that `popularity` without data leaves in a layer with
 /// a path outside its closure (the path that dominates it): with a count at
 /// the threshold it must head a layer of its own paths.
-fn dominated_name(layers: &[Vec<String>], closure: &[strata_plugin_sdk::StorePath], roots: &[String]) -> (String, String) {
-    let refs: HashMap<&str, &Vec<String>> = closure.iter().map(|p| (p.path.as_str(), &p.references)).collect();
-    let closure_of = |p: &str| {
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        let mut stack = vec![p.to_string()];
-        while let Some(q) = stack.pop() {
-            if seen.insert(q.clone()) {
-                stack.extend(refs[q.as_str()].iter().cloned());
-            }
-        }
-        seen
-    };
-    for layer in layers {
+fn dominated_name(
+    layers: &[Vec<String>],
+    closure: &[strata_plugin_sdk::StorePath],
+    roots: &[String],
+) -> (String, String) {
+    for layer in layers.iter().filter(|l| l.len() > 1) {
         for p in layer.iter().filter(|p| !roots.contains(p)) {
-            let c = closure_of(p);
-            if layer.iter().any(|q| !c.contains(q)) && layer.len() > 1 {
+            let own = closure_of(closure, p);
+            if layer.iter().any(|q| !own.contains(q)) {
                 let name = p.rsplit('/').next().unwrap().split_once('-').unwrap().1.to_string();
                 return (p.clone(), name);
             }
@@ -289,20 +300,9 @@ fn popularity_data_from_a_file_or_url_reaches_the_plugin() {
         .await;
         let with = with_file.inspect(&image, "latest").await.unwrap();
         let layer = with.layers.iter().find(|l| l.paths.contains(&path)).unwrap();
-        let head_closure: BTreeSet<&str> = {
-            let refs: HashMap<&str, &Vec<String>> =
-                with.closure.iter().map(|p| (p.path.as_str(), &p.references)).collect();
-            let mut seen = BTreeSet::new();
-            let mut stack = vec![path.as_str()];
-            while let Some(q) = stack.pop() {
-                if seen.insert(q) {
-                    stack.extend(refs[q].iter().map(String::as_str));
-                }
-            }
-            seen
-        };
+        let own = closure_of(&with.closure, &path);
         assert!(
-            layer.paths.iter().all(|p| head_closure.contains(p.as_str())),
+            layer.paths.iter().all(|p| own.contains(p)),
             "{name} is popular: its layer holds only its own closure, got {:?}",
             layer.paths
         );

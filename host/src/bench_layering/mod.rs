@@ -184,10 +184,7 @@ impl Report {
     /// rows are not) with the fewest bytes pulled over the series; ties go
     /// to the earlier row.
     pub fn winner(&self) -> Option<&Row> {
-        self.rows
-            .iter()
-            .filter(|r| r.budget <= DOCKER_LAYER_LIMIT)
-            .min_by_key(|r| r.total_pulled())
+        self.rows.iter().filter(|r| r.budget <= DOCKER_LAYER_LIMIT).min_by_key(|r| r.total_pulled())
     }
 }
 
@@ -201,7 +198,14 @@ fn system() -> String {
 
 /// The configuration of one builder: the caller's, with this strategy, this
 /// release as the package source, and a blob store of the strategy's own.
-fn builder_config(base: &Config, s: &Strategy, source: &Path, storage: &Path, nix_work: &Path, popularity: Option<&Path>) -> Config {
+fn builder_config(
+    base: &Config,
+    s: &Strategy,
+    source: &Path,
+    storage: &Path,
+    nix_work: &Path,
+    popularity: Option<&Path>,
+) -> Config {
     let mut cfg = base.clone();
     cfg.storage.url = Some(format!("file://{}", storage.display()));
     cfg.nix.work_dir = Some(nix_work.to_path_buf());
@@ -224,12 +228,16 @@ fn builder_config(base: &Config, s: &Strategy, source: &Path, storage: &Path, ni
 }
 
 /// Builders for both releases of the set, sharing one blob store.
-async fn builders(base: &Config, s: &Strategy, sets: &PackageSets, storage: &Path, nix_work: &Path, popularity: Option<&Path>) -> anyhow::Result<[Arc<Builder>; 2]> {
+async fn builders(
+    base: &Config,
+    s: &Strategy,
+    sets: &PackageSets,
+    storage: &Path,
+    nix_work: &Path,
+    popularity: Option<&Path>,
+) -> anyhow::Result<[Arc<Builder>; 2]> {
     let make = |release| builder_config(base, s, sets.path(release), storage, nix_work, popularity);
-    Ok([
-        Builder::new(Arc::new(make(Release::Current))).await?,
-        Builder::new(Arc::new(make(Release::Bumped))).await?,
-    ])
+    Ok([Builder::new(Arc::new(make(Release::Current))).await?, Builder::new(Arc::new(make(Release::Bumped))).await?])
 }
 
 fn pick(builders: &[Arc<Builder>; 2], release: Release) -> &Arc<Builder> {
@@ -276,7 +284,11 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
             let new_path_bytes = i.closure.iter().filter(|p| !seen.contains(&p.path)).map(|p| p.nar_size).sum();
             seen.extend(i.closure.iter().map(|p| p.path.clone()));
             if step.release == Release::Bumped && new_path_bytes == 0 {
-                anyhow::bail!("bumping {} renames nothing in {}: name a core library of generated.nix that it depends on", opts.bump_lib, step.image);
+                anyhow::bail!(
+                    "bumping {} renames nothing in {}: name a core library of generated.nix that it depends on",
+                    opts.bump_lib,
+                    step.image
+                );
             }
             infos.push(StepInfo {
                 label: step.label.clone(),
@@ -312,11 +324,8 @@ async fn run_strategy(
         std::fs::remove_dir_all(&dir)?;
     }
     let b = builders(base, s, sets, &dir.join("storage"), nix_work, popularity).await?;
-    let served = if opts.skopeo {
-        Some([skopeo::serve(b[0].clone()).await?, skopeo::serve(b[1].clone()).await?])
-    } else {
-        None
-    };
+    let served =
+        if opts.skopeo { Some([skopeo::serve(b[0].clone()).await?, skopeo::serve(b[1].clone()).await?]) } else { None };
     let layout = skopeo::Layout::new(&dir.join("client-oci"));
     let mut cache = ClientCache::default();
     let mut steps = Vec::new();
@@ -332,7 +341,8 @@ async fn run_strategy(
             Some(servers) => {
                 let addr = servers[if step.release == Release::Current { 0 } else { 1 }].addr;
                 let added = layout.pull(addr, &step.image, "latest", &format!("step{}", n + 1)).await?;
-                check_skopeo(&blobs, &before, &added, &image).map_err(|e| anyhow::anyhow!("{} ({}): {e}", step.image, s.label))?;
+                check_skopeo(&blobs, &before, &added, &image)
+                    .map_err(|e| anyhow::anyhow!("{} ({}): {e}", step.image, s.label))?;
                 Some(added.len())
             }
             None => None,
@@ -368,7 +378,11 @@ fn check_skopeo(
         return Err(format!("skopeo added blobs {got:?} besides the manifest; the client model expected {expected:?}"));
     }
     if added.len() != got.len() + 1 {
-        return Err(format!("skopeo added {} blobs, expected the {} new ones and the manifest", added.len(), got.len()));
+        return Err(format!(
+            "skopeo added {} blobs, expected the {} new ones and the manifest",
+            added.len(),
+            got.len()
+        ));
     }
     for b in blobs {
         if let Some(size) = added.get(&b.digest) {

@@ -76,7 +76,11 @@ mod tests {
         StorePath {
             path: format!("/nix/store/h{name}-{name}"),
             nar_size: 1,
-            references: refs.iter().map(|r| format!("/nix/store/h{r}-{r}")).chain([format!("/nix/store/h{name}-{name}")]).collect(),
+            references: refs
+                .iter()
+                .map(|r| format!("/nix/store/h{r}-{r}"))
+                .chain([format!("/nix/store/h{name}-{name}")])
+                .collect(),
             nar_hash: String::new(),
         }
     }

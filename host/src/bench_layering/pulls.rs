@@ -57,8 +57,7 @@ impl ClientCache {
 
 /// The config and layer blobs of an OCI or Docker image manifest.
 pub fn manifest_blobs(manifest: &[u8]) -> Result<Vec<Blob>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(manifest).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| format!("manifest is not JSON: {e}"))?;
     let blob = |d: &serde_json::Value| -> Result<Blob, String> {
         Ok(Blob {
             digest: d["digest"].as_str().ok_or("descriptor without a digest")?.to_string(),
@@ -94,10 +93,7 @@ mod tests {
     fn reads_config_and_layers() {
         let m = br#"{"schemaVersion":2,"config":{"digest":"sha256:c","size":3},
             "layers":[{"digest":"sha256:l1","size":100},{"digest":"sha256:l2","size":20}]}"#;
-        assert_eq!(
-            manifest_blobs(m).unwrap(),
-            vec![b("sha256:c", 3), b("sha256:l1", 100), b("sha256:l2", 20)]
-        );
+        assert_eq!(manifest_blobs(m).unwrap(), vec![b("sha256:c", 3), b("sha256:l1", 100), b("sha256:l2", 20)]);
         assert!(manifest_blobs(b"{}").is_err());
     }
 }

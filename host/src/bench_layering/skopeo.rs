@@ -70,7 +70,13 @@ impl Layout {
 
     /// `skopeo copy docker://ADDR/IMAGE:TAG oci:LAYOUT:REF`; returns the
     /// blobs the copy added to the layout (the manifest among them).
-    pub async fn pull(&self, registry: SocketAddr, image: &str, tag: &str, reference: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    pub async fn pull(
+        &self,
+        registry: SocketAddr,
+        image: &str,
+        tag: &str,
+        reference: &str,
+    ) -> anyhow::Result<BTreeMap<String, u64>> {
         let before = self.blobs()?;
         let src = format!("docker://{registry}/{image}:{tag}");
         let dest = format!("oci:{}:{reference}", self.dir.display());

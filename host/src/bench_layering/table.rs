@@ -15,7 +15,13 @@ pub fn markdown(r: &Report) -> String {
     writeln!(s, "|---|{}---:|---:|---|---:|", "---:|".repeat(head.len())).ok();
     let cells = |f: &dyn Fn(&super::StepInfo) -> String| r.steps.iter().map(f).collect::<Vec<_>>().join(" | ");
     writeln!(s, "| *image closure (NAR)* | {} | | | | |", cells(&|i| bytes(i.closure_bytes))).ok();
-    writeln!(s, "| *store paths new to the client (NAR)* | {} | {} | | | |", cells(&|i| bytes(i.new_path_bytes)), bytes(r.steps.iter().map(|i| i.new_path_bytes).sum())).ok();
+    writeln!(
+        s,
+        "| *store paths new to the client (NAR)* | {} | {} | | | |",
+        cells(&|i| bytes(i.new_path_bytes)),
+        bytes(r.steps.iter().map(|i| i.new_path_bytes).sum())
+    )
+    .ok();
     for row in &r.rows {
         let pulled: Vec<String> = row.steps.iter().map(|st| bytes(st.new_bytes)).collect();
         let layers: Vec<String> = row.steps.iter().map(|st| st.layers.to_string()).collect();
@@ -37,11 +43,17 @@ pub fn markdown(r: &Report) -> String {
             .rows
             .iter()
             .map(|row| {
-                let n: Vec<String> = row.steps.iter().map(|st| st.skopeo_blobs.map_or("-".into(), |b| b.to_string())).collect();
+                let n: Vec<String> =
+                    row.steps.iter().map(|st| st.skopeo_blobs.map_or("-".into(), |b| b.to_string())).collect();
                 format!("{} {}", row.label, n.join("/"))
             })
             .collect();
-        writeln!(s, "\nBlobs skopeo added to one OCI layout per pull (manifest included; each matched the count above): {}.", per_row.join("; ")).ok();
+        writeln!(
+            s,
+            "\nBlobs skopeo added to one OCI layout per pull (manifest included; each matched the count above): {}.",
+            per_row.join("; ")
+        )
+        .ok();
     }
     s
 }
