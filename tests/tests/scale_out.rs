@@ -220,7 +220,17 @@ fn pull_s3_redirect_to_presigned_urls() {
 fn two_replicas(kind: Kind) {
     let store = Store::start(kind);
     let a = server(&store, "shared", "", &[]);
-    let b = server(&store, "shared", "", &[]);
+    // On S3, B is configured as a Nixery operator would: its config file
+    // names no bucket, Nixery's variables (and the AWS ones) do.
+    let b = if kind == Kind::Moto {
+        let mut env = store.env();
+        for (k, v) in [("NIXERY_STORAGE_BACKEND", "s3"), ("S3_BUCKET", strata_e2e::stores::BUCKET), ("S3_PREFIX", "shared")] {
+            env.push((k.to_string(), v.to_string()));
+        }
+        Server::start_with(ServerOptions { env, ..Default::default() })
+    } else {
+        server(&store, "shared", "", &[])
+    };
     let what = kind.name();
 
     let barrier = Arc::new(Barrier::new(2));
@@ -260,6 +270,9 @@ fn two_replicas(kind: Kind) {
     assert_eq!(builds(&a) + builds(&b), before, "{what}: A built what B had built");
     assert_eq!(manifest(&a, "git/hello", DOCKER).1, manifest(&b, "git/hello", DOCKER).1, "{what}");
     verified_blobs(&store, "shared");
+    if kind == Kind::Moto {
+        assert!(b.log().contains("s3://strata/shared"), "B's storage from Nixery's variables:\n{}", b.log());
+    }
 }
 
 #[test]
