@@ -16,7 +16,7 @@ PACKAGES=(
   # Debian's Rust (the build itself uses rustup's cargo, see scripts/test.sh)
   rustc-web rust-web-src cargo-web
   # load testing and everyday tools the tests and the demo call
-  wrk jq curl git ca-certificates python3 xxd coreutils tar gzip procps
+  wrk jq curl git ca-certificates python3 xxd coreutils tar gzip zstd procps
   # the browser test: Debian's headless Chromium driven from Node
   chromium nodejs
 )

@@ -156,11 +156,7 @@ impl Builder {
             nix,
             storage,
             popularity,
-            images: moka::sync::Cache::builder()
-                .max_capacity(memory / 2)
-                .weigher(|_, img: &Arc<Image>| img.weight())
-                .expire_after(ImageExpiry)
-                .build(),
+            images: image_cache(memory / 2),
             by_digest: moka::sync::Cache::builder()
                 .max_capacity(memory / 2)
                 .weigher(|k: &String, m: &Manifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
@@ -668,6 +664,16 @@ async fn timed<T, E>(
     result
 }
 
+/// (name, tag) → image, holding at most `max_bytes` of them by
+/// [`Image::weight`]; entries of mutable sources expire with their image.
+fn image_cache(max_bytes: u64) -> moka::sync::Cache<(String, String), Arc<Image>> {
+    moka::sync::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_, img: &Arc<Image>| img.weight())
+        .expire_after(ImageExpiry)
+        .build()
+}
+
 /// Entries expire when their image does (mutable sources); others live until
 /// evicted by size.
 struct ImageExpiry;
@@ -711,4 +717,58 @@ async fn load_popularity(url: Option<&str>) -> anyhow::Result<BTreeMap<String, u
         std::fs::read(path).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?
     };
     serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: not a JSON map of counts: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(i: usize, manifest_bytes: usize) -> Arc<Image> {
+        let m = |media_type| Manifest {
+            bytes: Bytes::from(vec![b'x'; manifest_bytes]),
+            digest: format!("sha256:{i:064x}"),
+            media_type,
+        };
+        Arc::new(Image {
+            docker: m(manifest::DOCKER_MANIFEST),
+            oci: m(manifest::OCI_MANIFEST),
+            summary: ImageSummary {
+                packages: vec![format!("p{i}")],
+                arch: "amd64".into(),
+                source: "test".into(),
+                strategy: "test".into(),
+                grouping_plugin: "test".into(),
+                layers: vec![],
+            },
+            expires: None,
+        })
+    }
+
+    #[test]
+    fn memory_cache_stays_within_its_byte_bound() {
+        let bound = 200_000;
+        let cache = image_cache(bound);
+        let weight = image(0, 10_000).weight() as u64;
+        assert!(weight >= 20_000, "an image weighs at least its two manifests: {weight}");
+        for i in 0..100 {
+            cache.insert((format!("img{i}"), "latest".into()), image(i, 10_000));
+            cache.run_pending_tasks();
+            assert!(cache.weighted_size() <= bound, "{} bytes held after {i} inserts", cache.weighted_size());
+        }
+        let held = cache.entry_count();
+        assert!(held > 0 && held <= bound / weight, "{held} images of {weight} bytes held under {bound}");
+    }
+
+    #[test]
+    fn mutable_images_leave_the_cache_when_they_expire() {
+        let cache = image_cache(1 << 20);
+        let mut img = Arc::into_inner(image(1, 100)).unwrap();
+        img.expires = Some(Instant::now() + Duration::from_millis(200));
+        cache.insert(("a".into(), "latest".into()), Arc::new(img));
+        cache.insert(("b".into(), "latest".into()), image(2, 100));
+        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_some());
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_none());
+        assert!(cache.get(&("b".to_string(), "latest".to_string())).is_some());
+    }
 }
