@@ -13,7 +13,9 @@
 mod builtin;
 mod check;
 mod runtime;
-mod validate;
+/// Public for the fuzz targets (fuzz/), which feed it arbitrary outputs.
+#[doc(hidden)]
+pub mod validate;
 
 pub use builtin::NAMES as BUILTIN_NAMES;
 pub use check::{check_sample, CheckReport};

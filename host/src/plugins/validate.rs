@@ -24,7 +24,7 @@ pub(crate) fn clean_message(s: &str) -> String {
 
 /// Checks that `layers` is a partition of `graph` within `budget`; returns
 /// the reason it is not, starting with "returned an invalid grouping".
-pub(crate) fn grouping(graph: &ClosureGraph, budget: u32, layers: &Layers) -> Result<(), String> {
+pub fn grouping(graph: &ClosureGraph, budget: u32, layers: &Layers) -> Result<(), String> {
     grouping_problem(graph, budget, layers).map_err(|p| format!("returned an invalid grouping: {p}"))
 }
 
@@ -84,7 +84,7 @@ fn is_store_path(path: &str) -> bool {
 
 /// Checks what an expansion plugin handed on; the next plugin and the build
 /// rely on it.
-pub(crate) fn expansion(e: &Expansion) -> Result<(), String> {
+pub fn expansion(e: &Expansion) -> Result<(), String> {
     expansion_problem(e).map_err(|p| format!("returned an invalid expansion: {p}"))
 }
 
@@ -107,7 +107,7 @@ fn expansion_problem(e: &Expansion) -> Result<(), String> {
 }
 
 /// The identity names what was built in cache keys and on the web page.
-pub(crate) fn source(out: &SourceOutput) -> Result<(), String> {
+pub fn source(out: &SourceOutput) -> Result<(), String> {
     let id = &out.identity;
     if id.is_empty() || id.len() > MAX_TEXT || id.chars().any(char::is_control) {
         return Err("returned an invalid source: the identity must be one non-empty line of at most 1000 bytes".into());

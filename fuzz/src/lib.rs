@@ -1,0 +1,209 @@
+//! What the fuzz targets check, as plain functions: each takes the
+//! fuzzer's bytes, runs one of the host's validators, and compares its
+//! verdict with an independent statement of the rule (a regular expression
+//! for the grammars, a set comparison for layer partitions). A panic is a
+//! finding: a validator that crashes, or one that accepts what the rule
+//! refuses (or the reverse).
+
+use arbitrary::{Arbitrary, Unstructured};
+use regex::Regex;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use strata::plugins::validate;
+use strata::reference::{self, Reference};
+use strata_plugin_sdk::{ClosureGraph, Expansion, Layers, SourceOutput, StorePath};
+
+fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pattern).expect("valid pattern"))
+}
+
+/// The distribution spec's grammar, written as the spec writes it.
+fn name_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    re(&R, r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+}
+
+fn tag_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    re(&R, r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+}
+
+fn digest_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    re(&R, r"^sha256:[a-f0-9]{64}$")
+}
+
+/// Names, tags, digests and references: the first byte picks the segment
+/// limit, the rest is the text (as the registry would see it in a path).
+pub fn check_reference(data: &[u8]) {
+    let (max_segments, text) = match data.split_first() {
+        Some((b, rest)) => (1 + usize::from(*b % 70), String::from_utf8_lossy(rest).into_owned()),
+        None => (64, String::new()),
+    };
+    let s = text.as_str();
+
+    let expected = name_re().is_match(s) && s.len() <= reference::MAX_NAME_LEN && s.split('/').count() <= max_segments;
+    match reference::parse_name(s, max_segments) {
+        Ok(segments) => {
+            assert!(expected, "name accepted against the grammar: {s:?}");
+            assert_eq!(segments.join("/"), s);
+            // What may reach a plugin or Nix: no traversal, no quoting,
+            // nothing but the grammar's bytes.
+            assert!(!s.contains("..") && !s.starts_with('/') && !s.contains("//"));
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b)));
+        }
+        Err(e) => {
+            assert!(!expected, "name refused against the grammar: {s:?}");
+            assert_eq!(e.code_and_status().0, "NAME_INVALID");
+        }
+    }
+
+    let tag_ok = tag_re().is_match(s);
+    assert_eq!(reference::parse_tag(s).is_ok(), tag_ok, "tag {s:?}");
+    let digest_ok = digest_re().is_match(s);
+    match reference::parse_digest(s) {
+        Ok(d) => assert!(digest_ok && d == s, "digest {s:?}"),
+        Err(e) => {
+            assert!(!digest_ok, "digest refused against the grammar: {s:?}");
+            assert_eq!(e.code_and_status().0, "DIGEST_INVALID");
+        }
+    }
+    match reference::parse_reference(s) {
+        Ok(Reference::Tag(t)) => assert!(tag_ok && t == s),
+        Ok(Reference::Digest(d)) => assert!(digest_ok && d == s),
+        Err(_) => assert!(!tag_ok && !digest_ok, "reference refused: {s:?}"),
+    }
+}
+
+/// Pieces store paths are made of: ordinary names and the ways out of the
+/// store a hostile plugin would try.
+const FRAGMENTS: &[&str] = &["aaaa-hello-2.12", "bbbb-glibc-2.38", "cccc-bash-5.2", "..", ".", "", "/", "x/../..", "\\", "\n", "dd-é", "ee\u{0}"];
+
+fn piece(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
+    if u.ratio(1, 4)? {
+        return String::arbitrary(u);
+    }
+    Ok((*u.choose(FRAGMENTS)?).to_string())
+}
+
+fn path(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
+    let p = piece(u)?;
+    Ok(match u.int_in_range(0..=5)? {
+        0 => p,
+        1 => format!("/nix/store/{p}/{}", piece(u)?),
+        2 => format!("/nix/store/../{p}"),
+        _ => format!("/nix/store/{p}"),
+    })
+}
+
+/// The host's own rule for a store path in a layer, restated.
+fn plain_store_path(p: &str) -> bool {
+    p.strip_prefix("/nix/store/").is_some_and(|n| {
+        !n.is_empty() && n != "." && !n.contains("..") && !n.contains('/') && !n.chars().any(|c| c.is_control() || c == '\\')
+    })
+}
+
+fn grouping_case(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+    // A closure as Nix reports it: distinct paths, sorted.
+    let mut set = BTreeSet::new();
+    for _ in 0..u.int_in_range(0..=8)? {
+        set.insert(path(u)?);
+    }
+    let graph_paths: Vec<String> = set.into_iter().collect();
+    let graph = ClosureGraph {
+        roots: graph_paths.first().cloned().into_iter().collect(),
+        paths: graph_paths
+            .iter()
+            .map(|p| StorePath { path: p.clone(), nar_size: 1, references: vec![], nar_hash: String::new() })
+            .collect(),
+    };
+    // A grouping: mostly the closure's own paths, shuffled into layers,
+    // sometimes with a path left out, repeated or made up.
+    let mut layers: Vec<Vec<String>> = vec![Vec::new(); u.int_in_range(0..=4)?];
+    for p in &graph_paths {
+        if layers.is_empty() || u.ratio(1, 16)? {
+            continue;
+        }
+        let n = u.choose_index(layers.len())?;
+        layers[n].push(p.clone());
+    }
+    for _ in 0..u.int_in_range(0..=2)? {
+        if layers.is_empty() {
+            break;
+        }
+        let n = u.choose_index(layers.len())?;
+        let extra = if !graph_paths.is_empty() && u.arbitrary()? { u.choose(&graph_paths)?.clone() } else { path(u)? };
+        layers[n].push(extra);
+    }
+    let strategy = if u.ratio(1, 8)? { String::arbitrary(u)? } else { "fuzz".to_string() };
+    let budget = u32::from(u.int_in_range(0..=5u8)?);
+    let out = Layers { strategy: strategy.clone(), layers: layers.clone() };
+
+    let entries: Vec<&String> = layers.iter().flatten().collect();
+    let distinct: BTreeSet<&String> = entries.iter().copied().collect();
+    let expected = strategy.len() <= 200
+        && !strategy.chars().any(char::is_control)
+        && layers.len() <= budget as usize
+        && layers.iter().all(|l| !l.is_empty())
+        && entries.iter().all(|p| plain_store_path(p))
+        && distinct.len() == entries.len()
+        && distinct.into_iter().cloned().collect::<Vec<_>>() == graph_paths;
+    let verdict = validate::grouping(&graph, budget, &out);
+    assert_eq!(verdict.is_ok(), expected, "graph {graph_paths:?} budget {budget} layers {layers:?}: {verdict:?}");
+    if let Err(reason) = verdict {
+        assert!(reason.starts_with("returned an invalid grouping: "), "{reason}");
+        assert!(reason.len() < 4096, "an unbounded reason ({} bytes)", reason.len());
+    }
+    Ok(())
+}
+
+/// A plugin's raw output, decoded as the host decodes it, then validated:
+/// decoding and validation must never panic, and what passes must hold.
+fn decoded_case(kind: u8, json: &[u8]) {
+    match kind % 3 {
+        0 => {
+            if let Ok(e) = serde_json::from_slice::<Expansion>(json) {
+                if validate::expansion(&e).is_ok() {
+                    assert!(e.arch == "amd64" || e.arch == "arm64");
+                    assert!(e.packages.iter().all(|p| !p.is_empty() && !p.chars().any(|c| c.is_whitespace() || c.is_control())));
+                    assert!(e.image.env.iter().all(|v| v.split_once('=').is_some_and(|(k, _)| !k.is_empty())));
+                }
+            }
+        }
+        1 => {
+            if let Ok(s) = serde_json::from_slice::<SourceOutput>(json) {
+                if validate::source(&s).is_ok() {
+                    assert!(!s.identity.is_empty() && s.identity.len() <= 1000 && !s.identity.chars().any(char::is_control));
+                }
+            }
+        }
+        _ => {
+            if let Ok(l) = serde_json::from_slice::<Layers>(json) {
+                let graph = ClosureGraph {
+                    roots: vec!["/nix/store/aaaa-hello-2.12".into()],
+                    paths: vec![StorePath {
+                        path: "/nix/store/aaaa-hello-2.12".into(),
+                        nar_size: 1,
+                        references: vec![],
+                        nar_hash: String::new(),
+                    }],
+                };
+                if validate::grouping(&graph, 3, &l).is_ok() {
+                    assert_eq!(l.layers.concat(), vec!["/nix/store/aaaa-hello-2.12".to_string()]);
+                }
+            }
+        }
+    }
+}
+
+/// The plugin output validator: structured groupings against the rule, or
+/// (first byte odd) raw JSON as a plugin could return it.
+pub fn check_plugin_output(data: &[u8]) {
+    match data.split_first() {
+        Some((b, rest)) if b % 2 == 1 => decoded_case(b / 2, rest),
+        Some((_, rest)) => {
+            let _ = grouping_case(&mut Unstructured::new(rest));
+        }
+        None => {}
+    }
+}
