@@ -1,0 +1,162 @@
+//! The command line as a user meets it: `strata build` to an OCI layout and
+//! to a docker archive (read back by skopeo and umoci, run under chroot),
+//! `strata inspect`, `--help`, and the exit codes of mistakes. The image
+//! built offline is the image the server serves, digest for digest.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use strata_e2e::*;
+
+/// `strata --config <dir>/strata.toml ARGS` on the demo set, storage and
+/// Nix work files under `dir`.
+fn strata(dir: &Path, args: &[&str]) -> Output {
+    let config = dir.join("strata.toml");
+    if !config.exists() {
+        let toml = format!(
+            "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
+            dir.join("storage").display(),
+            dir.join("nix").display()
+        );
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        std::fs::write(&config, toml).unwrap();
+    }
+    let mut cmd = Command::new(strata_bin());
+    for var in ["PORT", "NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_STORAGE_BACKEND", "STORAGE_PATH", "STRATA_CONFIG"] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
+        .env("STRATA_NIX_OFFLINE", "1")
+        .env("NIX_CONFIG", "substituters =")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir);
+    run(&mut cmd, Duration::from_secs(300))
+}
+
+fn index_manifest_digest(layout: &Path) -> String {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).unwrap();
+    index["manifests"][0]["digest"].as_str().expect("a manifest in index.json").to_string()
+}
+
+#[test]
+fn build_to_an_oci_layout_runs_and_matches_the_served_image() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("out");
+    let out = strata(work.path(), &["build", "shell/hello", "--output", &format!("oci:{}:v1", layout.display())]).assert_ok();
+    // The summary table: one row per layer, with digests and the strategy.
+    assert!(out.stdout.contains("strategy size"), "{out}");
+    let rows = out.stdout.lines().filter(|l| l.contains("sha256:")).count();
+    let layers = skopeo(&["inspect", &format!("oci:{}:v1", layout.display())], Duration::from_secs(60)).assert_ok();
+    let inspect: Value = serde_json::from_str(&layers.stdout).unwrap();
+    let n = inspect["Layers"].as_array().expect("Layers").len();
+    assert!(n >= 2, "{inspect}");
+    assert_eq!(rows, n, "one summary row per layer:\n{}", out.stdout);
+
+    let rootfs = umoci_unpack(&layout, "v1", &work.path().join("bundle"));
+    let hello = chroot(&rootfs, &["/bin/hello"]).assert_ok();
+    assert_eq!(hello.stdout, "Hello, world!\n", "{hello}");
+
+    // Same plugins, same config, same Nix: the server serves the same
+    // manifest (its OCI form, as the layout holds).
+    let server = Server::start();
+    let served = server
+        .get("/v2/shell/hello/manifests/latest")
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    let served = served.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    assert_eq!(index_manifest_digest(&layout), served, "offline build and server agree");
+}
+
+#[test]
+fn build_to_a_docker_archive_loads_with_skopeo() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("hello.tar");
+    strata(
+        work.path(),
+        &["build", "shell/hello", "--quiet", "--output", &format!("docker-archive:{}:shell/hello:latest", archive.display())],
+    )
+    .assert_ok();
+    let src = format!("docker-archive:{}", archive.display());
+    let inspect = skopeo(&["inspect", &src], Duration::from_secs(60)).assert_ok();
+    let v: Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert!(v["Layers"].as_array().is_some_and(|l| l.len() >= 2), "{v}");
+    // `docker load` names the image from manifest.json's RepoTags.
+    let mut tar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    let manifest = tar
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.path().unwrap().to_str() == Some("manifest.json"))
+        .map(|e| serde_json::from_reader::<_, Value>(e).unwrap())
+        .expect("manifest.json in the archive");
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["shell/hello:latest"]), "{manifest}");
+    let layout = work.path().join("copy");
+    skopeo(&["copy", &src, &format!("oci:{}:t", layout.display())], Duration::from_secs(120)).assert_ok();
+    let rootfs = umoci_unpack(&layout, "t", &work.path().join("bundle"));
+    let bash = chroot(&rootfs, &["/bin/bash", "-c", "hello && echo ok"]).assert_ok();
+    assert_eq!(bash.stdout, "Hello, world!\nok\n", "{bash}");
+}
+
+#[test]
+fn inspect_shows_packages_closure_and_layers_without_packing() {
+    let work = tempfile::tempdir().unwrap();
+    let out = strata(work.path(), &["inspect", "shell/git", "--json"]).assert_ok();
+    let i: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    let packages: Vec<&str> = i["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for p in ["bashInteractive", "coreutils", "git"] {
+        assert!(packages.contains(&p), "{p} in {packages:?}");
+    }
+    let closure = i["closure"].as_array().unwrap();
+    let layered: usize = i["layers"].as_array().unwrap().iter().map(|l| l["paths"].as_array().unwrap().len()).sum();
+    assert_eq!(layered, closure.len(), "every closure path in exactly one planned layer: {i}");
+    assert_eq!(i["grouping_plugin"], "size");
+    // Nothing was packed: no blob in the store.
+    let blobs = walk_files(&work.path().join("storage"));
+    assert!(blobs.iter().all(|p| !p.contains("blobs/sha256")), "inspect stored blobs: {blobs:?}");
+
+    let human = strata(work.path(), &["inspect", "shell/git"]).assert_ok();
+    assert!(human.stdout.contains("closure") && human.stdout.contains("layers"), "{human}");
+}
+
+fn walk_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn help_and_exit_codes() {
+    let work = tempfile::tempdir().unwrap();
+    let help = strata(work.path(), &["--help"]).assert_ok();
+    for cmd in ["serve", "build", "inspect", "plugin", "gc", "bench"] {
+        assert!(help.stdout.contains(cmd), "--help lists {cmd}:\n{help}");
+    }
+    let build_help = strata(work.path(), &["build", "--help"]).assert_ok();
+    assert!(build_help.stdout.contains("docker-archive"), "{build_help}");
+
+    // A usage mistake: clap's exit code 2 and a message on stderr.
+    let usage = strata(work.path(), &["build"]);
+    assert_eq!(usage.status.and_then(|s| s.code()), Some(2), "{usage}");
+    // A bad name: exit 1, one clear line, nothing built.
+    let bad = strata(work.path(), &["build", "Shell/../x", "--output", "oci:out"]);
+    assert_eq!(bad.status.and_then(|s| s.code()), Some(1), "{bad}");
+    assert!(bad.stderr.starts_with("strata: ") && bad.stderr.trim().lines().count() == 1, "{bad}");
+    // A missing package names itself.
+    let missing = strata(work.path(), &["inspect", "hello/no-such-package"]);
+    assert_eq!(missing.status.and_then(|s| s.code()), Some(1), "{missing}");
+    assert!(missing.stderr.contains("no-such-package"), "{missing}");
+}
