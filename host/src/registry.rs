@@ -177,7 +177,10 @@ async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, 
     } else {
         let span = range.clone().unwrap_or(0..size);
         let body = match local_blob_file(builder, digest) {
-            Some(file) => Body::from_stream(read_file_range(file, span)),
+            Some(file) => match map_range(&file, span.clone()) {
+                Ok(mapped) => Body::from(mapped),
+                Err(_) => Body::from_stream(read_file_range(file, span)),
+            },
             None => Body::from_stream(builder.storage.get_blob(digest, range.clone()).await?.1),
         };
         crate::metrics::bytes_served(len);
@@ -213,7 +216,23 @@ fn local_blob_file(builder: &Builder, digest: &str) -> Option<std::fs::File> {
     std::fs::File::open(root.join(crate::storage::blob_key(digest).as_ref())).ok()
 }
 
-/// `span` of `file` as a stream of [`FILE_CHUNK`] reads, made on a blocking
+/// `span` of a local blob, mapped: hyper writes straight from the page
+/// cache to the socket, so the kernel makes the only copy, as sendfile
+/// would. Blobs are never modified in place once published (a new blob is
+/// a new file, renamed in; `strata gc` unlinks, which leaves a mapping
+/// intact), so the mapping cannot change under the response.
+fn map_range(file: &std::fs::File, span: Range<u64>) -> std::io::Result<bytes::Bytes> {
+    if span.is_empty() {
+        return Ok(bytes::Bytes::new());
+    }
+    // SAFETY: see above; the file is not truncated or written while mapped.
+    let map = unsafe { memmap2::MmapOptions::new().offset(span.start).len((span.end - span.start) as usize).map(file)? };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(bytes::Bytes::from_owner(map))
+}
+
+/// `span` of `file` as a stream of [`FILE_CHUNK`] reads (when it cannot be
+/// mapped), made on a blocking
 /// thread a few chunks ahead of the client; it stops when the client leaves.
 fn read_file_range(
     file: std::fs::File,
