@@ -450,7 +450,7 @@ pub async fn cli(args: Args) -> anyhow::Result<()> {
     };
     let example = Path::new("examples/custom-plugin/one_layer_per_package.wasm");
     let custom = args.custom_plugin.clone().or_else(|| example.is_file().then(|| example.to_path_buf()));
-    let custom = custom.map(|p| std::path::absolute(p)).transpose()?;
+    let custom = custom.map(std::path::absolute).transpose()?;
     let opts = Options {
         work_dir: work_dir.clone(),
         scale: args.scale,
