@@ -27,6 +27,17 @@ pub struct Config {
     pub web_dir: Option<PathBuf>,
     /// Largest number of packages one image may name.
     pub max_packages: usize,
+    /// `text` (for people) or `json` (one object per line, for log
+    /// collectors); `--log-json` on the command line also selects JSON.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +171,7 @@ impl Default for Config {
             auth: Default::default(),
             web_dir: None,
             max_packages: 64,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -445,6 +457,21 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The configs an operator copies from must load as they are.
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path), &Env::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "examples/*.toml: found {seen}");
     }
 
     #[test]

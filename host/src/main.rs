@@ -14,8 +14,9 @@ struct Cli {
     /// Configuration file (TOML). Nixery's environment variables apply on top.
     #[arg(long, short, global = true, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, global = true)]
+    /// Log as JSON lines instead of human-readable text (as
+    /// `log_format = "json"` in the config).
+    #[arg(long, global = true, env = "STRATA_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -162,7 +163,6 @@ fn init_logging(json: bool) {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("strata: {e:#}");
@@ -172,6 +172,7 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref(), &config::process_env())?;
+    init_logging(cli.log_json || cfg.log_format == config::LogFormat::Json);
     match cli.command {
         Command::Serve => serve(cfg).await,
         Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
@@ -270,9 +271,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let app = app.layer(axum::middleware::from_fn(strata::metrics::observe));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+    let plugins: Vec<String> = builder.plugins.all().iter().map(|p| p.name().to_string()).collect();
     tracing::info!(
         address = %listener.local_addr()?,
         storage = builder.storage.description(),
+        plugins = plugins.join(", "),
         "strata serving"
     );
     strata::limits::serve(listener, app, &builder.config().limits, shutdown_signal()).await?;

@@ -160,3 +160,23 @@ fn help_and_exit_codes() {
     assert_eq!(missing.status.and_then(|s| s.code()), Some(1), "{missing}");
     assert!(missing.stderr.contains("no-such-package"), "{missing}");
 }
+
+#[test]
+fn json_logs_by_config_with_request_ids() {
+    let server = Server::start_with(ServerOptions { extra_toml: "log_format = \"json\"".into(), ..Default::default() });
+    let r = server.get("/v2/").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let log = server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "strata serving"), "{log}");
+    let request = lines
+        .iter()
+        .find(|l| l["span"]["path"] == "/v2/")
+        .unwrap_or_else(|| panic!("no line for GET /v2/ in:\n{log}"));
+    let id = request["span"]["id"].as_str().unwrap_or_default();
+    assert_eq!(id.len(), 16, "a request id: {request}");
+}
