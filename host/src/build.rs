@@ -591,7 +591,8 @@ impl Builder {
                     self.storage.discard(s).await;
                 }
                 return Err(match failed {
-                    Ok(Err(e)) => Error::Storage(format!("packing layer: {e}")),
+                    // A full disk is 507, not a bug (Error::storage looks for ENOSPC).
+                    Ok(Err(e)) => Error::storage("packing layer", &e),
                     Err(e) => e,
                     Ok(Ok(_)) => unreachable!(),
                 });

@@ -241,6 +241,54 @@ pub fn strata_bin() -> PathBuf {
     .clone()
 }
 
+// ------------------------------------------------------------------ state
+
+/// Every file (and symlink) under `dir`, sorted; symlinked directories are
+/// not followed. Empty when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Live processes (not zombies) whose command line contains `marker`:
+/// (pid, command line). Fixture builders carry a marker as their `$0`.
+pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if state != "Z" && cmd.contains(marker) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Polls `done` until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 // ------------------------------------------------------------------ server
 
 /// How to start a server beyond the defaults.

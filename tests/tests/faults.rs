@@ -33,48 +33,6 @@ fn get_manifest(server: &Server, name: &str) -> (u16, Vec<u8>) {
     (r.status().as_u16(), r.bytes().expect("body").to_vec())
 }
 
-/// Live processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
-        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if state != "Z" && cmd.contains(marker) {
-            found.push((pid, cmd));
-        }
-    }
-    found
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// What a crash may leave and what it may not: every blob under its final
 /// key holds exactly the bytes its digest names, every layer record and
 /// image record points at blobs that are there, and every blob an image's

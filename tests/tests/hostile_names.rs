@@ -20,24 +20,6 @@ fn metric(server: &Server, family: &str) -> f64 {
         .sum()
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
-}
-
 /// The corpus: (request target, expected spec code). Each is sent as a GET
 /// and, for manifests and blobs, as a HEAD too.
 fn corpus() -> Vec<(String, &'static str)> {

@@ -51,24 +51,6 @@ fn status_of(response: &str) -> u16 {
     response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {response:?}"))
 }
 
-/// Live processes whose command line contains `marker`.
-fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc").expect("/proc").flatten().any(|e| {
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
-        state != "Z" && String::from_utf8_lossy(&cmd).replace('\0', " ").contains(marker)
-    })
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn slow_heads_big_heads_and_announced_bodies_are_cut_off() {
     let server = Server::start_with(with("[limits]\nheader_read_secs = 2\nmax_header_bytes = 8192\nmax_headers = 32\nmax_body_bytes = 1024\n", &[]));
@@ -157,7 +139,7 @@ fn builds_past_the_cap_are_told_to_retry_later() {
     let server = Server::start_with(with("[builds]\nmax_concurrent = 1\nqueue_limit = 0\n", &[("NIX_TIMEOUT", "4")]));
     let url = server.url("/v2/sleepy/manifests/latest");
     let first = thread::spawn(move || http_client().get(url).send().map(|r| r.status().as_u16()).unwrap());
-    wait_until(Duration::from_secs(60), "the first build to start", || running(MARKER));
+    wait_until(Duration::from_secs(60), "the first build to start", || !processes_with(MARKER).is_empty());
     let (status, body, retry) = manifest(&server, "hello");
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert_eq!(spec_error(&body).0, "TOOMANYREQUESTS");
@@ -181,11 +163,11 @@ fn sigterm_finishes_the_response_under_way_and_refuses_new_connections() {
             .expect("the response under way is finished");
         (r.status().as_u16(), r.bytes().unwrap().to_vec())
     });
-    wait_until(Duration::from_secs(60), "the slow build to start", || running(MARKER));
+    wait_until(Duration::from_secs(60), "the slow build to start", || !processes_with(MARKER).is_empty());
     server.signal(libc::SIGTERM);
     // New connections are refused while the build goes on.
     wait_until(Duration::from_secs(5), "new connections to be refused", || TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_err());
-    assert!(running(MARKER) || !pending.is_finished(), "nothing was under way when the server stopped accepting");
+    assert!(!processes_with(MARKER).is_empty() || !pending.is_finished(), "nothing was under way when the server stopped accepting");
     let (status, body) = pending.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let m: Value = serde_json::from_slice(&body).unwrap();
