@@ -50,12 +50,14 @@ async fn builder(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Arc<Builder> {
 
 // ------------------------------------------------------- benchmark series
 
-/// At the test's scale, tar and gzip framing (tens of bytes per blob) is a
-/// visible part of a step where every strategy pulls nearly the same store
-/// paths (the first pull, the bump): `size` pulls more, smaller blobs. The
-/// allowance is far below a reuse regression (the previous `size` pulled
-/// 2.7% more than `popularity` at the bump).
-const FRAMING_ALLOWANCE: f64 = 0.002;
+/// Bytes a blob costs besides its contents: its entries in the image
+/// config (diff_id, history) and its tar and gzip framing, measured at 200 to
+/// 500 B. Where `size` and `popularity` pull nearly the same store paths (the
+/// first pull, the bump), `size` pulls them in more, smaller blobs; beyond
+/// this allowance per extra blob it must never pull more. A reuse regression
+/// is far larger (the previous `size` pulled 2.7% more than `popularity` at
+/// the bump: ~140 KB at this scale, against ~20 KiB of allowance).
+const FRAMING_PER_BLOB: u64 = 1024;
 
 fn check_goals(r: &Report) -> Vec<String> {
     let mut failures = Vec::new();
@@ -69,8 +71,12 @@ fn check_goals(r: &Report) -> Vec<String> {
     }
     // Goal 2: never more than popularity (with popularity data).
     for ((a, b), step) in size.steps.iter().zip(&popularity.steps).zip(&r.steps) {
-        if a.new_bytes as f64 > b.new_bytes as f64 * (1.0 + FRAMING_ALLOWANCE) {
-            failures.push(format!("at `{}` size pulled {} B, popularity {} B", step.label, a.new_bytes, b.new_bytes));
+        let allowance = a.new_blobs.saturating_sub(b.new_blobs) as u64 * FRAMING_PER_BLOB;
+        if a.new_bytes > b.new_bytes + allowance {
+            failures.push(format!(
+                "at `{}` size pulled {} B in {} blobs, popularity {} B in {}",
+                step.label, a.new_bytes, a.new_blobs, b.new_bytes, b.new_blobs
+            ));
         }
     }
     if size.total_pulled() > popularity.total_pulled() {
