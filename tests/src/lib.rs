@@ -443,6 +443,18 @@ impl Server {
     }
 
     /// The server's log so far.
+    /// The sum of the samples on `/metrics` of `series`: a family name
+    /// (`strata_image_builds_total`, every label set) or a name with its
+    /// whole label set (`strata_image_builds_total{outcome="ok"}`).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").send().expect("GET /metrics").text().expect("metrics text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

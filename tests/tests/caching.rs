@@ -13,16 +13,8 @@ const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// A counter of the server's /metrics, summed over the samples whose
 /// name and labels start with `prefix`.
-fn metric(server: &Server, prefix: &str) -> u64 {
-    let text = server.get("/metrics").send().expect("GET /metrics").text().expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 fn builds(server: &Server) -> u64 {
-    metric(server, "strata_image_builds_total")
+    server.metric("strata_image_builds_total") as u64
 }
 
 fn manifest(server: &Server, name: &str, accept: &str) -> (Vec<u8>, String) {
@@ -54,7 +46,7 @@ fn fifty_concurrent_first_requests_share_one_build() {
         handles.into_iter().map(|h| h.join().expect("request thread")).collect()
     });
     assert_eq!(builds(&server), 1, "50 concurrent requests for one new image ran {} builds", builds(&server));
-    assert_eq!(metric(&server, "strata_manifest_cache_total{result=\"built\"}"), 1);
+    assert_eq!(server.metric("strata_manifest_cache_total{result=\"built\"}") as u64, 1);
     let (first, digest) = &answers[0];
     assert_eq!(digest, &sha256_digest(first));
     for (bytes, d) in &answers {
@@ -73,14 +65,14 @@ fn warm_requests_are_byte_identical_and_a_ttl_expiry_rebuilds() {
     // The demo set is a `path` source not declared immutable: mutable.
     let (cold, digest) = manifest(&server, "hello", OCI);
     assert_eq!(builds(&server), 1);
-    let memory_hits = metric(&server, "strata_manifest_cache_total{result=\"memory\"}");
+    let memory_hits = server.metric("strata_manifest_cache_total{result=\"memory\"}") as u64;
     for _ in 0..5 {
         let (warm, d) = manifest(&server, "hello", OCI);
         assert_eq!(warm, cold, "a warm manifest differs from the cold one");
         assert_eq!(d, digest);
     }
     assert_eq!(builds(&server), 1, "warm requests built again");
-    assert_eq!(metric(&server, "strata_manifest_cache_total{result=\"memory\"}"), memory_hits + 5);
+    assert_eq!(server.metric("strata_manifest_cache_total{result=\"memory\"}") as u64, memory_hits + 5);
     // By digest, too, from the cache.
     let by_digest = server.get(&format!("/v2/hello/manifests/{digest}")).send().unwrap().bytes().unwrap();
     assert_eq!(by_digest.as_ref(), cold.as_slice());

@@ -6,20 +6,10 @@
 //! Requests go over a raw socket so that nothing normalizes them on the way
 //! (`..`, `%2e%2e` and `%2f` reach the server exactly as written).
 
-use std::path::Path;
 use strata_e2e::*;
 
 /// Sum of every sample of a metric family in the server's `/metrics` (0 when
 /// the family has no sample yet).
-fn metric(server: &Server, family: &str) -> f64 {
-    let text = server.get("/metrics").send().expect("GET /metrics").text().expect("metrics text");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(family))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The corpus: (request target, expected spec code). Each is sent as a GET
 /// and, for manifests and blobs, as a HEAD too.
 fn corpus() -> Vec<(String, &'static str)> {
@@ -169,9 +159,9 @@ const NOT_HTTP: &[&[u8]] = &[
 #[test]
 fn hostile_references_are_refused_before_plugins_nix_or_storage() {
     let server = Server::start();
-    let builds = metric(&server, "strata_image_builds_total");
-    let plugin_calls = metric(&server, "strata_plugin_call_seconds_count");
-    let cache = metric(&server, "strata_manifest_cache_total");
+    let builds = server.metric("strata_image_builds_total");
+    let plugin_calls = server.metric("strata_plugin_call_seconds_count");
+    let cache = server.metric("strata_manifest_cache_total");
 
     let corpus = corpus();
     assert!(corpus.len() > 100, "corpus has {} entries", corpus.len());
@@ -210,9 +200,9 @@ fn hostile_references_are_refused_before_plugins_nix_or_storage() {
 
     // Nothing got past the grammar: no build, no plugin call, no cache
     // look-up, no GC root, no Nix in the log, nothing in the store.
-    assert_eq!(metric(&server, "strata_image_builds_total"), builds, "an image build was started");
-    assert_eq!(metric(&server, "strata_plugin_call_seconds_count"), plugin_calls, "a plugin was called");
-    assert_eq!(metric(&server, "strata_manifest_cache_total"), cache, "the image cache was consulted");
+    assert_eq!(server.metric("strata_image_builds_total"), builds, "an image build was started");
+    assert_eq!(server.metric("strata_plugin_call_seconds_count"), plugin_calls, "a plugin was called");
+    assert_eq!(server.metric("strata_manifest_cache_total"), cache, "the image cache was consulted");
     let roots = files_under(&server.nix_work_dir().join("gcroots"));
     assert!(roots.is_empty(), "GC roots were made: {roots:?}");
     let log = server.log();
@@ -223,7 +213,7 @@ fn hostile_references_are_refused_before_plugins_nix_or_storage() {
     // And the server still serves a normal pull, which does go through Nix.
     let layout = tempfile::tempdir().unwrap();
     skopeo_copy(&server, "shell/hello", "latest", &layout.path().join("oci"), "t").assert_ok();
-    assert_eq!(metric(&server, "strata_image_builds_total"), builds + 1.0, "the normal pull built once");
+    assert_eq!(server.metric("strata_image_builds_total"), builds + 1.0, "the normal pull built once");
     assert!(!files_under(&server.nix_work_dir().join("gcroots")).is_empty(), "the normal pull made a GC root");
 }
 

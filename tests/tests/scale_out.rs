@@ -37,16 +37,8 @@ fn inspect_store(store: &Store, prefix: &str) -> (tokio::runtime::Runtime, Stora
 }
 
 /// A counter of the server's /metrics (summed over its labels that match).
-fn metric(server: &Server, name_and_labels: &str) -> u64 {
-    let text = server.get("/metrics").send().expect("GET /metrics").text().expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 fn builds(server: &Server) -> u64 {
-    metric(server, "strata_image_builds_total{outcome=\"ok\"}")
+    server.metric("strata_image_builds_total{outcome=\"ok\"}") as u64
 }
 
 /// GET a manifest: (status, Docker-Content-Digest, body).
@@ -127,7 +119,7 @@ fn pull_through_host(kind: Kind) {
         kind.name(),
         named.difference(&stored).collect::<Vec<_>>()
     );
-    assert!(metric(&server, "strata_blob_bytes_served_total") > 0, "{}: blobs not served by the host", kind.name());
+    assert!(server.metric("strata_blob_bytes_served_total") as u64 > 0, "{}: blobs not served by the host", kind.name());
 
     // A range of a layer, from the store through the host.
     let whole = server.get(&format!("/v2/shell/hello/blobs/{layer}")).send().unwrap().bytes().unwrap();
@@ -163,10 +155,10 @@ fn pull_s3_redirect_to_presigned_urls() {
     let pulled = pull(&server, "shell/hello", work.path());
     assert!(pulled.len() >= 3, "{pulled:?}");
     assert!(
-        metric(&server, "strata_http_requests_total{route=\"blob\",status=\"307\"}") >= 2,
+        server.metric("strata_http_requests_total{route=\"blob\",status=\"307\"}") as u64 >= 2,
         "blob GETs were redirected"
     );
-    assert_eq!(metric(&server, "strata_blob_bytes_served_total"), 0, "no blob bytes went through the host");
+    assert_eq!(server.metric("strata_blob_bytes_served_total") as u64, 0, "no blob bytes went through the host");
 
     let (_, _, body) = manifest(&server, "shell/hello", OCI);
     let m: Value = serde_json::from_slice(&body).unwrap();
