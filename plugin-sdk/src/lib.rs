@@ -18,6 +18,7 @@
 //! A call returns `(ptr << 32) | len` of a JSON [`Envelope`] in guest memory.
 //! `docs/plugins.md` is the full contract.
 
+pub mod graph;
 pub mod types;
 
 pub use types::*;

@@ -20,6 +20,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use strata_plugin_sdk::graph::IndexedGraph;
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
@@ -44,67 +45,21 @@ impl Default for Config {
     }
 }
 
-/// The closure with dense indices; index order is path order.
-struct Graph {
-    paths: Vec<String>,
-    sizes: Vec<u64>,
-    /// Sorted, deduplicated, without self-references.
-    refs: Vec<Vec<usize>>,
-    roots: Vec<usize>,
+/// The closure with the SDK's dense indices, and this strategy's walks
+/// over it.
+struct Graph(IndexedGraph);
+
+impl std::ops::Deref for Graph {
+    type Target = IndexedGraph;
+
+    fn deref(&self) -> &IndexedGraph {
+        &self.0
+    }
 }
 
 impl Graph {
     fn new(input: &GroupInput) -> Result<Graph, PluginError> {
-        let mut order: Vec<usize> = (0..input.graph.paths.len()).collect();
-        order.sort_by(|&a, &b| input.graph.paths[a].path.cmp(&input.graph.paths[b].path));
-        let mut index = BTreeMap::new();
-        for (i, &o) in order.iter().enumerate() {
-            let p = &input.graph.paths[o].path;
-            if index.insert(p.as_str(), i).is_some() {
-                return Err(PluginError::new(format!("store path {p} is listed twice")));
-            }
-        }
-        let mut refs = Vec::with_capacity(order.len());
-        for (i, &o) in order.iter().enumerate() {
-            // A reference outside the closure cannot be laid out anyway;
-            // the host checks completeness, this only must not crash.
-            let mut r: Vec<usize> = input.graph.paths[o]
-                .references
-                .iter()
-                .filter_map(|p| index.get(p.as_str()).copied())
-                .filter(|&j| j != i)
-                .collect();
-            r.sort_unstable();
-            r.dedup();
-            refs.push(r);
-        }
-        let mut roots = Vec::new();
-        for r in &input.graph.roots {
-            match index.get(r.as_str()) {
-                Some(&i) => roots.push(i),
-                None => {
-                    return Err(PluginError::new(format!(
-                        "top-level path {r} is not in the closure"
-                    )))
-                }
-            }
-        }
-        Ok(Graph {
-            paths: order
-                .iter()
-                .map(|&o| input.graph.paths[o].path.clone())
-                .collect(),
-            sizes: order
-                .iter()
-                .map(|&o| input.graph.paths[o].nar_size)
-                .collect(),
-            refs,
-            roots,
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.paths.len()
+        IndexedGraph::new(input).map(Graph)
     }
 
     /// Total NAR size of each path's closure. One traversal per path with a

@@ -1,0 +1,116 @@
+//! The closure graph with dense indices, for grouping plugins.
+//!
+//! Every grouping strategy starts the same way: store paths as strings are
+//! slow to compare and awkward to index, so they become `0..n` in path
+//! order (the order is then independent of the order the host sent), with
+//! references as sorted index lists. One copy here, not one per plugin.
+
+use crate::{GroupInput, PluginError};
+use std::collections::BTreeMap;
+
+/// The closure, indexed; index order is path order.
+#[derive(Debug, Clone)]
+pub struct IndexedGraph {
+    pub paths: Vec<String>,
+    /// NAR size of each path.
+    pub sizes: Vec<u64>,
+    /// Each path's references: sorted, deduplicated, without
+    /// self-references, and without paths outside the closure (the host
+    /// checks that a closure is complete; a plugin only must not crash).
+    pub refs: Vec<Vec<usize>>,
+    /// The requested top-level paths, in the order the host sent them.
+    pub roots: Vec<usize>,
+}
+
+impl IndexedGraph {
+    /// Fails on a path listed twice or a root outside the closure.
+    pub fn new(input: &GroupInput) -> Result<IndexedGraph, PluginError> {
+        let given = &input.graph.paths;
+        let mut order: Vec<usize> = (0..given.len()).collect();
+        order.sort_by(|&a, &b| given[a].path.cmp(&given[b].path));
+        let mut index = BTreeMap::new();
+        for (i, &o) in order.iter().enumerate() {
+            let p = &given[o].path;
+            if index.insert(p.as_str(), i).is_some() {
+                return Err(PluginError::new(format!("store path {p} is listed twice")));
+            }
+        }
+        let refs = order
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                let mut r: Vec<usize> = given[o]
+                    .references
+                    .iter()
+                    .filter_map(|p| index.get(p.as_str()).copied())
+                    .filter(|&j| j != i)
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                r
+            })
+            .collect();
+        let roots = input
+            .graph
+            .roots
+            .iter()
+            .map(|r| {
+                index
+                    .get(r.as_str())
+                    .copied()
+                    .ok_or_else(|| PluginError::new(format!("top-level path {r} is not in the closure")))
+            })
+            .collect::<Result<Vec<usize>, PluginError>>()?;
+        Ok(IndexedGraph {
+            paths: order.iter().map(|&o| given[o].path.clone()).collect(),
+            sizes: order.iter().map(|&o| given[o].nar_size).collect(),
+            refs,
+            roots,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClosureGraph, StorePath};
+
+    fn input(paths: &[(&str, &[&str])], roots: &[&str]) -> GroupInput {
+        let paths = paths
+            .iter()
+            .map(|(p, refs)| StorePath {
+                path: p.to_string(),
+                nar_size: p.len() as u64,
+                references: refs.iter().map(|r| r.to_string()).collect(),
+                nar_hash: String::new(),
+            })
+            .collect();
+        let graph = ClosureGraph { roots: roots.iter().map(|r| r.to_string()).collect(), paths };
+        serde_json::from_value(serde_json::json!({ "graph": graph, "budget": 10 })).unwrap()
+    }
+
+    #[test]
+    fn indices_follow_path_order_and_references_are_clean() {
+        let g = IndexedGraph::new(&input(&[("/s/b", &["/s/a", "/s/b", "/s/a", "/s/x"]), ("/s/a", &[])], &["/s/b"])).unwrap();
+        assert_eq!(g.paths, ["/s/a", "/s/b"]);
+        assert_eq!(g.refs, vec![vec![], vec![0]]);
+        assert_eq!(g.roots, [1]);
+        assert_eq!(g.sizes, [4, 4]);
+    }
+
+    #[test]
+    fn duplicates_and_foreign_roots_are_errors() {
+        let e = IndexedGraph::new(&input(&[("/s/a", &[]), ("/s/a", &[])], &[])).unwrap_err();
+        assert!(e.message.contains("listed twice"), "{}", e.message);
+        let e = IndexedGraph::new(&input(&[("/s/a", &[])], &["/s/z"])).unwrap_err();
+        assert!(e.message.contains("not in the closure"), "{}", e.message);
+    }
+}
