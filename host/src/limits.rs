@@ -48,6 +48,12 @@ pub struct LimitsConfig {
     /// On SIGTERM: stop accepting, then give responses under way (a build a
     /// client waits for included) this long before dropping them.
     pub shutdown_grace_secs: u64,
+    /// Seconds a response may wait on a client that reads nothing (its
+    /// receive window full) before the connection is closed: a client
+    /// reading a layer at a trickle, or not at all, would otherwise hold a
+    /// connection slot and a blob reader forever. A slow but moving
+    /// download is never cut: the clock restarts with every byte written.
+    pub write_stall_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -59,6 +65,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
             shutdown_grace_secs: 120,
+            write_stall_secs: 60,
         }
     }
 }
@@ -66,8 +73,8 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
-        if self.header_read_secs == 0 {
-            return bad("limits.header_read_secs must be at least 1".into());
+        if self.header_read_secs == 0 || self.write_stall_secs == 0 {
+            return bad("limits.header_read_secs and limits.write_stall_secs must be at least 1".into());
         }
         if self.max_header_bytes < 8192 {
             return bad(format!("limits.max_header_bytes={} must be at least 8192 (hyper's minimum)", self.max_header_bytes));
@@ -139,8 +146,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(Duration::from_secs(limits.write_stall_secs)));
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -176,3 +176,33 @@ fn sigterm_finishes_the_response_under_way_and_refuses_new_connections() {
     assert!(exit.success(), "{exit:?}");
     assert!(server.log().contains("finishing responses under way"), "{}", server.log());
 }
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_write_stall_limit() {
+    let server = Server::start_with(with("[limits]\nwrite_stall_secs = 2\n", &[]));
+    let (status, body, _) = manifest(&server, "big");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let m: Value = serde_json::from_slice(&body).unwrap();
+    let largest = m["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap().clone();
+    let size = largest["size"].as_u64().unwrap();
+    // Larger than what the loopback socket buffers hold on both sides.
+    assert!(size > 24 << 20, "a 32 MiB layer: {largest}");
+
+    let mut s = TcpStream::connect_timeout(&server.addr, Duration::from_secs(5)).expect("connect");
+    let head = format!("GET /v2/big/blobs/{} HTTP/1.1\r\nHost: {}\r\n\r\n", largest["digest"].as_str().unwrap(), server.host());
+    s.write_all(head.as_bytes()).unwrap();
+    // Read nothing while the server's writes stall, well past the limit.
+    thread::sleep(Duration::from_secs(6));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    let _ = s.read_to_end(&mut got);
+    assert!(started.elapsed() < Duration::from_secs(25), "the connection was not closed");
+    assert!(
+        (got.len() as u64) < size,
+        "the server kept the stalled response open: {} of {size} bytes arrived",
+        got.len()
+    );
+    assert!(String::from_utf8_lossy(&got[..got.len().min(12)]).starts_with("HTTP/1.1 200"), "a response had started");
+    assert_serves(&server);
+}
