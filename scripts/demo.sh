@@ -20,13 +20,7 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 say "installing dependencies"
 bash scripts/install-deps.sh
 
-if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
-  echo "demo.sh: rustup's cargo was not found; install Rust with rustup (https://rustup.rs)." >&2
-  exit 1
-fi
+. scripts/rust-env.sh
 
 say "building strata (cargo build --release)"
 cargo build --release

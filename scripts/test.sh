@@ -11,16 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies"
 bash scripts/install-deps.sh
 
-# rustup's toolchain: Debian's cargo-web (in /usr/bin) is too old for the
-# workspace, so ~/.cargo/bin goes first.
-if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
-  echo "test.sh: rustup's cargo was not found (looked in ${CARGO_HOME:-$HOME/.cargo}/bin and PATH)." >&2
-  echo "test.sh: install the Rust toolchain with rustup (https://rustup.rs), then rerun." >&2
-  exit 1
-fi
+. scripts/rust-env.sh
 echo "using $(cargo --version) at $(command -v cargo)"
 
 # No binary cache is reachable offline: Nix must not wait on one.
