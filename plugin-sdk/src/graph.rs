@@ -55,10 +55,9 @@ impl IndexedGraph {
             .roots
             .iter()
             .map(|r| {
-                index
-                    .get(r.as_str())
-                    .copied()
-                    .ok_or_else(|| PluginError::new(format!("top-level path {r} is not in the closure")))
+                index.get(r.as_str()).copied().ok_or_else(|| {
+                    PluginError::new(format!("top-level path {r} is not in the closure"))
+                })
             })
             .collect::<Result<Vec<usize>, PluginError>>()?;
         Ok(IndexedGraph {
@@ -78,6 +77,38 @@ impl IndexedGraph {
     }
 }
 
+/// A random-looking DAG for grouping plugins' property tests: node `i`
+/// (`(nar size, reference picks, references itself)`) may reference only
+/// nodes after it, as Nix store graphs never cycle, each pick wrapped into
+/// that range; `name(i)` is node `i`'s store path.
+#[doc(hidden)]
+pub fn dag_from_picks(
+    nodes: &[(u64, Vec<usize>, bool)],
+    name: impl Fn(usize) -> String,
+) -> Vec<crate::StorePath> {
+    let n = nodes.len();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (size, picks, selfref))| {
+            let mut references: Vec<String> = picks
+                .iter()
+                .filter(|_| i + 1 < n)
+                .map(|&x| name(i + 1 + x % (n - i - 1)))
+                .collect();
+            if *selfref {
+                references.push(name(i));
+            }
+            crate::StorePath {
+                path: name(i),
+                nar_size: *size,
+                references,
+                nar_hash: String::new(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,13 +124,20 @@ mod tests {
                 nar_hash: String::new(),
             })
             .collect();
-        let graph = ClosureGraph { roots: roots.iter().map(|r| r.to_string()).collect(), paths };
+        let graph = ClosureGraph {
+            roots: roots.iter().map(|r| r.to_string()).collect(),
+            paths,
+        };
         serde_json::from_value(serde_json::json!({ "graph": graph, "budget": 10 })).unwrap()
     }
 
     #[test]
     fn indices_follow_path_order_and_references_are_clean() {
-        let g = IndexedGraph::new(&input(&[("/s/b", &["/s/a", "/s/b", "/s/a", "/s/x"]), ("/s/a", &[])], &["/s/b"])).unwrap();
+        let g = IndexedGraph::new(&input(
+            &[("/s/b", &["/s/a", "/s/b", "/s/a", "/s/x"]), ("/s/a", &[])],
+            &["/s/b"],
+        ))
+        .unwrap();
         assert_eq!(g.paths, ["/s/a", "/s/b"]);
         assert_eq!(g.refs, vec![vec![], vec![0]]);
         assert_eq!(g.roots, [1]);

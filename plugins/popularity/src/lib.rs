@@ -540,27 +540,7 @@ mod tests {
                             (i as u128 * 0x9e37_79b9_7f4a_7c15) % (1u128 << 127)
                         )
                     };
-                    let paths = nodes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (size, refs, selfref))| {
-                            let mut r: Vec<String> = refs
-                                .iter()
-                                .filter(|_| i + 1 < n)
-                                .map(|&x| name(i + 1 + x % (n - i - 1)))
-                                .collect();
-                            if *selfref {
-                                r.push(name(i));
-                            }
-                            StorePath {
-                                path: name(i),
-                                nar_size: *size,
-                                references: r,
-                                nar_hash: String::new(),
-                            }
-                        })
-                        .collect::<Vec<_>>();
-                    let mut paths = paths;
+                    let mut paths = strata_plugin_sdk::graph::dag_from_picks(&nodes, name);
                     paths.sort_by(|a, b| a.path.cmp(&b.path));
                     let mut rs: Vec<String> = roots.iter().map(|&i| name(i)).collect();
                     rs.dedup();

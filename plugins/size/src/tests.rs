@@ -516,26 +516,7 @@ fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
                     i % 7
                 )
             };
-            let paths = nodes
-                .iter()
-                .enumerate()
-                .map(|(i, (size, refs, selfref))| {
-                    let mut r: Vec<String> = refs
-                        .iter()
-                        .filter(|_| i + 1 < n)
-                        .map(|&x| name(i + 1 + x % (n - i - 1)))
-                        .collect();
-                    if *selfref {
-                        r.push(name(i));
-                    }
-                    StorePath {
-                        path: name(i),
-                        nar_size: *size,
-                        references: r,
-                        nar_hash: String::new(),
-                    }
-                })
-                .collect();
+            let paths = strata_plugin_sdk::graph::dag_from_picks(&nodes, name);
             (paths, n)
         })
     })
