@@ -233,7 +233,6 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.validate()?;
-        cfg.layers.compression_level = Some(cfg.layers.level());
         Ok(cfg)
     }
 

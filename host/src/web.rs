@@ -205,7 +205,7 @@ fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: 
         "storage": storage,
         "layers": {
             "budget": cfg.layers.budget,
-            "compression_level": cfg.layers.compression_level,
+            "compression_level": cfg.layers.level(),
         },
         "max_packages": cfg.max_packages,
         "roles": {
