@@ -5,7 +5,7 @@
 //! order (the order is then independent of the order the host sent), with
 //! references as sorted index lists. One copy here, not one per plugin.
 
-use crate::{GroupInput, PluginError};
+use crate::{GroupInput, Layers, PluginError};
 use std::collections::BTreeMap;
 
 /// The closure, indexed; index order is path order.
@@ -66,6 +66,63 @@ impl IndexedGraph {
             refs,
             roots,
         })
+    }
+
+    /// Every path after the paths it references (a postorder of the
+    /// references, starting from paths in index order), and each path's
+    /// height: the longest reference chain below it, 0 for a leaf. Height is
+    /// intrinsic to a path's closure, so strategies order layers by it
+    /// without depending on what else an image holds. Edges closing a cycle
+    /// (Nix produces none besides self-references, already removed) are
+    /// ignored rather than followed forever.
+    pub fn postorder_heights(&self) -> (Vec<usize>, Vec<u32>) {
+        let n = self.len();
+        let mut order = Vec::with_capacity(n);
+        let mut height = vec![0u32; n];
+        // 0 = unvisited, 1 = on the stack, 2 = done.
+        let mut state = vec![0u8; n];
+        let mut stack = Vec::new();
+        for start in 0..n {
+            if state[start] != 0 {
+                continue;
+            }
+            stack.push((start, 0usize));
+            state[start] = 1;
+            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+                if let Some(&w) = self.refs[v].get(*next) {
+                    *next += 1;
+                    if state[w] == 0 {
+                        state[w] = 1;
+                        stack.push((w, 0));
+                    }
+                } else {
+                    height[v] = self.refs[v]
+                        .iter()
+                        .filter(|&&w| state[w] == 2)
+                        .map(|&w| height[w] + 1)
+                        .max()
+                        .unwrap_or(0);
+                    state[v] = 2;
+                    order.push(v);
+                    stack.pop();
+                }
+            }
+        }
+        (order, height)
+    }
+
+    /// The wire form of a grouping: each layer's paths in path order.
+    pub fn layers(&self, strategy: &str, layers: Vec<Vec<usize>>) -> Layers {
+        Layers {
+            strategy: strategy.to_string(),
+            layers: layers
+                .into_iter()
+                .map(|mut l| {
+                    l.sort_unstable();
+                    l.into_iter().map(|i| self.paths[i].clone()).collect()
+                })
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -62,68 +62,40 @@ impl Graph {
         IndexedGraph::new(input).map(Graph)
     }
 
-    /// Total NAR size of each path's closure. One traversal per path with a
-    /// stamped visited set: memory stays linear, and real closures are
-    /// shallow enough that the time is not a concern.
-    fn closure_sizes(&self) -> Vec<u64> {
+    /// Whether each path's closure weighs more than `threshold` bytes
+    /// (NAR). A path above one that does is over it too, so paths are
+    /// visited after their references and walk their own closure only when
+    /// no reference settled it, stopping once past the threshold: linear
+    /// work on real graphs, where the exact totals would be quadratic.
+    fn closure_over(&self, threshold: u64, postorder: &[usize]) -> Vec<bool> {
         let n = self.len();
+        let mut over = vec![false; n];
         let mut stamp = vec![usize::MAX; n];
         let mut stack = Vec::new();
-        (0..n)
-            .map(|start| {
-                let mut total = 0u64;
-                stamp[start] = start;
-                stack.push(start);
-                while let Some(v) = stack.pop() {
-                    total = total.saturating_add(self.sizes[v]);
-                    for &w in &self.refs[v] {
-                        if stamp[w] != start {
-                            stamp[w] = start;
-                            stack.push(w);
-                        }
-                    }
-                }
-                total
-            })
-            .collect()
-    }
-
-    /// Longest reference chain below each path (0 for a leaf): intrinsic to
-    /// the path's closure, so a layer's position does not depend on what
-    /// else was requested. Edges closing a cycle (which Nix never produces
-    /// apart from self-references) are ignored.
-    fn heights(&self) -> Vec<u32> {
-        let n = self.len();
-        let mut height = vec![0u32; n];
-        // 0 = unvisited, 1 = on the stack, 2 = done.
-        let mut state = vec![0u8; n];
-        for start in 0..n {
-            if state[start] != 0 {
+        for &start in postorder {
+            if self.refs[start].iter().any(|&w| over[w]) {
+                over[start] = true;
                 continue;
             }
-            let mut stack = vec![(start, 0usize)];
-            state[start] = 1;
-            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-                if let Some(&w) = self.refs[v].get(*next) {
-                    *next += 1;
-                    if state[w] == 0 {
-                        state[w] = 1;
-                        stack.push((w, 0));
+            let mut total = 0u64;
+            stamp[start] = start;
+            stack.clear();
+            stack.push(start);
+            while let Some(v) = stack.pop() {
+                total = total.saturating_add(self.sizes[v]);
+                if total > threshold {
+                    over[start] = true;
+                    break;
+                }
+                for &w in &self.refs[v] {
+                    if stamp[w] != start {
+                        stamp[w] = start;
+                        stack.push(w);
                     }
-                } else {
-                    let h = self.refs[v]
-                        .iter()
-                        .filter(|&&w| state[w] == 2)
-                        .map(|&w| height[w] + 1)
-                        .max()
-                        .unwrap_or(0);
-                    height[v] = h;
-                    state[v] = 2;
-                    stack.pop();
                 }
             }
         }
-        height
+        over
     }
 }
 
@@ -209,10 +181,25 @@ pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
 }
 
 struct Candidate {
-    /// Sorted store paths.
-    paths: Vec<String>,
+    /// Path indices, in no particular order.
+    paths: Vec<usize>,
+    /// The smallest index, i.e. the smallest path.
+    first: usize,
     rating: u128,
     height: u32,
+}
+
+impl Candidate {
+    fn absorb(&mut self, mut other: Candidate) {
+        self.rating += other.rating;
+        self.height = self.height.max(other.height);
+        self.first = self.first.min(other.first);
+        // The smaller list moves: linear-logarithmic over all merges.
+        if other.paths.len() > self.paths.len() {
+            std::mem::swap(&mut self.paths, &mut other.paths);
+        }
+        self.paths.extend(other.paths);
+    }
 }
 
 /// The `group_layers` hook.
@@ -227,7 +214,8 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     }
 
     // Node 0 is the synthetic root; path i is node i + 1.
-    let closure = g.closure_sizes();
+    let (postorder, heights) = g.postorder_heights();
+    let large = g.closure_over(config.size_threshold, &postorder);
     let popularity = |i: usize| {
         input
             .popularity
@@ -236,9 +224,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
             .unwrap_or(0)
     };
     let mut root_edges: Vec<usize> = g.roots.clone();
-    root_edges.extend((0..n).filter(|&i| {
-        popularity(i) >= config.popularity_threshold || closure[i] > config.size_threshold
-    }));
+    root_edges.extend((0..n).filter(|&i| popularity(i) >= config.popularity_threshold || large[i]));
     root_edges.sort_unstable();
     root_edges.dedup();
     let mut succ: Vec<Vec<usize>> = Vec::with_capacity(n + 1);
@@ -249,6 +235,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let mut reach = vec![false; n + 1];
     let mut stack = vec![0];
     reach[0] = true;
+    let mut unreached = 1;
     loop {
         while let Some(v) = stack.pop() {
             for &w in &succ[v] {
@@ -258,14 +245,15 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
                 }
             }
         }
-        match (1..=n).find(|&v| !reach[v]) {
-            Some(v) => {
-                succ[0].push(v);
-                reach[v] = true;
-                stack.push(v);
-            }
-            None => break,
+        while unreached <= n && reach[unreached] {
+            unreached += 1;
         }
+        if unreached > n {
+            break;
+        }
+        succ[0].push(unreached);
+        reach[unreached] = true;
+        stack.push(unreached);
     }
 
     let idom = dominators(&succ);
@@ -285,45 +273,38 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         }
         h
     }
-    let heights = g.heights();
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for v in 1..=n {
         let h = head_of(v, &idom, &mut head);
         groups.entry(h).or_default().push(v - 1);
     }
-    let candidates: Vec<Candidate> = groups
-        .into_iter()
-        .map(|(h, members)| {
-            let size: u128 = members.iter().map(|&i| g.sizes[i] as u128).sum();
-            Candidate {
-                rating: popularity(h - 1) as u128 * size,
-                height: members.iter().map(|&i| heights[i]).max().unwrap_or(0),
-                paths: members.iter().map(|&i| g.paths[i].clone()).collect(),
-            }
-        })
-        .collect();
 
     // Keyed by (rating, smallest path): unique, since paths are.
-    let mut queue: BTreeMap<(u128, String), Candidate> = candidates
+    let mut queue: BTreeMap<(u128, usize), Candidate> = groups
         .into_iter()
-        .map(|c| ((c.rating, c.paths[0].clone()), c))
+        .map(|(h, paths)| {
+            let size: u128 = paths.iter().map(|&i| g.sizes[i] as u128).sum();
+            let c = Candidate {
+                rating: popularity(h - 1) as u128 * size,
+                height: paths.iter().map(|&i| heights[i]).max().unwrap_or(0),
+                first: paths.iter().copied().min().unwrap_or(usize::MAX),
+                paths,
+            };
+            ((c.rating, c.first), c)
+        })
         .collect();
     while queue.len() > input.budget as usize {
         let (_, mut a) = queue.pop_first().expect("more than budget >= 1 candidates");
         let (_, b) = queue.pop_first().expect("more than budget >= 1 candidates");
-        a.rating += b.rating;
-        a.height = a.height.max(b.height);
-        a.paths.extend(b.paths);
-        a.paths.sort();
-        queue.insert((a.rating, a.paths[0].clone()), a);
+        a.absorb(b);
+        queue.insert((a.rating, a.first), a);
     }
     let mut candidates: Vec<Candidate> = queue.into_values().collect();
-
-    candidates.sort_by(|a, b| (a.height, &a.paths[0]).cmp(&(b.height, &b.paths[0])));
-    Ok(Layers {
-        strategy: "popularity".into(),
-        layers: candidates.into_iter().map(|c| c.paths).collect(),
-    })
+    candidates.sort_by_key(|c| (c.height, c.first));
+    Ok(g.layers(
+        "popularity",
+        candidates.into_iter().map(|c| c.paths).collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -77,42 +77,6 @@ impl Graph {
         g.roots.dedup();
         Ok(Graph(g))
     }
-
-    /// Longest reference chain below each path (0 for a leaf): intrinsic to
-    /// the path's closure. Edges closing a cycle (which Nix never produces
-    /// apart from self-references) are ignored.
-    fn heights(&self) -> Vec<u32> {
-        let n = self.len();
-        let mut height = vec![0u32; n];
-        // 0 = unvisited, 1 = on the stack, 2 = done.
-        let mut state = vec![0u8; n];
-        for start in 0..n {
-            if state[start] != 0 {
-                continue;
-            }
-            let mut stack = vec![(start, 0usize)];
-            state[start] = 1;
-            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-                if let Some(&w) = self.refs[v].get(*next) {
-                    *next += 1;
-                    if state[w] == 0 {
-                        state[w] = 1;
-                        stack.push((w, 0));
-                    }
-                } else {
-                    height[v] = self.refs[v]
-                        .iter()
-                        .filter(|&&w| state[w] == 2)
-                        .map(|&w| height[w] + 1)
-                        .max()
-                        .unwrap_or(0);
-                    state[v] = 2;
-                    stack.pop();
-                }
-            }
-        }
-        height
-    }
 }
 
 /// The name part of `/nix/store/<hash>-<name>`: what stays the same when a
@@ -126,8 +90,11 @@ pub fn store_name(path: &str) -> &str {
 }
 
 struct Layer {
-    /// Sorted store paths.
-    paths: Vec<String>,
+    /// Path indices, in no particular order.
+    paths: Vec<usize>,
+    /// The smallest index, i.e. the smallest path: the tie-breaker that
+    /// makes every choice below deterministic.
+    first: usize,
     size: u64,
     height: u32,
 }
@@ -142,7 +109,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
             "a layer budget of 0 cannot hold any store path",
         ));
     }
-    let heights = g.heights();
+    let (postorder, heights) = g.postorder_heights();
 
     let large: Vec<bool> = g
         .sizes
@@ -153,53 +120,23 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     for &r in &g.roots {
         owner[r] = true;
     }
-
-    // keys[p]: owners reaching p without passing through another owner,
-    // ascending because owners are visited in index order.
-    let mut keys: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut stamp = vec![usize::MAX; n];
-    let mut stack = Vec::new();
-    for o in (0..n).filter(|&o| owner[o]) {
-        stack.extend(g.refs[o].iter().copied().filter(|&w| !owner[w]));
-        while let Some(v) = stack.pop() {
-            if stamp[v] == o {
-                continue;
-            }
-            stamp[v] = o;
-            keys[v].push(o);
-            stack.extend(
-                g.refs[v]
-                    .iter()
-                    .copied()
-                    .filter(|&w| !owner[w] && stamp[w] != o),
-            );
-        }
-    }
+    let keys = owner_keys(&g, &owner, &postorder);
 
     // Each entry is one group's levels, lowest first, each level split
     // into classes of paths with the same references; a large path is a
     // group of one level of one class.
-    let mut split_groups: Vec<Vec<Vec<Layer>>> = Vec::new();
-    let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
-    for v in 0..n {
-        if large[v] {
-            split_groups.push(vec![vec![Layer::of(&g, &heights, &[v])]]);
-        } else if owner[v] {
-            groups.entry(vec![v]).or_default().push(v);
-        } else {
-            // An empty key (a path no owner reaches) cannot occur in a real
-            // closure; such paths share one group rather than fail.
-            groups
-                .entry(std::mem::take(&mut keys[v]))
-                .or_default()
-                .push(v);
-        }
+    let mut split_groups: Vec<Vec<Vec<Layer>>> = (0..n)
+        .filter(|&v| large[v])
+        .map(|v| vec![vec![Layer::of(&g, &heights, vec![v])]])
+        .collect();
+    // Paths with equal keys, as runs in key order: a path with an empty key
+    // (no owner reaches it, impossible in a real closure) shares one group
+    // rather than fail.
+    let mut small: Vec<usize> = (0..n).filter(|&v| !large[v]).collect();
+    small.sort_by(|&a, &b| keys.of(a).cmp(keys.of(b)).then(a.cmp(&b)));
+    for run in small.chunk_by(|&a, &b| keys.of(a) == keys.of(b)) {
+        split_groups.push(split(&g, &heights, run));
     }
-    split_groups.extend(
-        groups
-            .into_values()
-            .map(|members| split(&g, &heights, members)),
-    );
 
     let budget = input.budget as usize;
     let mut count: usize = split_groups.iter().flatten().map(Vec::len).sum();
@@ -208,7 +145,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // holds is intrinsic, so the same levels rejoin in every image that is
     // over budget by as much.
     if count > budget {
-        let mut split_levels: Vec<((u64, &str), usize, usize)> = split_groups
+        let mut split_levels: Vec<((u64, usize), usize, usize)> = split_groups
             .iter()
             .enumerate()
             .flat_map(|(gi, levels)| {
@@ -218,24 +155,17 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
                     .filter(|(_, c)| c.len() > 1)
                     .map(move |(li, c)| {
                         let size = c.iter().map(|l| l.size).sum::<u64>();
-                        let first = c.iter().map(|l| l.paths[0].as_str()).min().unwrap_or("");
+                        let first = c.iter().map(|l| l.first).min().unwrap_or(usize::MAX);
                         ((size, first), gi, li)
                     })
             })
             .collect();
-        split_levels.sort();
-        let joins: Vec<(usize, usize)> = split_levels
-            .into_iter()
-            .map(|(_, gi, li)| (gi, li))
-            .take_while(|&(gi, li)| {
-                let over = count > budget;
-                if over {
-                    count -= split_groups[gi][li].len() - 1;
-                }
-                over
-            })
-            .collect();
-        for (gi, li) in joins {
+        split_levels.sort_unstable();
+        for (_, gi, li) in split_levels {
+            if count <= budget {
+                break;
+            }
+            count -= split_groups[gi][li].len() - 1;
             let mut classes = std::mem::take(&mut split_groups[gi][li]).into_iter();
             let mut joined = classes.next().expect("a split level has classes");
             for c in classes {
@@ -248,69 +178,164 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // cheapest adjacent pair first: that costs reuse only when the group's
     // own paths change, whereas merging across groups ties unrelated
     // packages together.
-    let mut split_groups: Vec<Vec<Layer>> = split_groups
+    let groups: Vec<Vec<Layer>> = split_groups
         .into_iter()
         .map(|levels| levels.into_iter().flatten().collect())
         .collect();
-    while count > budget {
-        let best = split_groups
-            .iter()
-            .enumerate()
-            .flat_map(|(gi, levels)| {
-                levels.windows(2).enumerate().map(move |(li, w)| {
-                    (
-                        (
-                            w[0].size + w[1].size,
-                            std::cmp::min(&w[0].paths[0], &w[1].paths[0]),
-                        ),
-                        gi,
-                        li,
-                    )
-                })
-            })
-            .min();
-        let Some((_, gi, li)) = best else { break };
-        let upper = split_groups[gi].remove(li + 1);
-        split_groups[gi][li].absorb(upper);
-        count -= 1;
-    }
+    let layers = if count > budget {
+        join_levels(groups, budget)
+    } else {
+        groups.into_iter().flatten().collect()
+    };
     // Then the two smallest layers, keyed by (size, smallest path): unique,
     // since paths are.
-    let mut queue: BTreeMap<(u64, String), Layer> = split_groups
-        .into_iter()
-        .flatten()
-        .map(|l| ((l.size, l.paths[0].clone()), l))
-        .collect();
+    let mut queue: BTreeMap<(u64, usize), Layer> =
+        layers.into_iter().map(|l| ((l.size, l.first), l)).collect();
     while queue.len() > budget {
         let (_, mut a) = queue.pop_first().expect("more than budget >= 1 layers");
         let (_, b) = queue.pop_first().expect("more than budget >= 1 layers");
         a.absorb(b);
-        queue.insert((a.size, a.paths[0].clone()), a);
+        queue.insert((a.size, a.first), a);
     }
     let mut layers: Vec<Layer> = queue.into_values().collect();
-    layers.sort_by(|a, b| (a.height, &a.paths[0]).cmp(&(b.height, &b.paths[0])));
-    Ok(Layers {
-        strategy: "size".into(),
-        layers: layers.into_iter().map(|l| l.paths).collect(),
-    })
+    layers.sort_by_key(|l| (l.height, l.first));
+    Ok(g.layers("size", layers.into_iter().map(|l| l.paths).collect()))
+}
+
+/// For each path that is not an owner, the set of owners reaching it
+/// without passing through another owner, as a bit set over the owners.
+/// Filled parents first (reverse postorder): a path's set is the union over
+/// its referrers of the referrer itself, if an owner, or its set. Bit sets
+/// keep this linear in the references; the sets themselves can hold
+/// thousands of owners on big graphs.
+struct OwnerKeys {
+    words: usize,
+    /// Row of each path in `bits` (owners that are top-level paths have
+    /// one too: their key is themselves).
+    row: Vec<usize>,
+    bits: Vec<u64>,
+}
+
+impl OwnerKeys {
+    fn of(&self, v: usize) -> &[u64] {
+        let r = self.row[v];
+        &self.bits[r * self.words..(r + 1) * self.words]
+    }
+}
+
+fn owner_keys(g: &IndexedGraph, owner: &[bool], postorder: &[usize]) -> OwnerKeys {
+    let n = g.len();
+    let mut bit = vec![usize::MAX; n];
+    let mut owners = 0;
+    for v in (0..n).filter(|&v| owner[v]) {
+        bit[v] = owners;
+        owners += 1;
+    }
+    let words = owners.div_ceil(64).max(1);
+    let mut row = vec![usize::MAX; n];
+    let mut rows = 0;
+    for (v, r) in row.iter_mut().enumerate() {
+        // Large paths are layers of their own and need no key.
+        if !owner[v] || g.roots.binary_search(&v).is_ok() {
+            *r = rows;
+            rows += 1;
+        }
+    }
+    let mut bits = vec![0u64; rows * words];
+    let mut from = vec![0u64; words];
+    for &v in postorder.iter().rev() {
+        if owner[v] {
+            from.fill(0);
+            from[bit[v] / 64] |= 1 << (bit[v] % 64);
+        } else {
+            from.copy_from_slice(&bits[row[v] * words..(row[v] + 1) * words]);
+        }
+        for &w in g.refs[v].iter().filter(|&&w| !owner[w]) {
+            for (k, f) in bits[row[w] * words..(row[w] + 1) * words].iter_mut().zip(&from) {
+                *k |= f;
+            }
+        }
+    }
+    for &r in &g.roots {
+        let start = row[r] * words;
+        bits[start + bit[r] / 64] |= 1 << (bit[r] % 64);
+    }
+    OwnerKeys { words, row, bits }
+}
+
+/// Joins adjacent levels of a group, the pair with the fewest combined
+/// bytes first (then the smallest path, then the lowest group and level),
+/// until `budget` layers remain or every group is one layer. A heap of
+/// pairs, stale entries skipped, instead of a scan per join: graphs of
+/// thousands of groups need thousands of joins.
+fn join_levels(groups: Vec<Vec<Layer>>, budget: usize) -> Vec<Layer> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    const NONE: usize = usize::MAX;
+    // Layers in group order, then level order: an entry's index orders
+    // pairs as (group, level) did.
+    let mut slots: Vec<Option<Layer>> = Vec::new();
+    let mut next = Vec::new();
+    let mut prev = Vec::new();
+    for levels in groups {
+        let start = slots.len();
+        let len = levels.len();
+        for (i, l) in levels.into_iter().enumerate() {
+            slots.push(Some(l));
+            prev.push(if i == 0 { NONE } else { start + i - 1 });
+            next.push(if i + 1 == len { NONE } else { start + i + 1 });
+        }
+    }
+    let mut version = vec![0u32; slots.len()];
+    let mut count = slots.len();
+    let key = |slots: &[Option<Layer>], version: &[u32], a: usize, b: usize| {
+        let (la, lb) = (slots[a].as_ref().unwrap(), slots[b].as_ref().unwrap());
+        Reverse((la.size + lb.size, la.first.min(lb.first), a, b, version[a], version[b]))
+    };
+    let mut heap: BinaryHeap<_> = (0..slots.len())
+        .filter(|&a| next[a] != NONE)
+        .map(|a| key(&slots, &version, a, next[a]))
+        .collect();
+    while count > budget {
+        let Some(Reverse((_, _, a, b, va, vb))) = heap.pop() else { break };
+        if slots[a].is_none() || slots[b].is_none() || version[a] != va || version[b] != vb {
+            continue;
+        }
+        let upper = slots[b].take().expect("checked above");
+        slots[a].as_mut().expect("checked above").absorb(upper);
+        version[a] += 1;
+        next[a] = next[b];
+        if next[a] != NONE {
+            prev[next[a]] = a;
+            heap.push(key(&slots, &version, a, next[a]));
+        }
+        if prev[a] != NONE {
+            heap.push(key(&slots, &version, prev[a], a));
+        }
+        count -= 1;
+    }
+    slots.into_iter().flatten().collect()
 }
 
 impl Layer {
-    fn of(g: &Graph, heights: &[u32], vs: &[usize]) -> Layer {
-        let mut paths: Vec<String> = vs.iter().map(|&v| g.paths[v].clone()).collect();
-        paths.sort();
+    fn of(g: &IndexedGraph, heights: &[u32], paths: Vec<usize>) -> Layer {
         Layer {
+            first: paths.iter().copied().min().unwrap_or(usize::MAX),
+            size: paths.iter().map(|&v| g.sizes[v]).sum(),
+            height: paths.iter().map(|&v| heights[v]).max().unwrap_or(0),
             paths,
-            size: vs.iter().map(|&v| g.sizes[v]).sum(),
-            height: vs.iter().map(|&v| heights[v]).max().unwrap_or(0),
         }
     }
 
-    fn absorb(&mut self, other: Layer) {
+    fn absorb(&mut self, mut other: Layer) {
         self.size += other.size;
         self.height = self.height.max(other.height);
+        self.first = self.first.min(other.first);
+        // The smaller list moves: linear-logarithmic over all merges.
+        if other.paths.len() > self.paths.len() {
+            std::mem::swap(&mut self.paths, &mut other.paths);
+        }
         self.paths.extend(other.paths);
-        self.paths.sort();
     }
 }
 
@@ -319,9 +344,9 @@ impl Layer {
 /// every group alone; and each level by references: paths with the same
 /// references change together (a dependency's bump renames all of them),
 /// paths with different ones need not.
-fn split(g: &Graph, heights: &[u32], members: Vec<usize>) -> Vec<Vec<Layer>> {
+fn split(g: &IndexedGraph, heights: &[u32], members: &[usize]) -> Vec<Vec<Layer>> {
     let mut levels: BTreeMap<u32, BTreeMap<&[usize], Vec<usize>>> = BTreeMap::new();
-    for v in members {
+    for &v in members {
         levels
             .entry(heights[v])
             .or_default()
@@ -330,10 +355,10 @@ fn split(g: &Graph, heights: &[u32], members: Vec<usize>) -> Vec<Vec<Layer>> {
             .push(v);
     }
     levels
-        .values()
+        .into_values()
         .map(|classes| {
             classes
-                .values()
+                .into_values()
                 .map(|vs| Layer::of(g, heights, vs))
                 .collect()
         })
