@@ -34,7 +34,7 @@ impl FromStr for Output {
             if dir.is_empty() {
                 return Err("oci: needs a directory, e.g. oci:./out:latest".into());
             }
-            crate::reference::parse_tag(tag).map_err(|e| e.to_string())?;
+            crate::reference::parse_tag(tag).map_err(|e| crate::error::Error::from(e).to_string())?;
             Ok(Output::Oci { dir: dir.into(), tag: tag.into() })
         } else if let Some(rest) = s.strip_prefix("docker-archive:") {
             let (file, reference) = match rest.split_once(':') {

@@ -204,8 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn check_name(cfg: &Config, name: &str, tag: &str) -> anyhow::Result<()> {
-    strata::reference::parse_name(name, cfg.max_packages)?;
-    strata::reference::parse_tag(tag)?;
+    strata::reference::parse_name(name, cfg.max_packages).map_err(strata::error::Error::from)?;
+    strata::reference::parse_tag(tag).map_err(strata::error::Error::from)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 
 pub mod graph;
 pub mod types;
+pub mod validate;
 
 pub use types::*;
 

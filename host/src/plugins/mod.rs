@@ -4,18 +4,15 @@
 //! bounded memory and bounded output. The host owns mechanism and checks
 //! everything a plugin returns before acting on it.
 //!
-//! The ABI is in `strata_plugin_sdk` (and `docs/plugins.md`). Here:
+//! The ABI is in `strata_plugin_sdk` (and `docs/plugins.md`), and so are the
+//! checks on plugin output (`strata_plugin_sdk::validate`). Here:
 //! - `runtime`: engine, compilation (and its cache), one instance per call;
-//! - `validate`: the checks on plugin output;
 //! - `builtin`: the plugins embedded in the binary;
 //! - `check`: `strata plugin check`.
 
 mod builtin;
 mod check;
 mod runtime;
-/// Public for the fuzz targets (fuzz/), which feed it arbitrary outputs.
-#[doc(hidden)]
-pub mod validate;
 
 pub use builtin::NAMES as BUILTIN_NAMES;
 pub use check::{check_sample, CheckReport};
@@ -31,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use strata_plugin_sdk::{
-    ExpandInput, ExpandOutput, Expansion, GroupInput, ImageSettings, Layers, PluginInfo,
+    validate, ExpandInput, ExpandOutput, Expansion, GroupInput, ImageSettings, Layers, PluginInfo,
     SourceInput, SourceOutput,
 };
 

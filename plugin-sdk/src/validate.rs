@@ -1,16 +1,20 @@
 //! Checks on what plugins return. The host never trusts a plugin's output:
 //! a grouping decides which files go into which tarball, so a path outside
 //! the closure, or a closure path left out, would make a wrong image.
+//!
+//! Here rather than in the host because they are about these wire types
+//! only: a plugin author can run the host's verdict in a native test, and
+//! fuzz/ builds them without the host's dependencies.
 
+use crate::{ClosureGraph, Expansion, Layers, SourceOutput};
 use std::collections::HashMap;
-use strata_plugin_sdk::{ClosureGraph, Expansion, Layers, SourceOutput};
 
 /// Longest plugin-supplied text put into a reason or an image history entry.
 const MAX_TEXT: usize = 1000;
 
 /// Makes plugin-supplied text safe to put into a log line or an HTTP error:
 /// one line, bounded length.
-pub(crate) fn clean_message(s: &str) -> String {
+pub fn clean_message(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(MAX_TEXT)
@@ -118,7 +122,7 @@ pub fn source(out: &SourceOutput) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_plugin_sdk::StorePath;
+    use crate::StorePath;
 
     fn graph(names: &[&str]) -> ClosureGraph {
         ClosureGraph {
