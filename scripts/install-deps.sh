@@ -15,6 +15,8 @@ PACKAGES=(
   skopeo umoci docker.io docker-registry
   # Debian's Rust (the build itself uses rustup's cargo, see scripts/test.sh)
   rustc-web rust-web-src cargo-web
+  # the C++ compiler libfuzzer-sys builds libFuzzer with (cargo fuzz, fuzz/)
+  g++
   # load testing and everyday tools the tests and the demo call
   wrk jq curl git ca-certificates python3 xxd coreutils tar gzip zstd procps
   # the browser test: Debian's headless Chromium driven from Node
@@ -74,7 +76,13 @@ if [ "$(s3s-fs --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]; th
   echo "install-deps: cargo installing s3s-fs@$S3S_FS_VERSION (a few minutes)"
   cargo install --locked --features binary "s3s-fs@$S3S_FS_VERSION"
 fi
-for tool in moto_server gcp-storage-emulator azurite-blob s3s-fs; do
+# The fuzz run of scripts/test.sh (fuzz/, docs/reliability.md).
+CARGO_FUZZ_VERSION=0.13.2 # builds with rustc 1.95 in about 40 s
+if [ "$(cargo-fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  echo "install-deps: cargo installing cargo-fuzz@$CARGO_FUZZ_VERSION"
+  cargo install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
+fi
+for tool in moto_server gcp-storage-emulator azurite-blob s3s-fs cargo-fuzz; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool not on PATH after installing it" >&2; exit 1; }
 done
 

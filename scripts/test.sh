@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# THE test command: installs what the tests need, builds Strata, and runs
-# every test of the workspace (unit, plugin, host and end-to-end tests
-# against real registry clients). Fails on any failure.
+# THE test command: installs what the tests need, builds Strata, runs every
+# test of the workspace (unit, plugin, host and end-to-end tests against real
+# registry clients), then the fuzz targets under libFuzzer for
+# STRATA_LIBFUZZER_SECS (default 30) each (scripts/fuzz.sh). Fails on any
+# failure or fuzz finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,16 @@ status=${PIPESTATUS[0]}
 set -e
 test_secs=$(( $(date +%s) - t0 ))
 
+step "fuzz (scripts/fuzz.sh: cargo fuzz, ${STRATA_LIBFUZZER_SECS:-30}s per target)"
+fuzz_log=$(mktemp)
+trap 'rm -f "$log" "$fuzz_log"' EXIT
+t0=$(date +%s)
+set +e
+bash scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
+fuzz_status=${PIPESTATUS[0]}
+set -e
+fuzz_secs=$(( $(date +%s) - t0 ))
+
 passed=0 failed=0 ignored=0
 while read -r p f i; do
   passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i))
@@ -42,11 +54,16 @@ done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) faile
 
 echo
 echo "==> summary"
-echo "build: ${build_secs}s; tests: ${test_secs}s; total: $(( $(date +%s) - started ))s"
+echo "build: ${build_secs}s; tests: ${test_secs}s; fuzz: ${fuzz_secs}s; total: $(( $(date +%s) - started ))s"
+grep '^fuzz: ' "$fuzz_log" || true
 echo "tests: ${passed} passed, ${failed} failed, ${ignored} ignored"
 if [ "$status" -ne 0 ]; then
   grep -E '^test .* FAILED$|^error(\[|:)' "$log" | sort -u | sed 's/^/  /' || true
   echo "FAILED (cargo test exited with $status)"
   exit "$status"
+fi
+if [ "$fuzz_status" -ne 0 ]; then
+  echo "FAILED (scripts/fuzz.sh exited with $fuzz_status: a fuzz target found a crash, or did not build)"
+  exit "$fuzz_status"
 fi
 echo "OK"
