@@ -43,8 +43,9 @@ fn config(cache: Option<&std::path::Path>) -> PluginsConfig {
 fn main() {
     let n: usize = std::env::var("STRATA_BENCH_PATHS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (graph, popularity) = plugin_support::closure(n, 8, 42);
-    let input = GroupInput { config: serde_json::json!({}), graph, popularity, budget: BUDGET };
+    let (mut graph, popularity) = plugin_support::closure(n, 8, 42);
+    graph.set_popularity(&popularity);
+    let input = GroupInput { config: serde_json::json!({}), graph, budget: BUDGET };
     let json_bytes = serde_json::to_vec(&input).unwrap().len();
     println!("closure: {n} paths, {} references, {:.1} MB of JSON input, budget {BUDGET}",
         input.graph.paths.iter().map(|p| p.references.len()).sum::<usize>(), json_bytes as f64 / 1e6);

@@ -364,11 +364,12 @@ impl Builder {
         //    ever), then the final layer with the symlink forest.
         let nar_sizes: HashMap<&str, u64> =
             resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
+        let layer_paths = grouping.named(&resolved.graph);
         self.stage("packing layers");
         // All of them run to their end even when one fails: a layer dropped
         // mid-way would leave its staged bytes behind (its packing thread
         // cannot be cancelled), one that ends discards or publishes them.
-        let packed = futures::future::join_all(grouping.layers.iter().enumerate().map(|(i, paths)| {
+        let packed = futures::future::join_all(layer_paths.iter().enumerate().map(|(i, paths)| {
             let nar: u64 = paths.iter().filter_map(|p| nar_sizes.get(p.as_str())).sum();
             self.store_path_layer(i, paths.clone(), nar)
         }))
@@ -393,7 +394,7 @@ impl Builder {
         // config (diff_ids, history) is the same for every encoding.
         let mut descriptions: Vec<LayerDescription> = packed
             .iter()
-            .zip(&grouping.layers)
+            .zip(&layer_paths)
             .map(|(blobs, paths)| LayerDescription {
                 blob: blobs[0].clone(),
                 created_by: format!("strata {}: {}", grouping.strategy, store_names(paths)),
@@ -430,7 +431,7 @@ impl Builder {
 
         let mut layer_summaries: Vec<LayerSummary> = packed
             .iter()
-            .zip(&grouping.layers)
+            .zip(&layer_paths)
             .map(|(blobs, paths)| LayerSummary {
                 digest: blobs[0].digest.clone(),
                 size: blobs[0].size,
@@ -471,12 +472,9 @@ impl Builder {
     async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
         let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
         // One layer of the budget is the host's own final layer.
-        let input = GroupInput {
-            config: serde_json::Value::Null,
-            graph: resolved.graph.clone(),
-            popularity: (*self.popularity).clone(),
-            budget: self.cfg.layers.budget - 1,
-        };
+        let mut graph = resolved.graph.clone();
+        graph.set_popularity(&self.popularity);
+        let input = GroupInput { config: serde_json::Value::Null, graph, budget: self.cfg.layers.budget - 1 };
         let grouping = timed(plan.grouper.name(), "group_layers", plan.grouper.group_layers(input)).await?;
         Ok((resolved, grouping))
     }
@@ -488,11 +486,11 @@ impl Builder {
         let sizes: HashMap<&str, u64> =
             resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
         let layers = grouping
-            .layers
-            .iter()
+            .named(&resolved.graph)
+            .into_iter()
             .map(|paths| InspectedLayer {
                 nar_size: paths.iter().filter_map(|p| sizes.get(p.as_str())).sum(),
-                paths: paths.clone(),
+                paths,
             })
             .collect();
         Ok(Inspection {

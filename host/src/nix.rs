@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use strata_plugin_sdk::{ClosureGraph, NixSource, StorePath};
+use strata_plugin_sdk::{ClosureGraph, NamedPath, NixSource};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -188,9 +188,10 @@ impl NixRunner {
         let out = self.run("nix", &args, deadline).await?;
         let store_dir = Path::new(&roots[0]).parent().and_then(Path::to_str).unwrap_or("/nix/store");
         let paths = parse_path_info(&out, store_dir)?;
-        check_closure(&roots, &paths)?;
-
-        Ok(Resolved { roots: roots.clone(), graph: ClosureGraph { roots, paths } })
+        // Plugins are promised a closed graph containing the roots; a Nix
+        // that printed less is caught here rather than as a broken image.
+        let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
+        Ok(Resolved { roots, graph })
     }
 
     /// Runs one Nix command to completion or to the deadline; returns its
@@ -478,8 +479,6 @@ struct PathInfoJson {
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
-    nar_hash: Option<Value>,
-    #[serde(default)]
     nar_size: Option<u64>,
     #[serde(default)]
     references: Vec<String>,
@@ -489,14 +488,14 @@ struct PathInfoJson {
     store_dir: Option<String>,
 }
 
-/// Parses `nix path-info --json` into graph entries sorted by path.
+/// Parses `nix path-info --json` into graph entries (references by path).
 ///
 /// Nix has printed three shapes: an array of objects with a `path` (up to
 /// 2.18), an object keyed by full path (2.19 on), and an object keyed by
 /// base name, with base-name references and structured hashes (the "v2"
 /// format of later versions). Base names are completed with `store_dir`
 /// (the entry's own `storeDir` when it has one).
-pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<StorePath>, NixError> {
+pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<NamedPath>, NixError> {
     let value: Value =
         serde_json::from_slice(json).map_err(|e| NixError::Parse(format!("path-info output: {e}")))?;
     let entries: Vec<(Option<String>, Value)> = match value {
@@ -524,8 +523,7 @@ pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<StoreP
             .nar_size
             .ok_or_else(|| NixError::Parse(format!("path-info gives no narSize for {path}")))?;
         let references = info.references.iter().map(|r| full_path(dir, r)).collect();
-        let nar_hash = info.nar_hash.as_ref().map(hash_string).unwrap_or_default();
-        paths.insert(path.clone(), StorePath { path, nar_size, references, nar_hash });
+        paths.insert(path.clone(), NamedPath { path, nar_size, references });
     }
     Ok(paths.into_values().collect())
 }
@@ -538,39 +536,6 @@ fn full_path(store_dir: &str, path: &str) -> String {
     }
 }
 
-/// A hash as Nix writes it on the command line: the string as printed, or,
-/// for a structured hash (`{"algorithm","format","hash"}`), SRI when it is
-/// base64 and `algo:hash` otherwise.
-fn hash_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Object(m) => {
-            let get = |k: &str| m.get(k).and_then(Value::as_str);
-            match (get("algorithm"), get("hash")) {
-                (Some(algo), Some(hash)) if get("format") == Some("base64") => format!("{algo}-{hash}"),
-                (Some(algo), Some(hash)) => format!("{algo}:{hash}"),
-                _ => String::new(),
-            }
-        }
-        _ => String::new(),
-    }
-}
-
-/// Plugins are promised a closed graph containing the roots; a Nix that
-/// printed less is caught here rather than as a broken image later.
-fn check_closure(roots: &[String], paths: &[StorePath]) -> Result<(), NixError> {
-    let known: HashSet<&str> = paths.iter().map(|p| p.path.as_str()).collect();
-    if let Some(r) = roots.iter().find(|r| !known.contains(r.as_str())) {
-        return Err(NixError::Parse(format!("root {r} missing from its closure")));
-    }
-    for p in paths {
-        if let Some(r) = p.references.iter().find(|r| !known.contains(r.as_str())) {
-            return Err(NixError::Parse(format!("{} references {r}, which is not in the closure", p.path)));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,20 +543,10 @@ mod tests {
     const HELLO: &str = "/nix/store/5423hxkw5pa6pncpm7xn2b6qi36z1fvj-hello-2.12.1";
     const BUSYBOX: &str = "/nix/store/r9zgkzc5zab416qddj283jlsvp18ydzr-busybox-static";
 
-    fn expected() -> Vec<StorePath> {
+    fn expected() -> Vec<NamedPath> {
         vec![
-            StorePath {
-                path: HELLO.into(),
-                nar_size: 1280,
-                references: vec![BUSYBOX.into()],
-                nar_hash: "sha256-2bOfe7UMqd2tlJgsFXyWAlXJgnD87PdDOay32ARHY3o=".into(),
-            },
-            StorePath {
-                path: BUSYBOX.into(),
-                nar_size: 1982512,
-                references: vec![],
-                nar_hash: "sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=".into(),
-            },
+            NamedPath { path: HELLO.into(), nar_size: 1280, references: vec![BUSYBOX.into()] },
+            NamedPath { path: BUSYBOX.into(), nar_size: 1982512, references: vec![] },
         ]
     }
 
@@ -615,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_base_names_and_structured_hashes() {
+    fn parses_base_names_of_the_v2_format() {
         let json = r#"{"5423hxkw5pa6pncpm7xn2b6qi36z1fvj-hello-2.12.1":{"version":2,"storeDir":"/nix/store","narHash":{"algorithm":"sha256","format":"base64","hash":"2bOfe7UMqd2tlJgsFXyWAlXJgnD87PdDOay32ARHY3o="},"narSize":1280,"references":["r9zgkzc5zab416qddj283jlsvp18ydzr-busybox-static"]},
                        "r9zgkzc5zab416qddj283jlsvp18ydzr-busybox-static":{"version":2,"narHash":"sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=","narSize":1982512,"references":[]}}"#;
         assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap(), expected());
@@ -632,11 +587,13 @@ mod tests {
 
     #[test]
     fn closure_check_catches_dangling_references() {
+        let graph = |roots: &[&str], paths| ClosureGraph::from_named(roots, paths);
+        let g = graph(&[HELLO], expected()).unwrap();
+        assert_eq!((g.roots, g.paths[0].references.clone()), (vec![0], vec![1]));
         let mut paths = expected();
-        assert!(check_closure(&[HELLO.into()], &paths).is_ok());
-        paths.remove(1);
-        assert!(check_closure(&[HELLO.into()], &paths).is_err());
-        assert!(check_closure(&["/nix/store/x-other".into()], &expected()).is_err());
+        paths.pop();
+        assert!(graph(&[HELLO], paths).is_err());
+        assert!(graph(&["/nix/store/x-other"], expected()).is_err());
     }
 
     #[test]

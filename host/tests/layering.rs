@@ -136,7 +136,10 @@ fn benchmark_series_meets_the_reuse_goals() {
 fn heights(closure: &[strata_plugin_sdk::StorePath]) -> HashMap<String, u32> {
     let refs: HashMap<&str, Vec<&str>> = closure
         .iter()
-        .map(|p| (p.path.as_str(), p.references.iter().map(String::as_str).filter(|r| *r != p.path).collect()))
+        .map(|p| {
+            let refs = p.references.iter().map(|&r| closure[r as usize].path.as_str()).filter(|r| *r != p.path);
+            (p.path.as_str(), refs.collect())
+        })
         .collect();
     fn height<'a>(p: &'a str, refs: &HashMap<&'a str, Vec<&'a str>>, memo: &mut HashMap<&'a str, u32>) -> u32 {
         if let Some(&h) = memo.get(p) {
@@ -235,13 +238,12 @@ fn layer_order_is_stable_base_first_symlinks_last() {
 
 /// The closure of `path` within an image's closure.
 fn closure_of(closure: &[strata_plugin_sdk::StorePath], path: &str) -> BTreeSet<String> {
-    let refs: HashMap<&str, &Vec<String>> = closure.iter().map(|p| (p.path.as_str(), &p.references)).collect();
+    let index: HashMap<&str, usize> = closure.iter().enumerate().map(|(i, p)| (p.path.as_str(), i)).collect();
     let mut seen = BTreeSet::new();
-    let mut stack = vec![path.to_string()];
+    let mut stack = vec![index[path]];
     while let Some(q) = stack.pop() {
-        if !seen.contains(&q) {
-            stack.extend(refs[q.as_str()].iter().cloned());
-            seen.insert(q);
+        if seen.insert(closure[q].path.clone()) {
+            stack.extend(closure[q].references.iter().map(|&r| r as usize));
         }
     }
     seen

@@ -101,24 +101,20 @@ async fn resolves_demo_packages_with_shared_dependencies() {
 
     // Roots: one per name, in request order.
     assert_eq!(resolved.roots.len(), 4);
-    assert_eq!(resolved.graph.roots, resolved.roots);
+    let paths = &resolved.graph.paths;
+    let root_paths: Vec<&str> = resolved.graph.roots.iter().map(|&r| paths[r as usize].path.as_str()).collect();
+    assert_eq!(root_paths, resolved.roots);
     for (root, suffix) in resolved.roots.iter().zip(["-hello-2.12.1", "-git-2.42.0", "-xev-1.2.5", "-pandoc-3.1.9"]) {
         assert!(root.starts_with("/nix/store/") && root.ends_with(suffix), "{root} should end in {suffix}");
     }
     assert_eq!(nix.builds_started(), 1);
 
-    // A closed graph, sorted by path, with sizes and hashes.
-    let paths = &resolved.graph.paths;
-    let known: HashSet<&str> = paths.iter().map(|p| p.path.as_str()).collect();
+    // A closed graph, sorted by path, with sizes; references by index.
     assert!(paths.windows(2).all(|w| w[0].path < w[1].path), "paths sorted and unique");
-    for root in &resolved.roots {
-        assert!(known.contains(root.as_str()), "{root} in the graph");
-    }
     for p in paths {
         assert!(p.nar_size > 0, "{} has a NAR size", p.path);
-        assert!(p.nar_hash.starts_with("sha256"), "{} has a NAR hash", p.path);
-        for r in &p.references {
-            assert!(known.contains(r.as_str()), "{} references {r}, outside the graph", p.path);
+        for &r in &p.references {
+            assert!((r as usize) < paths.len(), "{} references {r}, outside the graph", p.path);
         }
     }
 
@@ -126,8 +122,8 @@ async fn resolves_demo_packages_with_shared_dependencies() {
     // every script.
     let mut referrers: HashMap<&str, HashSet<&str>> = HashMap::new();
     for p in paths {
-        for r in p.references.iter().filter(|r| **r != p.path) {
-            referrers.entry(r.as_str()).or_default().insert(p.path.as_str());
+        for r in p.references.iter().map(|&r| paths[r as usize].path.as_str()).filter(|&r| r != p.path) {
+            referrers.entry(r).or_default().insert(p.path.as_str());
         }
     }
     let by_suffix = |s: &str| paths.iter().find(|p| p.path.ends_with(s)).map(|p| p.path.as_str()).unwrap();

@@ -95,12 +95,11 @@ async fn groupings_match_the_native_plugins() {
             for &budget in budgets {
                 for with_popularity in [false, true] {
                     for (name, image, native) in natives {
-                        let input = GroupInput {
-                            config: json_config(config, name),
-                            graph: graph.clone(),
-                            popularity: if with_popularity { popularity.clone() } else { BTreeMap::new() },
-                            budget,
-                        };
+                        let mut graph = graph.clone();
+                        if with_popularity {
+                            graph.set_popularity(&popularity);
+                        }
+                        let input = GroupInput { config: json_config(config, name), graph, budget };
                         let expected = native(input.clone()).map_err(as_reason);
                         let plugin = set.grouper_for(image, "latest");
                         assert_eq!(plugin.name(), name);
@@ -135,8 +134,9 @@ async fn bad_configurations_fail_the_same_way() {
         ("popularity", "[popularity]\nsize_threshold = \"big\"\n"),
     ] {
         let set = builtins(config, cache());
-        let (graph, popularity) = plugin_support::closure(20, 2, 7);
-        let input = GroupInput { config: json_config(config, plugin), graph, popularity, budget: 5 };
+        let (mut graph, popularity) = plugin_support::closure(20, 2, 7);
+        graph.set_popularity(&popularity);
+        let input = GroupInput { config: json_config(config, plugin), graph, budget: 5 };
         let native = match plugin {
             "size" => strata_plugin_size::group_layers(input.clone()),
             _ => strata_plugin_popularity::group_layers(input.clone()),

@@ -3,7 +3,6 @@
 //! with the right reason, and must leave the engine and the plugin set able
 //! to serve the next call to a well-behaved plugin.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use strata::config::{GroupRule, PluginDefinition, PluginsConfig};
@@ -24,11 +23,11 @@ const RUNTIME_HOSTILE: &[(&str, &str)] = &[
     ("malformed_json", "returned malformed JSON: EOF"),
     ("wrong_shape", "returned malformed JSON: invalid type"),
     ("error_envelope", "reported an error: cannot group on Tuesdays"),
-    ("missing_path", "returned an invalid grouping: path /nix/store/dddd-data-4.0 is missing"),
-    ("duplicate_path", "returned an invalid grouping: path /nix/store/bbbb-lib-2.0 is in both layer 0 and layer 1"),
-    ("unknown_path", "returned an invalid grouping: path /nix/store/zzzz-intruder-6.6 is not in the closure"),
-    ("dotdot_path", "returned an invalid grouping: path /nix/store/../../etc/shadow is not a /nix/store path"),
-    ("outside_store", "returned an invalid grouping: path /etc/passwd is not a /nix/store path"),
+    ("missing_path", "returned an invalid grouping: path 3 (/nix/store/dddd-data-4.0) is missing"),
+    ("duplicate_path", "returned an invalid grouping: path 1 (/nix/store/bbbb-lib-2.0) is in both layer 0 and layer 1"),
+    ("unknown_path", "returned an invalid grouping: layer 1 names path 6, but the closure has 4 paths"),
+    ("dotdot_path", "returned malformed JSON: invalid type: string \"/nix/store/../../etc/shadow\", expected u32"),
+    ("outside_store", "returned malformed JSON: invalid type: string \"/etc/passwd\", expected u32"),
     ("over_budget", "returned an invalid grouping: 4 layers, over the budget of 3"),
     ("empty_layer", "returned an invalid grouping: layer 1 is empty"),
 ];
@@ -37,7 +36,7 @@ const RUNTIME_HOSTILE: &[(&str, &str)] = &[
 const LOAD_HOSTILE: &[(&str, &str)] = &[
     ("wasi_import", "imports `wasi_snapshot_preview1::fd_write`; a plugin may import nothing"),
     ("missing_export", "does not export `strata_plugin_info`"),
-    ("wrong_abi", "built for plugin ABI version 2, but this Strata speaks version 1"),
+    ("wrong_abi", "built for plugin ABI version 1, but this Strata speaks version 2"),
     ("start_loop", "strata_abi_version ran out of fuel"),
     ("big_memory", "strata_abi_version exceeded its memory limit (64 MiB)"),
     ("lying_info", "declares the hooks [expand_names] but the module exports [group_layers]"),
@@ -81,7 +80,8 @@ fn store(name: &str) -> String {
     format!("/nix/store/{name}")
 }
 
-/// The closure the fixtures' fixed answers are about.
+/// The closure the fixtures' fixed answers are about: paths 0-3 in this
+/// order (sorted), each referencing those before it.
 fn input() -> GroupInput {
     let names = ["aaaa-base-1.0", "bbbb-lib-2.0", "cccc-app-3.0", "dddd-data-4.0"];
     let paths = names
@@ -90,16 +90,11 @@ fn input() -> GroupInput {
         .map(|(i, n)| StorePath {
             path: store(n),
             nar_size: 1000 * (i as u64 + 1),
-            references: names[..i].iter().map(|r| store(r)).collect(),
-            nar_hash: String::new(),
+            references: (0..i as u32).collect(),
+            popularity: 0,
         })
         .collect();
-    GroupInput {
-        config: serde_json::Value::Null,
-        graph: ClosureGraph { roots: vec![store("cccc-app-3.0"), store("dddd-data-4.0")], paths },
-        popularity: BTreeMap::new(),
-        budget: 3,
-    }
+    GroupInput { config: serde_json::Value::Null, graph: ClosureGraph { roots: vec![2, 3], paths }, budget: 3 }
 }
 
 /// A configuration with the well-behaved fixture everywhere and one group

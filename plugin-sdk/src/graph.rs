@@ -1,12 +1,13 @@
-//! The closure graph with dense indices, for grouping plugins.
+//! The closure graph as grouping strategies want it.
 //!
-//! Every grouping strategy starts the same way: store paths as strings are
-//! slow to compare and awkward to index, so they become `0..n` in path
-//! order (the order is then independent of the order the host sent), with
-//! references as sorted index lists. One copy here, not one per plugin.
+//! The wire already names paths by index; this adds what every strategy
+//! needs first: `usize` indices in path order (the host sends paths sorted;
+//! if another caller did not, they are sorted here, so that ties broken by
+//! index are broken by path), references without self-references,
+//! duplicates or indices out of range, and the walks every strategy starts
+//! with. One copy here, not one per plugin.
 
 use crate::{GroupInput, Layers, PluginError};
-use std::collections::BTreeMap;
 
 /// The closure, indexed; index order is path order.
 #[derive(Debug, Clone)]
@@ -14,35 +15,53 @@ pub struct IndexedGraph {
     pub paths: Vec<String>,
     /// NAR size of each path.
     pub sizes: Vec<u64>,
+    /// Popularity count of each path's name (0 without data).
+    pub popularity: Vec<u64>,
     /// Each path's references: sorted, deduplicated, without
-    /// self-references, and without paths outside the closure (the host
+    /// self-references, and without indices outside the closure (the host
     /// checks that a closure is complete; a plugin only must not crash).
     pub refs: Vec<Vec<usize>>,
     /// The requested top-level paths, in the order the host sent them.
     pub roots: Vec<usize>,
+    /// The wire index of each index, when the input was not in path order.
+    wire: Option<Vec<u32>>,
 }
 
 impl IndexedGraph {
     /// Fails on a path listed twice or a root outside the closure.
     pub fn new(input: &GroupInput) -> Result<IndexedGraph, PluginError> {
         let given = &input.graph.paths;
-        let mut order: Vec<usize> = (0..given.len()).collect();
-        order.sort_by(|&a, &b| given[a].path.cmp(&given[b].path));
-        let mut index = BTreeMap::new();
-        for (i, &o) in order.iter().enumerate() {
-            let p = &given[o].path;
-            if index.insert(p.as_str(), i).is_some() {
-                return Err(PluginError::new(format!("store path {p} is listed twice")));
-            }
+        let n = given.len();
+        if u32::try_from(n).is_err() {
+            return Err(PluginError::new(format!("{n} store paths are more than indices can name")));
         }
-        let refs = order
-            .iter()
-            .enumerate()
-            .map(|(i, &o)| {
-                let mut r: Vec<usize> = given[o]
+        let sorted = given.windows(2).all(|w| w[0].path < w[1].path);
+        // position[wire index] = index; wire[index] = wire index.
+        let (position, wire): (Vec<usize>, Option<Vec<u32>>) = if sorted {
+            ((0..n).collect(), None)
+        } else {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            order.sort_by(|&a, &b| given[a as usize].path.cmp(&given[b as usize].path));
+            if let Some(w) = order.windows(2).find(|w| given[w[0] as usize].path == given[w[1] as usize].path) {
+                return Err(PluginError::new(format!(
+                    "store path {} is listed twice",
+                    given[w[0] as usize].path
+                )));
+            }
+            let mut position = vec![0; n];
+            for (i, &o) in order.iter().enumerate() {
+                position[o as usize] = i;
+            }
+            (position, Some(order))
+        };
+        let at = |i: usize| wire.as_ref().map_or(i, |w| w[i] as usize);
+        let refs = (0..n)
+            .map(|i| {
+                let mut r: Vec<usize> = given[at(i)]
                     .references
                     .iter()
-                    .filter_map(|p| index.get(p.as_str()).copied())
+                    .filter(|&&j| (j as usize) < n)
+                    .map(|&j| position[j as usize])
                     .filter(|&j| j != i)
                     .collect();
                 r.sort_unstable();
@@ -54,17 +73,19 @@ impl IndexedGraph {
             .graph
             .roots
             .iter()
-            .map(|r| {
-                index.get(r.as_str()).copied().ok_or_else(|| {
-                    PluginError::new(format!("top-level path {r} is not in the closure"))
+            .map(|&r| {
+                position.get(r as usize).copied().ok_or_else(|| {
+                    PluginError::new(format!("top-level path index {r} is not in the closure"))
                 })
             })
             .collect::<Result<Vec<usize>, PluginError>>()?;
         Ok(IndexedGraph {
-            paths: order.iter().map(|&o| given[o].path.clone()).collect(),
-            sizes: order.iter().map(|&o| given[o].nar_size).collect(),
+            paths: (0..n).map(|i| given[at(i)].path.clone()).collect(),
+            sizes: (0..n).map(|i| given[at(i)].nar_size).collect(),
+            popularity: (0..n).map(|i| given[at(i)].popularity).collect(),
             refs,
             roots,
+            wire,
         })
     }
 
@@ -111,7 +132,8 @@ impl IndexedGraph {
         (order, height)
     }
 
-    /// The wire form of a grouping: each layer's paths in path order.
+    /// The wire form of a grouping: each layer's paths in path order, as
+    /// the input's indices.
     pub fn layers(&self, strategy: &str, layers: Vec<Vec<usize>>) -> Layers {
         Layers {
             strategy: strategy.to_string(),
@@ -119,7 +141,9 @@ impl IndexedGraph {
                 .into_iter()
                 .map(|mut l| {
                     l.sort_unstable();
-                    l.into_iter().map(|i| self.paths[i].clone()).collect()
+                    l.into_iter()
+                        .map(|i| self.wire.as_ref().map_or(i as u32, |w| w[i]))
+                        .collect()
                 })
                 .collect(),
         }
@@ -142,7 +166,7 @@ impl IndexedGraph {
 pub fn dag_from_picks(
     nodes: &[(u64, Vec<usize>, bool)],
     name: impl Fn(usize) -> String,
-) -> Vec<crate::StorePath> {
+) -> Vec<crate::NamedPath> {
     let n = nodes.len();
     nodes
         .iter()
@@ -156,14 +180,33 @@ pub fn dag_from_picks(
             if *selfref {
                 references.push(name(i));
             }
-            crate::StorePath {
+            crate::NamedPath {
                 path: name(i),
                 nar_size: *size,
                 references,
-                nar_hash: String::new(),
             }
         })
         .collect()
+}
+
+/// The same graph with its paths in reverse order (indices remapped), and
+/// references and roots reversed: for property tests that the wire order
+/// does not change a grouping.
+#[doc(hidden)]
+pub fn reversed(graph: &crate::ClosureGraph) -> crate::ClosureGraph {
+    let last = graph.paths.len() as u32 - 1;
+    crate::ClosureGraph {
+        roots: graph.roots.iter().rev().map(|&r| last - r).collect(),
+        paths: graph
+            .paths
+            .iter()
+            .rev()
+            .map(|p| crate::StorePath {
+                references: p.references.iter().rev().map(|&r| last - r).collect(),
+                ..p.clone()
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -171,18 +214,18 @@ mod tests {
     use super::*;
     use crate::{ClosureGraph, StorePath};
 
-    fn input(paths: &[(&str, &[&str])], roots: &[&str]) -> GroupInput {
+    fn input(paths: &[(&str, &[u32])], roots: &[u32]) -> GroupInput {
         let paths = paths
             .iter()
             .map(|(p, refs)| StorePath {
                 path: p.to_string(),
                 nar_size: p.len() as u64,
-                references: refs.iter().map(|r| r.to_string()).collect(),
-                nar_hash: String::new(),
+                references: refs.to_vec(),
+                popularity: 0,
             })
             .collect();
         let graph = ClosureGraph {
-            roots: roots.iter().map(|r| r.to_string()).collect(),
+            roots: roots.to_vec(),
             paths,
         };
         serde_json::from_value(serde_json::json!({ "graph": graph, "budget": 10 })).unwrap()
@@ -190,22 +233,44 @@ mod tests {
 
     #[test]
     fn indices_follow_path_order_and_references_are_clean() {
-        let g = IndexedGraph::new(&input(
-            &[("/s/b", &["/s/a", "/s/b", "/s/a", "/s/x"]), ("/s/a", &[])],
-            &["/s/b"],
-        ))
-        .unwrap();
+        // Not in path order on the wire: /s/b is wire index 0.
+        let g = IndexedGraph::new(&input(&[("/s/b", &[1, 0, 1, 7]), ("/s/a", &[])], &[0])).unwrap();
         assert_eq!(g.paths, ["/s/a", "/s/b"]);
         assert_eq!(g.refs, vec![vec![], vec![0]]);
         assert_eq!(g.roots, [1]);
         assert_eq!(g.sizes, [4, 4]);
+        // Output goes back to wire indices.
+        assert_eq!(g.layers("t", vec![vec![1], vec![0]]).layers, vec![vec![0], vec![1]]);
+        let g = IndexedGraph::new(&input(&[("/s/a", &[]), ("/s/b", &[0])], &[1])).unwrap();
+        assert_eq!(g.layers("t", vec![vec![1, 0]]).layers, vec![vec![0, 1]]);
     }
 
     #[test]
     fn duplicates_and_foreign_roots_are_errors() {
-        let e = IndexedGraph::new(&input(&[("/s/a", &[]), ("/s/a", &[])], &[])).unwrap_err();
+        let e = IndexedGraph::new(&input(&[("/s/b", &[]), ("/s/a", &[]), ("/s/b", &[])], &[])).unwrap_err();
         assert!(e.message.contains("listed twice"), "{}", e.message);
-        let e = IndexedGraph::new(&input(&[("/s/a", &[])], &["/s/z"])).unwrap_err();
+        let e = IndexedGraph::new(&input(&[("/s/a", &[])], &[3])).unwrap_err();
         assert!(e.message.contains("not in the closure"), "{}", e.message);
+    }
+
+    #[test]
+    fn named_paths_become_indices() {
+        let named = |p: &str, refs: &[&str]| crate::NamedPath {
+            path: p.into(),
+            nar_size: 1,
+            references: refs.iter().map(|r| r.to_string()).collect(),
+        };
+        let g = ClosureGraph::from_named(&["/s/b"], vec![named("/s/b", &["/s/a", "/s/b"]), named("/s/a", &[])]).unwrap();
+        assert_eq!(g.roots, [1]);
+        assert_eq!(g.paths[1].references, [0, 1]);
+        let e = ClosureGraph::from_named(&["/s/b"], vec![named("/s/b", &["/s/x"])]).unwrap_err();
+        assert!(e.contains("/s/x, which is not in the closure"), "{e}");
+        let e = ClosureGraph::from_named(&["/s/z"], vec![named("/s/b", &[])]).unwrap_err();
+        assert!(e.contains("top-level path /s/z"), "{e}");
+        let e = ClosureGraph::from_named(&["/s/b"], vec![named("/s/b", &[]), named("/s/b", &[])]).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let mut g = ClosureGraph::from_named(&["/s/h-bash-5.2"], vec![named("/s/h-bash-5.2", &[])]).unwrap();
+        g.set_popularity(&[("bash-5.2".to_string(), 7)].into());
+        assert_eq!(g.paths[0].popularity, 7);
     }
 }

@@ -12,7 +12,12 @@ use std::collections::BTreeMap;
 
 /// Bumped on any incompatible change to the exports, the envelope or a type
 /// below. The host refuses a module whose `strata_abi_version` differs.
-pub const ABI_VERSION: u32 = 1;
+/// Version 2: the closure graph and the layers refer to store paths by
+/// index (references, roots, layers), and popularity is a field of each path
+/// rather than a map; version 1 sent every reference as a full path, and
+/// grouping a 10,000-path closure spent more time in JSON than in the
+/// strategy.
+pub const ABI_VERSION: u32 = 2;
 
 /// The hooks a plugin can implement, by their wire name.
 pub const HOOKS: [&str; 3] = ["expand_names", "group_layers", "render_source"];
@@ -113,19 +118,85 @@ pub struct StorePath {
     /// Full path, `/nix/store/<hash>-<name>`.
     pub path: String,
     pub nar_size: u64,
-    /// Runtime references, full paths, each one also in the graph. A path may
-    /// reference itself (Nix reports that); plugins must tolerate it.
-    pub references: Vec<String>,
+    /// Runtime references, as indices into [`ClosureGraph::paths`]. A path
+    /// may reference itself (Nix reports that); plugins must tolerate it.
+    pub references: Vec<u32>,
+    /// The count of this path's name (the part after the hash, `bash-5.2`)
+    /// in the popularity data, as in Nixery's; 0 when the name is not
+    /// listed or no data is configured.
     #[serde(default)]
-    pub nar_hash: String,
+    pub popularity: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosureGraph {
-    /// The top-level store paths of the requested packages, in request order.
-    pub roots: Vec<String>,
-    /// Every path of the closure, sorted by path.
+    /// The top-level store paths of the requested packages, as indices into
+    /// `paths`, in request order.
+    pub roots: Vec<u32>,
+    /// Every path of the closure, sorted by path: index order is path order.
     pub paths: Vec<StorePath>,
+}
+
+/// A store path naming its references by path: how Nix reports a closure,
+/// and the easy way to write one in a test. [`ClosureGraph::from_named`]
+/// turns a list of them into the wire form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedPath {
+    pub path: String,
+    pub nar_size: u64,
+    pub references: Vec<String>,
+}
+
+impl ClosureGraph {
+    /// The wire graph of `paths` (any order, each path once) with `roots`
+    /// as top-level paths. Fails, naming it, on a path listed twice, a root
+    /// or reference that is not in `paths`: the closure must be complete.
+    pub fn from_named<R: AsRef<str>>(roots: &[R], mut paths: Vec<NamedPath>) -> Result<ClosureGraph, String> {
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(w) = paths.windows(2).find(|w| w[0].path == w[1].path) {
+            return Err(format!("store path {} is listed twice", w[0].path));
+        }
+        let index = |p: &str| {
+            paths
+                .binary_search_by(|q| q.path.as_str().cmp(p))
+                .map(|i| i as u32)
+                .ok()
+        };
+        let roots = roots
+            .iter()
+            .map(|r| index(r.as_ref()).ok_or_else(|| format!("top-level path {} is not in the closure", r.as_ref())))
+            .collect::<Result<Vec<u32>, String>>()?;
+        let wire = paths
+            .iter()
+            .map(|p| {
+                let references = p
+                    .references
+                    .iter()
+                    .map(|r| index(r).ok_or_else(|| format!("{} references {r}, which is not in the closure", p.path)))
+                    .collect::<Result<Vec<u32>, String>>()?;
+                Ok(StorePath { path: p.path.clone(), nar_size: p.nar_size, references, popularity: 0 })
+            })
+            .collect::<Result<Vec<StorePath>, String>>()?;
+        Ok(ClosureGraph { roots, paths: wire })
+    }
+
+    /// Sets each path's popularity from counts keyed by store path name
+    /// (Nixery's popularity data); names not listed count 0.
+    pub fn set_popularity(&mut self, counts: &BTreeMap<String, u64>) {
+        for p in &mut self.paths {
+            p.popularity = counts.get(store_name(&p.path)).copied().unwrap_or(0);
+        }
+    }
+}
+
+/// The name part of `/nix/store/<hash>-<name>`: what stays the same when a
+/// dependency changes the hash, and the key of popularity data.
+pub fn store_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    match base.split_once('-') {
+        Some((_, name)) => name,
+        None => base,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,11 +204,6 @@ pub struct GroupInput {
     #[serde(default)]
     pub config: Value,
     pub graph: ClosureGraph,
-    /// Popularity counts keyed by store path *name* (the part after the hash,
-    /// `bash-5.2`), as in Nixery's popularity data. Empty when none is
-    /// configured.
-    #[serde(default)]
-    pub popularity: BTreeMap<String, u64>,
     /// The most layers this call may return. The host adds one more layer of
     /// its own (the symlink forest) after them.
     pub budget: u32,
@@ -147,9 +213,23 @@ pub struct GroupInput {
 pub struct Layers {
     /// The strategy's name, written into the image history.
     pub strategy: String,
-    /// Ordered base-most first; each layer a list of full store paths. Must be
-    /// a partition of the closure: every path exactly once, no empty layer.
-    pub layers: Vec<Vec<String>>,
+    /// Ordered base-most first; each layer a list of indices into
+    /// [`ClosureGraph::paths`]. Must be a partition of the closure: every
+    /// index exactly once, no empty layer. A path outside the closure cannot
+    /// be named at all.
+    pub layers: Vec<Vec<u32>>,
+}
+
+impl Layers {
+    /// The layers as store paths: what the host packs once the grouping
+    /// passed `validate::grouping`, and what native tests compare. An index
+    /// outside the graph is left out.
+    pub fn named(&self, graph: &ClosureGraph) -> Vec<Vec<String>> {
+        self.layers
+            .iter()
+            .map(|l| l.iter().filter_map(|&i| graph.paths.get(i as usize)).map(|p| p.path.clone()).collect())
+            .collect()
+    }
 }
 
 // --------------------------------------------------------------- render_source

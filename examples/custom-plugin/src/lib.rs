@@ -9,24 +9,19 @@
 //! A requested package that another requested package depends on is needed
 //! by both, so it lands in the shared layer.
 
-use std::collections::BTreeMap;
-use strata_plugin_sdk::{GroupInput, Layers, PluginError};
+use strata_plugin_sdk::{store_name, GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
     name: "one-layer-per-package",
     group_layers: group_layers,
 }
 
-/// The `group_layers` hook.
+/// The `group_layers` hook. Store paths are named by their index in
+/// `input.graph.paths` (references, roots and the layers returned).
 pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
-    let graph = &input.graph;
-    let index: BTreeMap<&str, usize> = graph
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.path.as_str(), i))
-        .collect();
-    if !graph.paths.is_empty() && input.budget == 0 {
+    let paths = &input.graph.paths;
+    let n = paths.len();
+    if n > 0 && input.budget == 0 {
         return Err(PluginError::new(
             "a layer budget of 0 cannot hold any store path",
         ));
@@ -35,57 +30,51 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // Roots sorted by their name without the hash, so that the layers read
     // alphabetically, whatever the request order.
     let mut roots: Vec<usize> = Vec::new();
-    for r in &graph.roots {
-        let i = *index
-            .get(r.as_str())
-            .ok_or_else(|| PluginError::new(format!("top-level path {r} is not in the closure")))?;
-        if !roots.contains(&i) {
-            roots.push(i);
+    for &r in &input.graph.roots {
+        let r = r as usize;
+        if r >= n {
+            return Err(PluginError::new(format!("top-level path {r} is not in the closure")));
+        }
+        if !roots.contains(&r) {
+            roots.push(r);
         }
     }
-    roots.sort_by_key(|&i| (name(&graph.paths[i].path), &graph.paths[i].path));
+    roots.sort_by_key(|&i| (store_name(&paths[i].path), &paths[i].path));
 
     // owner[p]: the one root whose closure holds p, or None when zero or
     // several do.
     const NOBODY: usize = usize::MAX;
     const SHARED: usize = usize::MAX - 1;
-    let mut owner = vec![NOBODY; graph.paths.len()];
+    let mut owner = vec![NOBODY; n];
     for (k, &root) in roots.iter().enumerate() {
-        let mut seen = vec![false; graph.paths.len()];
+        let mut seen = vec![false; n];
         let mut stack = vec![root];
         while let Some(v) = stack.pop() {
             if std::mem::replace(&mut seen[v], true) {
                 continue;
             }
             owner[v] = if owner[v] == NOBODY { k } else { SHARED };
-            for r in &graph.paths[v].references {
-                if let Some(&w) = index.get(r.as_str()) {
-                    stack.push(w);
-                }
-            }
+            // (An index out of range would be the host's bug; skip it.)
+            stack.extend(paths[v].references.iter().map(|&w| w as usize).filter(|&w| w < n));
         }
     }
 
-    let mut shared: Vec<String> = Vec::new();
-    let mut per_root: Vec<Vec<String>> = vec![Vec::new(); roots.len()];
-    for (v, p) in graph.paths.iter().enumerate() {
+    let mut shared: Vec<u32> = Vec::new();
+    let mut per_root: Vec<Vec<u32>> = vec![Vec::new(); roots.len()];
+    for v in 0..n {
         match owner[v] {
-            NOBODY | SHARED => shared.push(p.path.clone()),
-            k => per_root[k].push(p.path.clone()),
+            NOBODY | SHARED => shared.push(v as u32),
+            k => per_root[k].push(v as u32),
         }
     }
 
-    // Over budget, the smallest package layers join the shared one.
-    let size: BTreeMap<&str, u64> = graph
-        .paths
-        .iter()
-        .map(|p| (p.path.as_str(), p.nar_size))
-        .collect();
-    let bytes = |l: &Vec<String>| l.iter().map(|p| size[p.as_str()]).sum::<u64>();
-    let mut layers: Vec<Vec<String>> = per_root.into_iter().filter(|l| !l.is_empty()).collect();
+    // Over budget, the smallest package layers join the shared one (ties:
+    // the smallest path; indices follow path order).
+    let bytes = |l: &Vec<u32>| l.iter().map(|&p| paths[p as usize].nar_size).sum::<u64>();
+    let mut layers: Vec<Vec<u32>> = per_root.into_iter().filter(|l| !l.is_empty()).collect();
     while layers.len() + usize::from(!shared.is_empty()) > input.budget as usize {
         let smallest = (0..layers.len())
-            .min_by_key(|&i| (bytes(&layers[i]), layers[i][0].clone()))
+            .min_by_key(|&i| (bytes(&layers[i]), layers[i][0]))
             .expect("over budget means at least two layers");
         shared.extend(layers.remove(smallest));
     }
@@ -104,17 +93,11 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     })
 }
 
-/// `/nix/store/<hash>-<name>` → `<name>`.
-fn name(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    base.split_once('-').map_or(base, |(_, n)| n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-    use strata_plugin_sdk::{ClosureGraph, StorePath};
+    use strata_plugin_sdk::{ClosureGraph, NamedPath};
 
     fn p(name: &str) -> String {
         let hash = format!(
@@ -124,33 +107,32 @@ mod tests {
         format!("/nix/store/{hash}-{name}")
     }
 
+    /// Builds the wire graph from paths that name their references, as a
+    /// test would write them (`ClosureGraph::from_named` does the indexing).
     fn input(nodes: &[(&str, u64, &[&str])], roots: &[&str], budget: u32) -> GroupInput {
-        let mut paths: Vec<StorePath> = nodes
+        let paths = nodes
             .iter()
-            .map(|(n, size, refs)| StorePath {
+            .map(|(n, size, refs)| NamedPath {
                 path: p(n),
                 nar_size: *size,
                 references: refs.iter().map(|r| p(r)).collect(),
-                nar_hash: String::new(),
             })
             .collect();
-        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        let roots: Vec<String> = roots.iter().map(|r| p(r)).collect();
         GroupInput {
             config: Default::default(),
-            graph: ClosureGraph {
-                roots: roots.iter().map(|r| p(r)).collect(),
-                paths,
-            },
-            popularity: BTreeMap::new(),
+            graph: ClosureGraph::from_named(&roots, paths).unwrap(),
             budget,
         }
     }
 
-    fn names(out: &Layers) -> Vec<Vec<&str>> {
-        out.layers
+    /// The layers as sorted package names.
+    fn names(i: &GroupInput) -> Vec<Vec<String>> {
+        let out = group_layers(i.clone()).unwrap();
+        out.named(&i.graph)
             .iter()
             .map(|l| {
-                let mut v: Vec<&str> = l.iter().map(|x| name(x)).collect();
+                let mut v: Vec<String> = l.iter().map(|x| store_name(x).to_string()).collect();
                 v.sort();
                 v
             })
@@ -168,10 +150,10 @@ mod tests {
 
     #[test]
     fn exclusive_closures_and_a_shared_base() {
-        let out = group_layers(input(GRAPH, &["jq", "git"], 10)).unwrap();
-        assert_eq!(out.strategy, "one-layer-per-package");
+        let i = input(GRAPH, &["jq", "git"], 10);
+        assert_eq!(group_layers(i.clone()).unwrap().strategy, "one-layer-per-package");
         assert_eq!(
-            names(&out),
+            names(&i),
             vec![
                 vec!["glibc"],
                 vec!["curl", "git", "zlib"],
@@ -189,22 +171,17 @@ mod tests {
 
     #[test]
     fn a_package_needed_by_another_is_shared() {
-        let out = group_layers(input(&GRAPH[..2], &["git", "curl"], 10)).unwrap();
-        assert_eq!(names(&out), vec![vec!["curl"], vec!["git"]]);
-        let mut closure = GRAPH.to_vec();
-        closure.retain(|n| !["jq", "oniguruma"].contains(&n.0));
-        let out = group_layers(input(&closure, &["git", "curl"], 10)).unwrap();
+        let closure: Vec<_> = GRAPH.iter().filter(|n| !["jq", "oniguruma"].contains(&n.0)).copied().collect();
         assert_eq!(
-            names(&out),
+            names(&input(&closure, &["git", "curl"], 10)),
             vec![vec!["curl", "glibc", "zlib"], vec!["git"]]
         );
     }
 
     #[test]
     fn over_budget_small_packages_join_the_base() {
-        let out = group_layers(input(GRAPH, &["jq", "git"], 2)).unwrap();
         assert_eq!(
-            names(&out),
+            names(&input(GRAPH, &["jq", "git"], 2)),
             vec![
                 vec!["glibc", "jq", "oniguruma"],
                 vec!["curl", "git", "zlib"]
@@ -216,7 +193,7 @@ mod tests {
 
     #[test]
     fn always_a_partition() {
-        let all: BTreeSet<String> = GRAPH.iter().map(|n| p(n.0)).collect();
+        let all: BTreeSet<u32> = (0..GRAPH.len() as u32).collect();
         for roots in [
             &["git"][..],
             &["jq"],
@@ -229,8 +206,8 @@ mod tests {
                 let out = group_layers(input(GRAPH, roots, budget)).unwrap();
                 assert!(out.layers.len() <= budget as usize);
                 assert!(out.layers.iter().all(|l| !l.is_empty()));
-                let got: Vec<&String> = out.layers.iter().flatten().collect();
-                let unique: BTreeSet<String> = got.iter().map(|s| s.to_string()).collect();
+                let got: Vec<u32> = out.layers.iter().flatten().copied().collect();
+                let unique: BTreeSet<u32> = got.iter().copied().collect();
                 assert_eq!(got.len(), unique.len());
                 assert_eq!(unique, all);
             }
@@ -239,7 +216,9 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(group_layers(input(GRAPH, &["nope"], 3)).is_err());
+        let mut i = input(GRAPH, &["git"], 3);
+        i.graph.roots.push(99);
+        assert!(group_layers(i).is_err());
         assert!(group_layers(input(GRAPH, &["git"], 0)).is_err());
         let empty = group_layers(input(&[], &[], 0)).unwrap();
         assert!(empty.layers.is_empty());

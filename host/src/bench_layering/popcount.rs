@@ -4,9 +4,9 @@
 //! `popularity` strategy rates every candidate 0; the benchmark runs it
 //! both ways, so that Nixery's algorithm is judged at its best.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use strata_plugin_sdk::{ClosureGraph, NixSource};
+use strata_plugin_sdk::{store_name, ClosureGraph, NixSource};
 
 use crate::nix::NixRunner;
 
@@ -41,19 +41,17 @@ pub async fn popularity_of_set(nix: &NixRunner, path: &Path, system: &str) -> an
 /// For each path name, the number of roots whose closure contains a path
 /// of that name.
 pub fn count_closures(graph: &ClosureGraph) -> BTreeMap<String, u64> {
-    let refs: HashMap<&str, &[String]> =
-        graph.paths.iter().map(|p| (p.path.as_str(), p.references.as_slice())).collect();
-    let roots: BTreeSet<&str> = graph.roots.iter().map(String::as_str).collect();
+    let roots: BTreeSet<u32> = graph.roots.iter().copied().collect();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for root in roots {
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut seen: BTreeSet<u32> = BTreeSet::new();
         let mut stack = vec![root];
         while let Some(p) = stack.pop() {
             if seen.insert(p) {
-                stack.extend(refs.get(p).into_iter().flat_map(|r| r.iter().map(String::as_str)));
+                stack.extend(&graph.paths[p as usize].references);
             }
         }
-        let names: BTreeSet<&str> = seen.into_iter().map(store_name).collect();
+        let names: BTreeSet<&str> = seen.into_iter().map(|i| store_name(&graph.paths[i as usize].path)).collect();
         for name in names {
             *counts.entry(name.to_string()).or_default() += 1;
         }
@@ -61,19 +59,13 @@ pub fn count_closures(graph: &ClosureGraph) -> BTreeMap<String, u64> {
     counts
 }
 
-/// `/nix/store/<hash>-<name>` → `<name>`, the key of popularity data.
-fn store_name(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    base.split_once('-').map_or(base, |(_, n)| n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_plugin_sdk::StorePath;
+    use strata_plugin_sdk::NamedPath;
 
-    fn p(name: &str, refs: &[&str]) -> StorePath {
-        StorePath {
+    fn p(name: &str, refs: &[&str]) -> NamedPath {
+        NamedPath {
             path: format!("/nix/store/h{name}-{name}"),
             nar_size: 1,
             references: refs
@@ -81,16 +73,16 @@ mod tests {
                 .map(|r| format!("/nix/store/h{r}-{r}"))
                 .chain([format!("/nix/store/h{name}-{name}")])
                 .collect(),
-            nar_hash: String::new(),
         }
     }
 
     #[test]
     fn counts_closures_not_references() {
-        let graph = ClosureGraph {
-            roots: vec!["/nix/store/happ-app".into(), "/nix/store/hcurl-curl".into()],
-            paths: vec![p("app", &["curl"]), p("curl", &["zlib", "glibc"]), p("zlib", &["glibc"]), p("glibc", &[])],
-        };
+        let graph = ClosureGraph::from_named(
+            &["/nix/store/happ-app", "/nix/store/hcurl-curl"],
+            vec![p("app", &["curl"]), p("curl", &["zlib", "glibc"]), p("zlib", &["glibc"]), p("glibc", &[])],
+        )
+        .unwrap();
         let counts = count_closures(&graph);
         assert_eq!(counts["app"], 1);
         assert_eq!(counts["curl"], 2);

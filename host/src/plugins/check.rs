@@ -3,10 +3,9 @@
 //! without Nix, a registry or a configuration.
 
 use super::{CallStats, Plugin, PluginFailure};
-use std::collections::BTreeMap;
 use std::fmt;
 use strata_plugin_sdk::{
-    ClosureGraph, ExpandInput, Expansion, GroupInput, ImageSettings, SourceInput, StorePath,
+    ClosureGraph, ExpandInput, Expansion, GroupInput, ImageSettings, NamedPath, SourceInput,
 };
 
 /// What `check_sample` found: printable with `{}`; `failures` > 0 means some
@@ -69,9 +68,9 @@ pub async fn check_sample(plugin: &Plugin) -> CheckReport {
         });
     }
     if plugin.implements("group_layers") {
-        let (graph, popularity) = sample_graph();
+        let graph = sample_graph();
         let n = graph.paths.len();
-        let input = GroupInput { config: plugin.config().clone(), graph, popularity, budget: 4 };
+        let input = GroupInput { config: plugin.config().clone(), graph, budget: 4 };
         let result = plugin.group_layers_measured(input).await;
         report.line("group_layers", &format!("{n} paths, budget 4"), result, |l| {
             let sizes: Vec<String> = l.layers.iter().map(|l| l.len().to_string()).collect();
@@ -122,8 +121,9 @@ impl CheckReport {
 }
 
 /// A small closure shaped like a real one: a libc everything depends on, a
-/// shell, a few libraries shared by two programs, and a self-reference.
-pub(crate) fn sample_graph() -> (ClosureGraph, BTreeMap<String, u64>) {
+/// shell, a few libraries shared by two programs, a self-reference, and
+/// popularity counts for some names.
+pub(crate) fn sample_graph() -> ClosureGraph {
     const PATHS: [(&str, u64, &[&str]); 10] = [
         ("0a-glibc-2.39", 30_000_000, &["0a-glibc-2.39"]),
         ("1b-bash-5.2", 9_000_000, &["0a-glibc-2.39"]),
@@ -139,20 +139,14 @@ pub(crate) fn sample_graph() -> (ClosureGraph, BTreeMap<String, u64>) {
     let full = |p: &str| format!("/nix/store/{p}");
     let paths = PATHS
         .iter()
-        .map(|(p, size, refs)| StorePath {
-            path: full(p),
-            nar_size: *size,
-            references: refs.iter().map(|r| full(r)).collect(),
-            nar_hash: String::new(),
-        })
+        .map(|(p, size, refs)| NamedPath { path: full(p), nar_size: *size, references: refs.iter().map(|r| full(r)).collect() })
         .collect();
-    let graph = ClosureGraph {
-        roots: vec![full("1b-bash-5.2"), full("9j-coreutils-9.5"), full("7h-git-2.46"), full("8i-htop-3.3")],
-        paths,
-    };
+    let roots = ["1b-bash-5.2", "9j-coreutils-9.5", "7h-git-2.46", "8i-htop-3.3"].map(full);
+    let mut graph = ClosureGraph::from_named(&roots, paths).expect("the sample closure is complete");
     let popularity = [("glibc-2.39", 90_000), ("bash-5.2", 70_000), ("zlib-1.3", 60_000), ("openssl-3.0", 40_000)]
         .into_iter()
         .map(|(n, c)| (n.to_string(), c))
         .collect();
-    (graph, popularity)
+    graph.set_popularity(&popularity);
+    graph
 }

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use strata_plugin_sdk::{ClosureGraph, StorePath};
+use strata_plugin_sdk::{ClosureGraph, NamedPath};
 
 /// splitmix64: deterministic across platforms and Rust versions.
 pub struct Rng(u64);
@@ -73,17 +73,16 @@ pub fn closure(n: usize, roots: usize, seed: u64) -> (ClosureGraph, BTreeMap<Str
         r.dedup();
     }
     let full = |i: usize| format!("/nix/store/{}", names[i]);
-    let mut paths: Vec<StorePath> = (0..n)
-        .map(|i| StorePath {
+    let paths: Vec<NamedPath> = (0..n)
+        .map(|i| NamedPath {
             path: full(i),
             // 1 KB .. ~100 MB, log-uniform.
             nar_size: 1000 * 10u64.pow(rng.below(5) as u32) * (1 + rng.below(9)),
             references: refs[i].iter().map(|&r| full(r)).collect(),
-            nar_hash: format!("sha256:{}", store_hash(&mut rng)),
         })
         .collect();
-    paths.sort_by(|a, b| a.path.cmp(&b.path));
-    let graph = ClosureGraph { roots: (n - roots..n).rev().map(full).collect(), paths };
+    let roots: Vec<String> = (n - roots..n).rev().map(full).collect();
+    let graph = ClosureGraph::from_named(&roots, paths).expect("a complete closure");
     let mut popularity = BTreeMap::new();
     for name in &names {
         if rng.below(2) == 0 {

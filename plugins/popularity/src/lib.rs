@@ -99,15 +99,6 @@ impl Graph {
     }
 }
 
-/// The name part of `/nix/store/<hash>-<name>`, the key of popularity data.
-pub fn store_name(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    match base.split_once('-') {
-        Some((_, name)) => name,
-        None => base,
-    }
-}
-
 /// Immediate dominators, by Cooper, Harvey and Kennedy's iterative
 /// algorithm ("A Simple, Fast Dominance Algorithm", 2001). `succ[0]` is the
 /// entry. Every node must be reachable from it. Returns `idom[v]`, with
@@ -216,13 +207,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // Node 0 is the synthetic root; path i is node i + 1.
     let (postorder, heights) = g.postorder_heights();
     let large = g.closure_over(config.size_threshold, &postorder);
-    let popularity = |i: usize| {
-        input
-            .popularity
-            .get(store_name(&g.paths[i]))
-            .copied()
-            .unwrap_or(0)
-    };
+    let popularity = |i: usize| g.popularity[i];
     let mut root_edges: Vec<usize> = g.roots.clone();
     root_edges.extend((0..n).filter(|&i| popularity(i) >= config.popularity_threshold || large[i]));
     root_edges.sort_unstable();
@@ -313,7 +298,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
     use std::collections::BTreeSet;
-    use strata_plugin_sdk::{ClosureGraph, StorePath};
+    use strata_plugin_sdk::{store_name, ClosureGraph, NamedPath};
 
     fn sp(name: &str) -> String {
         // Hashes chosen so that path order differs from name order.
@@ -330,43 +315,39 @@ mod tests {
 
     /// `(name, size, refs)`; roots by name.
     fn input(nodes: &[(&str, u64, &[&str])], roots: &[&str], budget: u32) -> GroupInput {
-        let mut paths: Vec<StorePath> = nodes
+        let paths = nodes
             .iter()
-            .map(|(n, s, r)| StorePath {
+            .map(|(n, s, r)| NamedPath {
                 path: sp(n),
                 nar_size: *s,
                 references: r.iter().map(|x| sp(x)).collect(),
-                nar_hash: String::new(),
             })
             .collect();
-        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        let roots: Vec<String> = roots.iter().map(|r| sp(r)).collect();
         GroupInput {
             config: serde_json::Value::Null,
-            graph: ClosureGraph {
-                roots: roots.iter().map(|r| sp(r)).collect(),
-                paths,
-            },
-            popularity: BTreeMap::new(),
+            graph: ClosureGraph::from_named(&roots, paths).unwrap(),
             budget,
         }
     }
 
-    fn names(layers: &Layers) -> Vec<Vec<&str>> {
-        layers
-            .layers
+    fn set_popularity(i: &mut GroupInput, counts: &[(&str, u64)]) {
+        i.graph
+            .set_popularity(&counts.iter().map(|&(n, c)| (n.to_string(), c)).collect());
+    }
+
+    /// Each layer's store names, sorted.
+    fn names(i: &GroupInput) -> Vec<Vec<String>> {
+        group_layers(i.clone())
+            .unwrap()
+            .named(&i.graph)
             .iter()
             .map(|l| {
-                let mut v: Vec<&str> = l.iter().map(|p| store_name(p)).collect();
+                let mut v: Vec<String> = l.iter().map(|p| store_name(p).to_string()).collect();
                 v.sort();
                 v
             })
             .collect()
-    }
-
-    #[test]
-    fn store_names() {
-        assert_eq!(store_name("/nix/store/abc-bash-5.2"), "bash-5.2");
-        assert_eq!(store_name("/nix/store/abc"), "abc");
     }
 
     #[test]
@@ -386,7 +367,7 @@ mod tests {
     #[test]
     fn empty_closure() {
         let out = group_layers(input(&[], &[], 0)).unwrap();
-        assert_eq!(out.layers, Vec::<Vec<String>>::new());
+        assert_eq!(out.layers, Vec::<Vec<u32>>::new());
         assert_eq!(out.strategy, "popularity");
     }
 
@@ -399,9 +380,8 @@ mod tests {
             ("libb", 5, &["glibc", "libb"]),
             ("glibc", 30, &[]),
         ];
-        let out = group_layers(input(nodes, &["app-a", "app-b"], 10)).unwrap();
         assert_eq!(
-            names(&out),
+            names(&input(nodes, &["app-a", "app-b"], 10)),
             vec![vec!["glibc"], vec!["app-a", "liba"], vec!["app-b", "libb"]]
         );
     }
@@ -415,11 +395,9 @@ mod tests {
             ("small", 1, &[]),
         ];
         let mut i = input(nodes, &["app"], 10);
-        i.popularity.insert("pop".into(), 150);
-        i.popularity.insert("small".into(), 99);
-        let out = group_layers(i).unwrap();
+        set_popularity(&mut i, &[("pop", 150), ("small", 99)]);
         assert_eq!(
-            names(&out),
+            names(&i),
             vec![vec!["big"], vec!["pop"], vec!["app", "small"]]
         );
     }
@@ -435,8 +413,7 @@ mod tests {
         ];
         let mut i = input(nodes, &["app"], 10);
         i.config = json!({ "size_threshold": 100 });
-        let out = group_layers(i).unwrap();
-        assert_eq!(names(&out), vec![vec!["mid", "x", "y"], vec!["app"]]);
+        assert_eq!(names(&i), vec![vec!["mid", "x", "y"], vec!["app"]]);
     }
 
     #[test]
@@ -448,12 +425,9 @@ mod tests {
             ("d", 1000, &[]),
         ];
         let mut i = input(nodes, &["a", "b", "c", "d"], 2);
-        for (n, p) in [("a", 1), ("b", 1), ("c", 1), ("d", 1)] {
-            i.popularity.insert(n.into(), p);
-        }
-        let out = group_layers(i).unwrap();
+        set_popularity(&mut i, &[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
         // ratings 10, 20, 30, 1000: a+b (30) then with c (30; tie by path).
-        let mut sets = names(&out);
+        let mut sets = names(&i);
         sets.sort();
         assert_eq!(sets, vec![vec!["a", "b", "c"], vec!["d"]]);
     }
@@ -462,9 +436,8 @@ mod tests {
     fn unpopular_paths_merge_before_popular_ones() {
         let nodes: &[(&str, u64, &[&str])] = &[("a", 10, &[]), ("b", 10, &[]), ("c", 10, &[])];
         let mut i = input(nodes, &["a", "b", "c"], 2);
-        i.popularity.insert("b".into(), 500);
-        let out = group_layers(i).unwrap();
-        let mut sets = names(&out);
+        set_popularity(&mut i, &[("b", 500)]);
+        let mut sets = names(&i);
         sets.sort();
         assert_eq!(sets, vec![vec!["a", "c"], vec!["b"]]);
     }
@@ -476,10 +449,9 @@ mod tests {
             .unwrap_err()
             .message
             .contains("budget"));
-        assert!(group_layers(input(nodes, &["zzz"], 3))
-            .unwrap_err()
-            .message
-            .contains("not in"));
+        let mut i = input(nodes, &["a"], 3);
+        i.graph.roots = vec![7];
+        assert!(group_layers(i).unwrap_err().message.contains("not in"));
         let mut i = input(nodes, &["a"], 3);
         i.config = json!({ "popularity": 3 });
         assert!(group_layers(i)
@@ -521,15 +493,14 @@ mod tests {
                             (i as u128 * 0x9e37_79b9_7f4a_7c15) % (1u128 << 127)
                         )
                     };
-                    let mut paths = strata_plugin_sdk::graph::dag_from_picks(&nodes, name);
-                    paths.sort_by(|a, b| a.path.cmp(&b.path));
+                    let paths = strata_plugin_sdk::graph::dag_from_picks(&nodes, name);
                     let mut rs: Vec<String> = roots.iter().map(|&i| name(i)).collect();
                     rs.dedup();
-                    let popularity = pops.iter().map(|&(i, p)| (format!("p{i}"), p)).collect();
+                    let mut graph = ClosureGraph::from_named(&rs, paths).unwrap();
+                    graph.set_popularity(&pops.iter().map(|&(i, p)| (format!("p{i}"), p)).collect());
                     let input = GroupInput {
                         config: json!({ "size_threshold": 5_000_000 }),
-                        graph: ClosureGraph { roots: rs, paths },
-                        popularity,
+                        graph,
                         budget,
                     };
                     (input, budget)
@@ -540,13 +511,13 @@ mod tests {
     proptest! {
         #[test]
         fn output_is_a_partition_within_budget((input, budget) in arb_graph()) {
-            let all: BTreeSet<String> = input.graph.paths.iter().map(|p| p.path.clone()).collect();
+            let all: BTreeSet<u32> = (0..input.graph.paths.len() as u32).collect();
             let out = group_layers(input.clone()).unwrap();
             prop_assert!(out.layers.len() <= budget as usize);
             prop_assert!(out.layers.iter().all(|l| !l.is_empty()));
             let mut seen = BTreeSet::new();
-            for p in out.layers.iter().flatten() {
-                prop_assert!(seen.insert(p.clone()), "{} twice", p);
+            for &p in out.layers.iter().flatten() {
+                prop_assert!(seen.insert(p), "{} twice", p);
             }
             prop_assert_eq!(seen, all);
             prop_assert_eq!(group_layers(input).unwrap(), out);
@@ -555,12 +526,11 @@ mod tests {
         #[test]
         fn input_order_does_not_matter((input, _b) in arb_graph()) {
             let mut shuffled = input.clone();
-            shuffled.graph.paths.reverse();
-            shuffled.graph.roots.reverse();
-            for p in &mut shuffled.graph.paths {
-                p.references.reverse();
-            }
-            prop_assert_eq!(group_layers(shuffled).unwrap(), group_layers(input).unwrap());
+            shuffled.graph = strata_plugin_sdk::graph::reversed(&input.graph);
+            prop_assert_eq!(
+                group_layers(shuffled.clone()).unwrap().named(&shuffled.graph),
+                group_layers(input.clone()).unwrap().named(&input.graph)
+            );
         }
     }
 }

@@ -88,16 +88,6 @@ impl Graph {
     }
 }
 
-/// The name part of `/nix/store/<hash>-<name>`: what stays the same when a
-/// dependency changes the hash.
-pub fn store_name(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    match base.split_once('-') {
-        Some((_, name)) => name,
-        None => base,
-    }
-}
-
 struct Layer {
     /// Path indices, in no particular order.
     paths: Vec<usize>,

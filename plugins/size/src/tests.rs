@@ -2,7 +2,23 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::BTreeSet;
-use strata_plugin_sdk::{ClosureGraph, StorePath};
+use strata_plugin_sdk::{store_name, ClosureGraph, NamedPath};
+
+/// The hook, its layers as store paths (the wire names them by index): what
+/// these tests compare.
+fn group_layers(input: GroupInput) -> Result<Named, PluginError> {
+    let graph = input.graph.clone();
+    super::group_layers(input).map(|out| Named {
+        layers: out.named(&graph),
+        strategy: out.strategy,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Named {
+    strategy: String,
+    layers: Vec<Vec<String>>,
+}
 
 const MB: u64 = 1_000_000;
 
@@ -57,30 +73,25 @@ impl Universe {
     }
 
     fn input(&self, roots: &[&str], budget: u32, config: serde_json::Value) -> GroupInput {
-        let mut paths: Vec<StorePath> = self
+        let paths = self
             .closure(roots)
             .iter()
-            .map(|n| StorePath {
+            .map(|n| NamedPath {
                 path: self.path(n),
                 nar_size: self.pkgs[n].0,
                 references: self.pkgs[n].1.iter().map(|r| self.path(r)).collect(),
-                nar_hash: String::new(),
             })
             .collect();
-        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        let roots: Vec<String> = roots.iter().map(|r| self.path(r)).collect();
         GroupInput {
             config,
-            graph: ClosureGraph {
-                roots: roots.iter().map(|r| self.path(r)).collect(),
-                paths,
-            },
-            popularity: BTreeMap::new(),
+            graph: ClosureGraph::from_named(&roots, paths).unwrap(),
             budget,
         }
     }
 }
 
-fn names(out: &Layers) -> Vec<Vec<&str>> {
+fn names(out: &Named) -> Vec<Vec<&str>> {
     out.layers
         .iter()
         .map(|l| {
@@ -101,7 +112,7 @@ fn empty_closure() {
     let out = group_layers(Universe::default().input(&[], 0, json!(null))).unwrap();
     assert_eq!(
         out,
-        Layers {
+        Named {
             strategy: "size".into(),
             layers: vec![]
         }
@@ -202,7 +213,7 @@ fn groups_split_by_height_and_references() {
     assert_eq!(names(&bumped)[0], vec!["low1", "low2", "new"]);
     assert!(bumped
         .layers
-        .contains(&u.input(&["mid2"], 1, json!(null)).graph.roots));
+        .contains(&vec![u.path("mid2")]));
     u.add("mid1", 2 * MB, &["low1", "low2"]);
     let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
     assert_eq!(bumped.layers[0], out.layers[0]);
@@ -243,7 +254,7 @@ fn config_and_errors() {
     let err = group_layers(u.input(&["a"], 0, json!(null))).unwrap_err();
     assert!(err.message.contains("budget"), "{err}");
     let mut i = u.input(&["a"], 5, json!(null));
-    i.graph.roots.push("/nix/store/x-nope".into());
+    i.graph.roots.push(40);
     assert!(group_layers(i)
         .unwrap_err()
         .message
@@ -255,14 +266,15 @@ fn self_references_and_strays_tolerated() {
     let mut u = Universe::default();
     u.add("a", 10, &["b"]).add("b", 10, &[]);
     let mut i = u.input(&["a"], 5, json!(null));
-    for p in &mut i.graph.paths {
-        p.references.push(p.path.clone());
+    for (n, p) in i.graph.paths.iter_mut().enumerate() {
+        p.references.push(n as u32);
     }
-    i.graph.paths.push(StorePath {
+    // A path nothing reaches, and references out of range.
+    i.graph.paths.push(strata_plugin_sdk::StorePath {
         path: "/nix/store/zzzz-stray".into(),
         nar_size: 1,
-        references: vec![],
-        nar_hash: String::new(),
+        references: vec![99, u32::MAX],
+        popularity: 0,
     });
     let out = group_layers(i).unwrap();
     assert_eq!(out.layers.iter().flatten().count(), 3);
@@ -446,7 +458,8 @@ fn reuse_beats_single_layer_and_popularity() {
         vec![i.graph.paths.iter().map(|p| p.path.clone()).collect()]
     });
     let popularity = pulls(&images, &|i| {
-        strata_plugin_popularity::group_layers(i).unwrap().layers
+        let graph = i.graph.clone();
+        strata_plugin_popularity::group_layers(i).unwrap().named(&graph)
     });
     let size = pulls(&images, &|i| group_layers(i).unwrap().layers);
     let total = |v: &[u64]| v.iter().sum::<u64>();
@@ -498,7 +511,7 @@ fn no_catch_all_layer() {
 
 /// A random universe: node i references only nodes > i (a DAG, as Nix store
 /// graphs are), sometimes itself.
-fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
+fn arb_universe() -> impl Strategy<Value = (Vec<NamedPath>, usize)> {
     (2usize..45).prop_flat_map(|n| {
         proptest::collection::vec(
             (
@@ -523,7 +536,7 @@ fn arb_universe() -> impl Strategy<Value = (Vec<StorePath>, usize)> {
 }
 
 /// The closure of `roots` (indices into the universe) as a hook input.
-fn image(universe: &[StorePath], roots: &[usize], budget: u32) -> GroupInput {
+fn image(universe: &[NamedPath], roots: &[usize], budget: u32) -> GroupInput {
     let index: BTreeMap<&str, usize> = universe
         .iter()
         .enumerate()
@@ -536,15 +549,11 @@ fn image(universe: &[StorePath], roots: &[usize], budget: u32) -> GroupInput {
             stack.extend(universe[v].references.iter().map(|r| index[r.as_str()]));
         }
     }
-    let mut paths: Vec<StorePath> = seen.iter().map(|&i| universe[i].clone()).collect();
-    paths.sort_by(|a, b| a.path.cmp(&b.path));
+    let paths: Vec<NamedPath> = seen.iter().map(|&i| universe[i].clone()).collect();
+    let roots: Vec<&str> = roots.iter().map(|&r| universe[r].path.as_str()).collect();
     GroupInput {
         config: json!({ "large_threshold": 1000 }),
-        graph: ClosureGraph {
-            roots: roots.iter().map(|&r| universe[r].path.clone()).collect(),
-            paths,
-        },
-        popularity: BTreeMap::new(),
+        graph: ClosureGraph::from_named(&roots, paths).unwrap(),
         budget,
     }
 }
@@ -571,11 +580,7 @@ proptest! {
 
         // Neither the order of paths, references nor roots matters.
         let mut shuffled = input;
-        shuffled.graph.paths.reverse();
-        shuffled.graph.roots.reverse();
-        for p in &mut shuffled.graph.paths {
-            p.references.reverse();
-        }
+        shuffled.graph = strata_plugin_sdk::graph::reversed(&shuffled.graph);
         prop_assert_eq!(group_layers(shuffled).unwrap(), out);
     }
 
