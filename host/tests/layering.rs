@@ -56,8 +56,8 @@ async fn builder(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Arc<Builder> {
 /// `popularity` pull nearly the same store paths (the first pull, the bump),
 /// `size` pulls them in more blobs; beyond this allowance per extra blob, or
 /// 0.1% of the step, whichever is more, it must never pull more. A reuse
-/// regression is far larger (the `size` of session 1 pulled 2.7% more than
-/// `popularity` at the bump: ~140 KB at this scale, against ~6 KB).
+/// regression is far larger (an earlier `size` pulled 2.7% more than
+/// `popularity` at the bump: ~140 KB at this scale, against ~20 KiB).
 const FRAMING_PER_BLOB: u64 = 1024;
 const FRAMING_SHARE: u64 = 1000;
 

@@ -22,11 +22,7 @@
 //! 4. Over budget, first the levels of a group are joined again, cheapest
 //!    adjacent pair first (combined bytes, then smallest path); when every
 //!    group is whole, the two smallest layers are merged, repeatedly.
-//! 5. A layer under `small_threshold` joins the layer of its highest
-//!    dependency if that dependency is small too (never a large path): a
-//!    layer costs every pull a few hundred bytes of manifest, config and
-//!    framing, more than a tiny package weighs.
-//! 6. Order, base-most first: by height (longest reference chain below the
+//! 5. Order, base-most first: by height (longest reference chain below the
 //!    layer's paths) ascending, then by smallest path. Both are properties of
 //!    the layer's own paths, so the order of shared layers is the same in
 //!    every image.
@@ -49,7 +45,6 @@ strata_plugin_sdk::export_plugin! {
 #[serde(default, deny_unknown_fields)]
 struct Config {
     large_threshold: u64,
-    small_threshold: u64,
 }
 
 impl Default for Config {
@@ -57,12 +52,8 @@ impl Default for Config {
         // A layer of its own costs a request; a path above 5 MB costs more
         // to download again with its neighbours than that. On the reuse
         // benchmark in the tests, 20 MB pulled 5% more bytes.
-        // A layer costs every pull of it a manifest entry, a config entry
-        // and its tar and gzip framing (~600 B), plus a request; below
-        // `small_threshold` (NAR bytes) a layer rides with its dependency.
         Config {
             large_threshold: 5_000_000,
-            small_threshold: SMALL,
         }
     }
 }
@@ -196,71 +187,9 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         a.absorb(b);
         queue.insert((a.size, a.first), a);
     }
-    let mut layers = attach_small(&g, &heights, &large, queue.into_values().collect(), config.small_threshold);
+    let mut layers: Vec<Layer> = queue.into_values().collect();
     layers.sort_by_key(|l| (l.height, l.first));
     Ok(g.layers("size", layers.into_iter().map(|l| l.paths).collect()))
-}
-
-/// Default `small_threshold`.
-const SMALL: u64 = 64 * 1024;
-
-/// A layer under `threshold` bytes joins the layer of its highest
-/// dependency outside it (then the smallest path), if that dependency is
-/// under `threshold` itself and not large (large paths stay alone); chains of such joins make one layer. The
-/// decision looks only at the layer and the dependency's own size, never at
-/// what else joined: so adding a package changes a layer only if the layer
-/// holds a path of the package's closure (a new small dependent joins its
-/// dependency, which the package's closure contains), and a large layer
-/// never changes because of small dependents.
-fn attach_small(
-    g: &IndexedGraph,
-    heights: &[u32],
-    large: &[bool],
-    layers: Vec<Layer>,
-    threshold: u64,
-) -> Vec<Layer> {
-    let mut layer_of = vec![usize::MAX; g.len()];
-    for (i, l) in layers.iter().enumerate() {
-        for &p in &l.paths {
-            layer_of[p] = i;
-        }
-    }
-    // Union-find over layers; each small layer links to one target.
-    let mut parent: Vec<usize> = (0..layers.len()).collect();
-    fn find(parent: &mut [usize], mut i: usize) -> usize {
-        while parent[i] != i {
-            parent[i] = parent[parent[i]];
-            i = parent[i];
-        }
-        i
-    }
-    for (i, l) in layers.iter().enumerate() {
-        if l.size >= threshold {
-            continue;
-        }
-        let dependency = l
-            .paths
-            .iter()
-            .flat_map(|&p| g.refs[p].iter().copied())
-            .filter(|&w| layer_of[w] != i)
-            .max_by_key(|&w| (heights[w], std::cmp::Reverse(w)));
-        if let Some(d) = dependency.filter(|&d| g.sizes[d] < threshold && !large[d]) {
-            let (a, b) = (find(&mut parent, i), find(&mut parent, layer_of[d]));
-            if a != b {
-                parent[a.max(b)] = a.min(b);
-            }
-        }
-    }
-    let mut joined: BTreeMap<usize, Layer> = BTreeMap::new();
-    for (i, l) in layers.into_iter().enumerate() {
-        match joined.entry(find(&mut parent, i)) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(l);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().absorb(l),
-        }
-    }
-    joined.into_values().collect()
 }
 
 /// For each path that is not an owner, the set of owners reaching it

@@ -622,40 +622,14 @@ fn over_budget_groups_rejoin_before_mixing() {
     u.add("b", 1000, &["b-low"]).add("b-low", 1000, &[]);
     // Five levels; three layers fit: a's levels rejoin (smallest pairs),
     // b keeps its split.
-    // Without small layers joining their dependencies, which would make
-    // two layers of five from the start.
-    let config = json!({ "small_threshold": 0 });
-    let out = group_layers(u.input(&["a", "b"], 3, config.clone())).unwrap();
+    let out = group_layers(u.input(&["a", "b"], 3, json!(null))).unwrap();
     assert_eq!(
         sorted(names(&out)),
         vec![vec!["a", "a-low", "a-mid"], vec!["b"], vec!["b-low"]]
     );
-    let out = group_layers(u.input(&["a", "b"], 4, config)).unwrap();
+    let out = group_layers(u.input(&["a", "b"], 4, json!(null))).unwrap();
     assert_eq!(
         sorted(names(&out)),
         vec![vec!["a"], vec!["a-low", "a-mid"], vec!["b"], vec!["b-low"]]
     );
-}
-
-#[test]
-fn small_layers_ride_with_small_dependencies() {
-    let mut u = Universe::default();
-    u.add("tool", 1_000, &["lib"])
-        .add("tool2", 1_000, &["lib"])
-        .add("lib", 2_000, &["big"])
-        .add("big", 10_000_000, &[])
-        .add("other", 1_000, &["big"]);
-    let out = group_layers(u.input(&["tool", "tool2", "other"], 90, json!(null))).unwrap();
-    // `lib` is shared, a group of its own; both tools join it. `other`'s
-    // only dependency is large, which stays alone.
-    assert_eq!(
-        sorted(names(&out)),
-        vec![vec!["big"], vec!["lib", "tool", "tool2"], vec!["other"]]
-    );
-    // A large layer is never a small one's target, and the threshold is a
-    // setting: 0 turns joining off.
-    let out = group_layers(u.input(&["tool", "tool2", "other"], 90, json!({ "small_threshold": 0 }))).unwrap();
-    assert_eq!(out.layers.len(), 5);
-    let out = group_layers(u.input(&["tool", "tool2", "other"], 90, json!({ "small_threshold": 1_500 }))).unwrap();
-    assert_eq!(sorted(names(&out)), vec![vec!["big"], vec!["lib"], vec!["other"], vec!["tool"], vec!["tool2"]]);
 }
