@@ -45,58 +45,40 @@ impl Default for Config {
     }
 }
 
-/// The closure with the SDK's dense indices, and this strategy's walks
-/// over it.
-struct Graph(IndexedGraph);
-
-impl std::ops::Deref for Graph {
-    type Target = IndexedGraph;
-
-    fn deref(&self) -> &IndexedGraph {
-        &self.0
-    }
-}
-
-impl Graph {
-    fn new(input: &GroupInput) -> Result<Graph, PluginError> {
-        IndexedGraph::new(input).map(Graph)
-    }
-
-    /// Whether each path's closure weighs more than `threshold` bytes
-    /// (NAR). A path above one that does is over it too, so paths are
-    /// visited after their references and walk their own closure only when
-    /// no reference settled it, stopping once past the threshold: linear
-    /// work on real graphs, where the exact totals would be quadratic.
-    fn closure_over(&self, threshold: u64, postorder: &[usize]) -> Vec<bool> {
-        let n = self.len();
-        let mut over = vec![false; n];
-        let mut stamp = vec![usize::MAX; n];
-        let mut stack = Vec::new();
-        for &start in postorder {
-            if self.refs[start].iter().any(|&w| over[w]) {
+/// Whether each path's closure weighs more than `threshold` bytes
+/// (NAR). A path above one that does is over it too, so paths are
+/// visited after their references and walk their own closure only when
+/// no reference settled it, stopping once past the threshold: linear
+/// work on real graphs, where the exact totals would be quadratic.
+fn closure_over(g: &IndexedGraph, threshold: u64, postorder: &[usize]) -> Vec<bool> {
+    let n = g.len();
+    let mut over = vec![false; n];
+    let mut stamp = vec![usize::MAX; n];
+    let mut stack = Vec::new();
+    for &start in postorder {
+        if g.refs[start].iter().any(|&w| over[w]) {
+            over[start] = true;
+            continue;
+        }
+        let mut total = 0u64;
+        stamp[start] = start;
+        stack.clear();
+        stack.push(start);
+        while let Some(v) = stack.pop() {
+            total = total.saturating_add(g.sizes[v]);
+            if total > threshold {
                 over[start] = true;
-                continue;
+                break;
             }
-            let mut total = 0u64;
-            stamp[start] = start;
-            stack.clear();
-            stack.push(start);
-            while let Some(v) = stack.pop() {
-                total = total.saturating_add(self.sizes[v]);
-                if total > threshold {
-                    over[start] = true;
-                    break;
-                }
-                for &w in &self.refs[v] {
-                    if stamp[w] != start {
-                        stamp[w] = start;
-                        stack.push(w);
-                    }
+            for &w in &g.refs[v] {
+                if stamp[w] != start {
+                    stamp[w] = start;
+                    stack.push(w);
                 }
             }
         }
-        over
     }
+    over
 }
 
 /// Immediate dominators, by Cooper, Harvey and Kennedy's iterative
@@ -196,7 +178,7 @@ impl Candidate {
 /// The `group_layers` hook.
 pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let config: Config = strata_plugin_sdk::config(&input.config)?;
-    let g = Graph::new(&input)?;
+    let g = IndexedGraph::new(&input)?;
     let n = g.len();
     if n > 0 && input.budget == 0 {
         return Err(PluginError::new(
@@ -206,7 +188,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
 
     // Node 0 is the synthetic root; path i is node i + 1.
     let (postorder, heights) = g.postorder_heights();
-    let large = g.closure_over(config.size_threshold, &postorder);
+    let large = closure_over(&g, config.size_threshold, &postorder);
     let popularity = |i: usize| g.popularity[i];
     let mut root_edges: Vec<usize> = g.roots.clone();
     root_edges.extend((0..n).filter(|&i| popularity(i) >= config.popularity_threshold || large[i]));

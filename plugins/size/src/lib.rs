@@ -58,27 +58,6 @@ impl Default for Config {
     }
 }
 
-/// The closure with the SDK's dense indices, and this strategy's walks
-/// over it.
-struct Graph(IndexedGraph);
-
-impl std::ops::Deref for Graph {
-    type Target = IndexedGraph;
-
-    fn deref(&self) -> &IndexedGraph {
-        &self.0
-    }
-}
-
-impl Graph {
-    fn new(input: &GroupInput) -> Result<Graph, PluginError> {
-        let mut g = IndexedGraph::new(input)?;
-        g.roots.sort_unstable();
-        g.roots.dedup();
-        Ok(Graph(g))
-    }
-}
-
 struct Layer {
     /// Path indices, in no particular order.
     paths: Vec<usize>,
@@ -92,7 +71,11 @@ struct Layer {
 /// The `group_layers` hook.
 pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     let config: Config = strata_plugin_sdk::config(&input.config)?;
-    let g = Graph::new(&input)?;
+    let mut g = IndexedGraph::new(&input)?;
+    // Owners are looked up by binary search, and a root named twice is one
+    // owner.
+    g.roots.sort_unstable();
+    g.roots.dedup();
     let n = g.len();
     if n > 0 && input.budget == 0 {
         return Err(PluginError::new(
