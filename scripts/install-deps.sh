@@ -69,8 +69,10 @@ if [ "$(azurite-blob --version 2>/dev/null || true)" != "$AZURITE_VERSION" ]; th
   echo "install-deps: npm installing azurite@$AZURITE_VERSION"
   npm install --global --no-fund --no-audit "azurite@$AZURITE_VERSION"
 fi
-# rustup's cargo (Debian's, in /usr/bin, is too old) and where it installs.
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# rustup's cargo (Debian's cargo-web, in /usr/bin, is too old for these) and
+# where it installs; without rustup, stop here with rust-env.sh's message
+# rather than let Debian's cargo fail on the installs below.
+. "$(dirname "${BASH_SOURCE[0]}")/rust-env.sh"
 S3S_FS_VERSION=0.14.1 # 0.17 needs a newer rustc than this machine's
 if [ "$(s3s-fs --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]; then
   echo "install-deps: cargo installing s3s-fs@$S3S_FS_VERSION (a few minutes)"
