@@ -78,13 +78,7 @@ impl Storage {
     /// which cannot give each store its own process environment.
     pub fn open_with(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Storage> {
         let opened = backend::open(url, options)?;
-        Ok(Storage {
-            store: opened.store,
-            redirect: None,
-            description: opened.description,
-            marks: access::Marks::new(),
-            leases: crate::lease::Leases::new(Duration::from_secs(30), Duration::from_secs(600)),
-        })
+        Ok(Storage::from_store(opened.store, &opened.description))
     }
 
     /// The same store with other lease timing (`lease_secs`,
@@ -122,12 +116,16 @@ impl Storage {
     /// with their default timing: for tests that wrap a real store in one
     /// that fails on purpose.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: &str) -> Storage {
+        let defaults = crate::config::StorageConfig::default();
         Storage {
             store,
             redirect: None,
             description: description.to_string(),
             marks: access::Marks::new(),
-            leases: crate::lease::Leases::new(Duration::from_secs(30), Duration::from_secs(600)),
+            leases: crate::lease::Leases::new(
+                Duration::from_secs(defaults.lease_secs),
+                Duration::from_secs(defaults.lease_wait_secs),
+            ),
         }
     }
 
