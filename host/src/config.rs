@@ -344,9 +344,10 @@ impl Config {
                 self.layers.budget
             )));
         }
-        let (level, range) = match self.layers.compression {
-            crate::compress::Codec::Gzip => (self.layers.level(), 0..=9),
-            crate::compress::Codec::Zstd => (self.layers.level(), 1..=19),
+        let level = self.layers.level();
+        let range = match self.layers.compression {
+            crate::compress::Codec::Gzip => 0..=9,
+            crate::compress::Codec::Zstd => 1..=19,
         };
         if !range.contains(&level) {
             return Err(bad(format!(
