@@ -442,7 +442,6 @@ impl Server {
         self.http.get(self.url(path))
     }
 
-    /// The server's log so far.
     /// The sum of the samples on `/metrics` of `series`: a family name
     /// (`strata_image_builds_total`, every label set) or a name with its
     /// whole label set (`strata_image_builds_total{outcome="ok"}`).
@@ -455,6 +454,7 @@ impl Server {
             .sum()
     }
 
+    /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
