@@ -2,7 +2,6 @@
 //! server, real Nix on the demo set and real clients. Not timed: what is
 //! asserted is how many builds ran and which bytes came back.
 
-use sha2::{Digest, Sha256};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -11,8 +10,7 @@ use strata_e2e::*;
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// A counter of the server's /metrics, summed over the samples whose
-/// name and labels start with `prefix`.
+/// Image builds so far, from the server's /metrics (every outcome).
 fn builds(server: &Server) -> u64 {
     server.metric("strata_image_builds_total") as u64
 }
@@ -87,10 +85,6 @@ fn warm_requests_are_byte_identical_and_a_ttl_expiry_rebuilds() {
     assert_eq!(builds(&server), 2, "the rebuilt image is cached again");
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 fn read_json(path: &std::path::Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
@@ -132,7 +126,7 @@ fn zstd_layers_for_oci_clients_gzip_for_docker_schema2() {
         let plain = server.temp_dir().join("layer.tar");
         run(Command::new(&zstd).args(["-q", "-f", "-d", "-o"]).arg(&plain).arg(&blob), Duration::from_secs(60)).assert_ok();
         let plain = std::fs::read(&plain).unwrap();
-        assert_eq!(&sha256_hex(&plain), diff_id, "a zstd layer is not the tar its diff_id names");
+        assert_eq!(&sha256_digest(&plain), diff_id, "a zstd layer is not the tar its diff_id names");
         run(Command::new(&tar).arg("--zstd").arg("-xf").arg(&blob).arg("-C").arg(&rootfs), Duration::from_secs(60))
             .assert_ok();
     }
@@ -149,9 +143,9 @@ fn zstd_layers_for_oci_clients_gzip_for_docker_schema2() {
         assert_eq!(layer["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
         let digest = layer["digest"].as_str().unwrap();
         let blob = server.get(&format!("/v2/shell/hello/blobs/{digest}")).send().unwrap().bytes().unwrap();
-        assert_eq!(sha256_hex(&blob), digest);
+        assert_eq!(sha256_digest(&blob), digest);
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut plain).unwrap();
-        assert_eq!(&sha256_hex(&plain), diff_id);
+        assert_eq!(&sha256_digest(&plain), diff_id);
     }
 }
