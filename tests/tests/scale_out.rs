@@ -303,14 +303,10 @@ import {demo} {{ inherit system; }} // {{
 
 /// Processes (ours: their command line holds our nonce) still running.
 fn kill_marked(marker: &str) {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            // SAFETY: kill(2) on a process this test started (unique marker).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+    for (pid, _) in processes_with(marker) {
+        // SAFETY: kill(2) on a process this test started (unique marker).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
 }
