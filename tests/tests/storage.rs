@@ -20,8 +20,14 @@ use strata_e2e::stores::{Kind, Store};
 use tokio::io::AsyncWriteExt;
 
 fn open(store: &Store, prefix: &str) -> Storage {
+    open_with(store, prefix, &[])
+}
+
+/// [`open`] with more object_store options over the store's own.
+fn open_with(store: &Store, prefix: &str, extra: &[(&str, &str)]) -> Storage {
     let options = store.options();
-    let pairs: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut pairs: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.extend_from_slice(extra);
     Storage::open_with(&store.url(prefix), &pairs).unwrap_or_else(|e| panic!("open {}: {e:#}", store.url(prefix)))
 }
 
@@ -275,10 +281,7 @@ fn s3_s3s_fs() {
 #[test]
 fn store_without_conditional_create() {
     let store = Store::start(Kind::Moto);
-    let mut options = store.options();
-    options.push(("aws_conditional_put".into(), "disabled".into()));
-    let pairs: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let storage = Storage::open_with(&store.url("nocond"), &pairs).expect("open");
+    let storage = open_with(&store, "nocond", &[("aws_conditional_put", "disabled")]);
     runtime().block_on(async {
         assert!(!storage.conditional_create_works().await.expect("probe"));
         let first = storage.lease("img", || async { Ok(None::<()>) }).await.expect("lease");
