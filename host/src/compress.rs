@@ -319,28 +319,24 @@ fn deflate_block(level: u32, dict: &[u8], input: &[u8], last: bool) -> io::Resul
     // previous block gave different bytes for the same input (seen as two
     // digests for one layer between runs), and the layer digest must depend
     // on the input alone.
-    {
-        let mut fresh = Compress::new(Compression::new(level), false);
-        let c = &mut fresh;
-        if !dict.is_empty() {
-            c.set_dictionary(dict).map_err(io::Error::other)?;
-        }
-        let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
-        let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 64);
-        let start_in = c.total_in();
-        loop {
-            let consumed = (c.total_in() - start_in) as usize;
-            let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
-            let all_in = (c.total_in() - start_in) as usize == input.len();
-            let room_left = out.len() < out.capacity();
-            match status {
-                Status::StreamEnd => break,
-                _ if !last && all_in && room_left => break,
-                _ => out.reserve(out.capacity().max(4096)),
-            }
-        }
-        Ok(out)
+    let mut c = Compress::new(Compression::new(level), false);
+    if !dict.is_empty() {
+        c.set_dictionary(dict).map_err(io::Error::other)?;
     }
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 64);
+    loop {
+        let consumed = c.total_in() as usize;
+        let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == input.len();
+        let room_left = out.len() < out.capacity();
+        match status {
+            Status::StreamEnd => break,
+            _ if !last && all_in && room_left => break,
+            _ => out.reserve(out.capacity().max(4096)),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
