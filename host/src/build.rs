@@ -581,19 +581,16 @@ impl Builder {
             Ok::<_, std::io::Error>(blobs)
         })
         .await
-        .map_err(|e| Error::Internal(format!("packing task: {e}")));
+        .map_err(|e| Error::Internal(format!("packing task: {e}")))
+        // A full disk is 507, not a bug (Error::storage looks for ENOSPC).
+        .and_then(|packed| packed.map_err(|e| Error::storage("packing layer", &e)));
         let blobs = match packed {
-            Ok(Ok(blobs)) => blobs,
-            failed => {
+            Ok(blobs) => blobs,
+            Err(e) => {
                 for s in &staging {
                     self.storage.discard(s).await;
                 }
-                return Err(match failed {
-                    // A full disk is 507, not a bug (Error::storage looks for ENOSPC).
-                    Ok(Err(e)) => Error::storage("packing layer", &e),
-                    Err(e) => e,
-                    Ok(Ok(_)) => unreachable!(),
-                });
+                return Err(e);
             }
         };
         for (s, blob) in staging.iter().zip(&blobs) {
