@@ -593,9 +593,17 @@ impl Builder {
                 return Err(e);
             }
         };
+        // After a failed publish (which drops its own staged object), the
+        // other encodings' staged objects are discarded, not left behind.
+        let mut published = Ok(());
         for (s, blob) in staging.iter().zip(&blobs) {
-            self.storage.publish(s, &blob.digest, blob.size).await?;
+            if published.is_ok() {
+                published = self.storage.publish(s, &blob.digest, blob.size).await;
+            } else {
+                self.storage.discard(s).await;
+            }
         }
+        published?;
         let record = LayerRecord { primary: blobs[0].clone(), also: blobs[1..].to_vec() };
         let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
         self.storage.put_bytes(&key, Bytes::from(record)).await?;
