@@ -155,7 +155,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
 
     // P3, P6: a fresh server, the big image cold.
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1800)).build()?;
-    let one = Strata::start(work, "one", &pkgs, &http).await?;
+    let one = Server::strata(work, "one", &pkgs, &http).await?;
     r.p6_idle_kib = one.peak_rss_kib()?;
     eprintln!("P3/P6: cold build of {BIG}…");
     let t = Instant::now();
@@ -173,7 +173,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     r.p7_single_secs = t.elapsed().as_secs_f64();
 
     // The registry, fed by skopeo from Strata.
-    let registry = Registry::start(work, &http).await?;
+    let registry = Server::registry(work, &http).await?;
     eprintln!("copying {SMALL} and {BIG} into the CNCF registry with skopeo…");
     for image in [SMALL, BIG] {
         output(Command::new("skopeo").args([
@@ -210,7 +210,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     drop(one);
 
     // P7: 50 concurrent first pulls of the same image on a fresh store.
-    let two = Strata::start(work, "two", &pkgs, &http).await?;
+    let two = Server::strata(work, "two", &pkgs, &http).await?;
     eprintln!("P7: 50 concurrent first pulls of {FRESH}…");
     let builds_before = two.builds(&http).await?;
     let started = Instant::now();
@@ -378,46 +378,90 @@ async fn wait_ready(http: &reqwest::Client, url: &str, child: &mut Child, what: 
     bail!("{what} did not answer {url} within 60 s; log {}", log.display())
 }
 
-/// `strata serve` with a store of its own, as a child process.
-struct Strata {
+/// A server under test (`strata serve`, `docker-registry`) as a child
+/// process on 127.0.0.1, killed when dropped.
+struct Server {
     child: Child,
     host: String,
     base: String,
 }
 
-impl Strata {
-    async fn start(work: &Path, name: &str, pkgs: &Path, http: &reqwest::Client) -> Result<Strata> {
-        let dir = work.join(format!("strata-{name}"));
+impl Server {
+    /// Starts a server in the fresh directory `dir`: `launch` gets it and a
+    /// free address, writes the server's configuration there and returns
+    /// its command and the log to show if it does not come up.
+    async fn start(
+        http: &reqwest::Client,
+        dir: &Path,
+        what: &str,
+        launch: impl FnOnce(&str) -> Result<(Command, PathBuf)>,
+    ) -> Result<Server> {
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(dir)?;
         }
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir)?;
         let host = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.join("strata.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{host}\"\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\ntimeout_secs = 1800\n",
-                dir.join("storage").display(),
-                dir.join("nix").display()
-            ),
-        )?;
-        let log = dir.join("strata.log");
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("NIXERY_PKGS_PATH", pkgs)
-            .env("NIX_CONFIG", "substituters =")
-            .env("STRATA_NIX_OFFLINE", "1")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(dir.join("strata.err"))?)
-            .spawn()?;
+        let (mut command, log) = launch(&host)?;
+        let mut child = command.stdin(Stdio::null()).spawn()?;
         let base = format!("http://{host}");
-        wait_ready(http, &format!("{base}/v2/"), &mut child, "strata serve", &dir.join("strata.err")).await?;
-        Ok(Strata { child, host, base })
+        wait_ready(http, &format!("{base}/v2/"), &mut child, what, &log).await?;
+        Ok(Server { child, host, base })
+    }
+
+    /// `strata serve` with a store of its own.
+    async fn strata(work: &Path, name: &str, pkgs: &Path, http: &reqwest::Client) -> Result<Server> {
+        let dir = work.join(format!("strata-{name}"));
+        Server::start(http, &dir, "strata serve", |host| {
+            let config = dir.join("strata.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{host}\"\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\ntimeout_secs = 1800\n",
+                    dir.join("storage").display(),
+                    dir.join("nix").display()
+                ),
+            )?;
+            let err = dir.join("strata.err");
+            let mut command = Command::new(std::env::current_exe()?);
+            command
+                .arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .env("NIXERY_PKGS_PATH", pkgs)
+                .env("NIX_CONFIG", "substituters =")
+                .env("STRATA_NIX_OFFLINE", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(std::fs::File::create(dir.join("strata.log"))?)
+                .stderr(std::fs::File::create(&err)?);
+            Ok((command, err))
+        })
+        .await
+    }
+
+    /// The CNCF registry (`docker-registry`), filesystem storage, no auth.
+    async fn registry(work: &Path, http: &reqwest::Client) -> Result<Server> {
+        let dir = work.join("registry");
+        Server::start(http, &dir, "docker-registry", |host| {
+            let config = dir.join("config.yml");
+            // The registry's own recommended setup: an in-memory blob
+            // descriptor cache in front of the filesystem driver.
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  redirect:\n    disable: true\nhttp:\n  addr: {host}\n",
+                    dir.join("data").display()
+                ),
+            )?;
+            let log = dir.join("registry.log");
+            let mut command = Command::new("docker-registry");
+            command
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(&log)?);
+            Ok((command, log))
+        })
+        .await
     }
 
     /// The process's high-water mark of resident memory.
@@ -430,6 +474,7 @@ impl Strata {
             .context("no VmHWM in /proc/PID/status")
     }
 
+    /// Images Strata has built (its `/metrics`).
     async fn builds(&self, http: &reqwest::Client) -> Result<u64> {
         let text = http.get(format!("{}/metrics", self.base)).send().await?.error_for_status()?.text().await?;
         Ok(text
@@ -440,53 +485,7 @@ impl Strata {
     }
 }
 
-impl Drop for Strata {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The CNCF registry (`docker-registry`), filesystem storage, no auth.
-struct Registry {
-    child: Child,
-    host: String,
-    base: String,
-}
-
-impl Registry {
-    async fn start(work: &Path, http: &reqwest::Client) -> Result<Registry> {
-        let dir = work.join("registry");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        let host = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.join("config.yml");
-        // The registry's own recommended setup: an in-memory blob
-        // descriptor cache in front of the filesystem driver.
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  redirect:\n    disable: true\nhttp:\n  addr: {host}\n",
-                dir.join("data").display()
-            ),
-        )?;
-        let log = dir.join("registry.log");
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let base = format!("http://{host}");
-        wait_ready(http, &format!("{base}/v2/"), &mut child, "docker-registry", &log).await?;
-        Ok(Registry { child, host, base })
-    }
-}
-
-impl Drop for Registry {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
