@@ -17,6 +17,7 @@
 //! - P7 50 concurrent first pulls of one new image on a fresh store vs one
 //!   first pull of the same image on another fresh store.
 
+use crate::bench_layering::pulls::{manifest_blobs, Blob};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -162,9 +163,9 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     let big_manifest = get_manifest(&http, &one.base, BIG).await?;
     r.p3_strata_secs = t.elapsed().as_secs_f64();
     r.p6_peak_kib = one.peak_rss_kib()?;
-    let big_layers = layers_of(&big_manifest)?;
+    let big_layers = blobs_of(&big_manifest)?.split_off(1);
     r.p3_layers = big_layers.len();
-    r.p3_strata_bytes = big_layers.iter().map(|l| l.1).sum();
+    r.p3_strata_bytes = big_layers.iter().map(|l| l.size).sum();
 
     // P7 baseline: one first pull of FRESH on this server.
     eprintln!("P7: one first pull of {FRESH}…");
@@ -197,7 +198,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     r.p1_registry = wrk(&format!("{}/v2/{SMALL}/manifests/latest", registry.base), args.seconds)?;
 
     // P2: the big image's largest layer, best of three each, alternating.
-    let (digest, size) = big_layers.iter().max_by_key(|l| l.1).cloned().context("the big image has no layers")?;
+    let Blob { digest, size } = big_layers.iter().max_by_key(|l| l.size).cloned().context("the big image has no layers")?;
     r.p2_blob_bytes = size;
     eprintln!("P2: GET of a {} blob, best of 3…", mib(size));
     let (mut s, mut g) = (0f64, 0f64);
@@ -502,25 +503,16 @@ async fn get_manifest(http: &reqwest::Client, base: &str, name: &str) -> Result<
     Ok(body.to_vec())
 }
 
-/// (digest, size) of a manifest's layers.
-fn layers_of(manifest: &[u8]) -> Result<Vec<(String, u64)>> {
-    let m: serde_json::Value = serde_json::from_slice(manifest)?;
-    m["layers"]
-        .as_array()
-        .context("manifest without layers")?
-        .iter()
-        .map(|l| Ok((l["digest"].as_str().context("layer digest")?.to_string(), l["size"].as_u64().context("layer size")?)))
-        .collect()
+/// The config and layer blobs of a manifest.
+fn blobs_of(manifest: &[u8]) -> Result<Vec<Blob>> {
+    manifest_blobs(manifest).map_err(anyhow::Error::msg)
 }
 
 /// A pull as a client makes it: the manifest, then the config and every
 /// layer, read to the end (and counted, not kept).
 async fn pull(http: &reqwest::Client, base: &str, name: &str) -> Result<()> {
     let manifest = get_manifest(http, base, name).await?;
-    let m: serde_json::Value = serde_json::from_slice(&manifest)?;
-    let mut blobs = vec![(m["config"]["digest"].as_str().context("config digest")?.to_string(), m["config"]["size"].as_u64().unwrap_or(0))];
-    blobs.extend(layers_of(&manifest)?);
-    for (digest, size) in blobs {
+    for Blob { digest, size } in blobs_of(&manifest)? {
         let mut resp = http.get(format!("{base}/v2/{name}/blobs/{digest}")).send().await?.error_for_status()?;
         let mut got = 0u64;
         while let Some(chunk) = resp.chunk().await? {
