@@ -1,9 +1,9 @@
 //! What the sandbox costs: a `group_layers` call through the embedded wasm
-//! (spawn_blocking, JSON both ways, a fresh instance, fuel metering, the
-//! partition check) next to the same plugin crate called natively, on a
-//! generated 10,000-path closure. Also the fixed per-call cost (store and
-//! instance from the `InstancePre`) and the start-up cost (compile, or load
-//! from the cache).
+//! (spawn_blocking, the compact input encoded and decoded, a JSON answer,
+//! a fresh instance, fuel metering, the partition check) next to the same
+//! plugin crate called natively, on a generated 10,000-path closure. Also
+//! the fixed per-call cost (store and instance from the `InstancePre`) and
+//! the start-up cost (compile, or load from the cache).
 //!
 //! `cargo bench -p strata --bench plugin_overhead` (optimised build). Goals:
 //! a call ≤ 20 ms, instantiation ≤ 1 ms. Not a test: it prints a table.
@@ -15,6 +15,7 @@ mod plugin_support;
 use std::time::{Duration, Instant};
 use strata::config::{GroupRule, PluginsConfig};
 use strata::plugins::PluginSet;
+use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 const BUDGET: u32 = 93; // the default layers.budget (94) minus the host's own layer
@@ -46,9 +47,10 @@ fn main() {
     let (mut graph, popularity) = plugin_support::closure(n, 8, 42);
     graph.set_popularity(&popularity);
     let input = GroupInput { config: serde_json::json!({}), graph, budget: BUDGET };
+    let wire_bytes = input.encode().unwrap().len();
     let json_bytes = serde_json::to_vec(&input).unwrap().len();
-    println!("closure: {n} paths, {} references, {:.1} MB of JSON input, budget {BUDGET}",
-        input.graph.paths.iter().map(|p| p.references.len()).sum::<usize>(), json_bytes as f64 / 1e6);
+    println!("closure: {n} paths, {} references, {:.1} MB of input ({:.1} MB as JSON), budget {BUDGET}",
+        input.graph.paths.iter().map(|p| p.references.len()).sum::<usize>(), wire_bytes as f64 / 1e6, json_bytes as f64 / 1e6);
 
     // Start-up: compile all four built-ins, then again from the cache dir
     // (another cache dir key, so the in-process memo does not hide it).
@@ -140,9 +142,9 @@ fn main() {
     println!();
     println!("native: the plugin crate called directly (input already built).");
     println!("wasm call: Plugin::group_layers as the host makes it, median of 15; 'of which in wasm' is");
-    println!("store + instantiate + input copy + the guest's work (JSON parse, algorithm, JSON write).");
+    println!("store + instantiate + input copy + the guest's work (input decode, algorithm, JSON answer).");
     println!("marshalling only: the same call where the plugin refuses its configuration right after");
-    println!("parsing the input (host encode, instantiate, copy, guest JSON parse, error back).");
+    println!("parsing the input (host encode, instantiate, copy, guest decode, error back).");
     println!("overhead: wasm call - native.");
     println!("instantiate: Store + instance from the InstancePre, median of 2000 (goal <= 1 ms).");
 }

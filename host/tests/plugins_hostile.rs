@@ -36,7 +36,7 @@ const RUNTIME_HOSTILE: &[(&str, &str)] = &[
 const LOAD_HOSTILE: &[(&str, &str)] = &[
     ("wasi_import", "imports `wasi_snapshot_preview1::fd_write`; a plugin may import nothing"),
     ("missing_export", "does not export `strata_plugin_info`"),
-    ("wrong_abi", "built for plugin ABI version 1, but this Strata speaks version 2"),
+    ("wrong_abi", "built for plugin ABI version 2, but this Strata speaks version 3"),
     ("start_loop", "strata_abi_version ran out of fuel"),
     ("big_memory", "strata_abi_version exceeded its memory limit (64 MiB)"),
     ("lying_info", "declares the hooks [expand_names] but the module exports [group_layers]"),

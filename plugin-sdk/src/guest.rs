@@ -2,8 +2,9 @@
 //! linear memory. Kept out of plugin authors' sight; compiled on every target
 //! so that it is type-checked by native builds too.
 
+use crate::wire::WireInput;
 use crate::{Envelope, PluginError};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 /// Hands the host a buffer of `len` bytes. The buffer is leaked until the
 /// guest takes it back in [`take`] or the host calls `strata_dealloc`.
@@ -52,13 +53,13 @@ pub fn respond<T: Serialize>(result: Result<T, PluginError>) -> i64 {
 ///
 /// # Safety
 /// `ptr`/`len` must be a buffer from [`alloc`] that the host filled.
-pub unsafe fn call<I: DeserializeOwned, O: Serialize>(
+pub unsafe fn call<I: WireInput, O: Serialize>(
     ptr: i32,
     len: i32,
     hook: fn(I) -> Result<O, PluginError>,
 ) -> i64 {
     let bytes = take(ptr, len);
-    let result = serde_json::from_slice::<I>(&bytes)
+    let result = I::decode(&bytes)
         .map_err(|e| PluginError::new(format!("plugin could not parse its input: {e}")))
         .and_then(|input| {
             drop(bytes);

@@ -13,14 +13,16 @@
 //! - `strata_plugin_info() -> i64`
 //! - `strata_<hook>(ptr: i32, len: i32) -> i64` for each implemented hook
 //!
-//! The host allocates the input with `strata_alloc`, writes the JSON of the
-//! hook's input there and calls the hook, which takes ownership of the input.
+//! The host allocates the input with `strata_alloc`, writes the hook's input
+//! there (JSON, or for `group_layers` the compact form of [`wire`]) and calls
+//! the hook, which takes ownership of the input.
 //! A call returns `(ptr << 32) | len` of a JSON [`Envelope`] in guest memory.
 //! `docs/plugins.md` is the full contract.
 
 pub mod graph;
 pub mod types;
 pub mod validate;
+pub mod wire;
 
 pub use types::*;
 

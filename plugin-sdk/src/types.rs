@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 /// index (references, roots, layers), and popularity is a field of each path
 /// rather than a map; version 1 sent every reference as a full path, and
 /// grouping a 10,000-path closure spent more time in JSON than in the
-/// strategy.
-pub const ABI_VERSION: u32 = 2;
+/// strategy. Version 3: `group_layers` input is the compact form of
+/// [`crate::wire`] instead of JSON, for the same reason.
+pub const ABI_VERSION: u32 = 3;
 
 /// The hooks a plugin can implement, by their wire name.
 pub const HOOKS: [&str; 3] = ["expand_names", "group_layers", "render_source"];

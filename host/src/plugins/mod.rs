@@ -20,13 +20,14 @@ pub use runtime::CallStats;
 
 use crate::config::{GroupRule, PluginsConfig};
 use runtime::{Limits, Loaded};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{
     validate, ExpandInput, ExpandOutput, Expansion, GroupInput, ImageSettings, Layers, PluginInfo,
     SourceInput, SourceOutput,
@@ -185,7 +186,7 @@ impl Plugin {
         check: fn(&I, &O) -> Result<(), String>,
     ) -> Result<(O, CallStats), PluginFailure>
     where
-        I: Serialize + Send + 'static,
+        I: WireInput + Send + 'static,
         O: DeserializeOwned + Send + 'static,
     {
         let export = match runtime::hook_export(hook) {
@@ -196,8 +197,7 @@ impl Plugin {
         let loaded = self.loaded.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let bytes = serde_json::to_vec(&input)
-                .map_err(|e| format!("host could not encode the input: {e}"))?;
+            let bytes = input.encode().map_err(|e| format!("host could not encode the input: {e}"))?;
             let (out, stats) = loaded.call(export, &bytes)?;
             let value: O = runtime::decode(&out)?;
             check(&input, &value)?;
