@@ -9,10 +9,11 @@
 
 use crate::{GroupInput, Layers, PluginError};
 
-/// The closure, indexed; index order is path order.
+/// The closure, indexed; index order is path order. Borrows the input's
+/// path names: no strategy needs copies of thousands of strings.
 #[derive(Debug, Clone)]
-pub struct IndexedGraph {
-    pub paths: Vec<String>,
+pub struct IndexedGraph<'a> {
+    pub paths: Vec<&'a str>,
     /// NAR size of each path.
     pub sizes: Vec<u64>,
     /// Popularity count of each path's name (0 without data).
@@ -20,16 +21,50 @@ pub struct IndexedGraph {
     /// Each path's references: sorted, deduplicated, without
     /// self-references, and without indices outside the closure (the host
     /// checks that a closure is complete; a plugin only must not crash).
-    pub refs: Vec<Vec<usize>>,
+    /// `refs[v]` is a slice.
+    pub refs: Refs,
     /// The requested top-level paths, in the order the host sent them.
     pub roots: Vec<usize>,
     /// The wire index of each index, when the input was not in path order.
     wire: Option<Vec<u32>>,
 }
 
-impl IndexedGraph {
+/// Every path's references in one flat list: one allocation instead of one
+/// per path, which on a 10,000-path closure was a tenth of a grouping call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refs {
+    /// `flat[start[v]..start[v + 1]]` are the references of `v`.
+    start: Vec<usize>,
+    flat: Vec<usize>,
+}
+
+impl Refs {
+    /// The number of paths.
+    pub fn len(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each path's references, in index order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[usize]> + '_ {
+        (0..self.len()).map(|v| &self[v])
+    }
+}
+
+impl std::ops::Index<usize> for Refs {
+    type Output = [usize];
+
+    fn index(&self, v: usize) -> &[usize] {
+        &self.flat[self.start[v]..self.start[v + 1]]
+    }
+}
+
+impl<'a> IndexedGraph<'a> {
     /// Fails on a path listed twice or a root outside the closure.
-    pub fn new(input: &GroupInput) -> Result<IndexedGraph, PluginError> {
+    pub fn new(input: &'a GroupInput) -> Result<IndexedGraph<'a>, PluginError> {
         let given = &input.graph.paths;
         let n = given.len();
         if u32::try_from(n).is_err() {
@@ -55,20 +90,33 @@ impl IndexedGraph {
             (position, Some(order))
         };
         let at = |i: usize| wire.as_ref().map_or(i, |w| w[i] as usize);
-        let refs = (0..n)
-            .map(|i| {
-                let mut r: Vec<usize> = given[at(i)]
+        let mut refs = Refs {
+            start: Vec::with_capacity(n + 1),
+            flat: Vec::with_capacity(given.iter().map(|p| p.references.len()).sum()),
+        };
+        refs.start.push(0);
+        for i in 0..n {
+            let from = refs.flat.len();
+            refs.flat.extend(
+                given[at(i)]
                     .references
                     .iter()
                     .filter(|&&j| (j as usize) < n)
                     .map(|&j| position[j as usize])
-                    .filter(|&j| j != i)
-                    .collect();
-                r.sort_unstable();
-                r.dedup();
-                r
-            })
-            .collect();
+                    .filter(|&j| j != i),
+            );
+            let own = &mut refs.flat[from..];
+            own.sort_unstable();
+            let mut kept = 0;
+            for k in 0..own.len() {
+                if k == 0 || own[k] != own[kept - 1] {
+                    own[kept] = own[k];
+                    kept += 1;
+                }
+            }
+            refs.flat.truncate(from + kept);
+            refs.start.push(refs.flat.len());
+        }
         let roots = input
             .graph
             .roots
@@ -80,7 +128,7 @@ impl IndexedGraph {
             })
             .collect::<Result<Vec<usize>, PluginError>>()?;
         Ok(IndexedGraph {
-            paths: (0..n).map(|i| given[at(i)].path.clone()).collect(),
+            paths: (0..n).map(|i| given[at(i)].path.as_str()).collect(),
             sizes: (0..n).map(|i| given[at(i)].nar_size).collect(),
             popularity: (0..n).map(|i| given[at(i)].popularity).collect(),
             refs,
@@ -234,14 +282,16 @@ mod tests {
     #[test]
     fn indices_follow_path_order_and_references_are_clean() {
         // Not in path order on the wire: /s/b is wire index 0.
-        let g = IndexedGraph::new(&input(&[("/s/b", &[1, 0, 1, 7]), ("/s/a", &[])], &[0])).unwrap();
+        let unsorted = input(&[("/s/b", &[1, 0, 1, 7]), ("/s/a", &[])], &[0]);
+        let g = IndexedGraph::new(&unsorted).unwrap();
         assert_eq!(g.paths, ["/s/a", "/s/b"]);
-        assert_eq!(g.refs, vec![vec![], vec![0]]);
+        assert_eq!(g.refs.iter().collect::<Vec<_>>(), [&[][..], &[0][..]]);
         assert_eq!(g.roots, [1]);
         assert_eq!(g.sizes, [4, 4]);
         // Output goes back to wire indices.
         assert_eq!(g.layers("t", vec![vec![1], vec![0]]).layers, vec![vec![0], vec![1]]);
-        let g = IndexedGraph::new(&input(&[("/s/a", &[]), ("/s/b", &[0])], &[1])).unwrap();
+        let sorted = input(&[("/s/a", &[]), ("/s/b", &[0])], &[1]);
+        let g = IndexedGraph::new(&sorted).unwrap();
         assert_eq!(g.layers("t", vec![vec![1, 0]]).layers, vec![vec![0, 1]]);
     }
 

@@ -32,7 +32,7 @@
 //! step 4 does not apply; `docs/layering.md` has the argument.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 use strata_plugin_sdk::graph::IndexedGraph;
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
@@ -56,16 +56,6 @@ impl Default for Config {
             large_threshold: 5_000_000,
         }
     }
-}
-
-struct Layer {
-    /// Path indices, in no particular order.
-    paths: Vec<usize>,
-    /// The smallest index, i.e. the smallest path: the tie-breaker that
-    /// makes every choice below deterministic.
-    first: usize,
-    size: u64,
-    height: u32,
 }
 
 /// The `group_layers` hook.
@@ -95,84 +85,107 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     }
     let keys = owner_keys(&g, &owner, &postorder);
 
-    // Each entry is one group's levels, lowest first, each level split
-    // into classes of paths with the same references; a large path is a
-    // group of one level of one class.
-    let mut split_groups: Vec<Vec<Vec<Layer>>> = (0..n)
-        .filter(|&v| large[v])
-        .map(|v| vec![vec![Layer::of(&g, &heights, vec![v])]])
-        .collect();
-    // Paths with equal keys, as runs in key order: a path with an empty key
-    // (no owner reaches it, impossible in a real closure) shares one group
-    // rather than fail.
-    let mut small: Vec<usize> = (0..n).filter(|&v| !large[v]).collect();
-    small.sort_by(|&a, &b| keys.of(a).cmp(keys.of(b)).then(a.cmp(&b)));
-    for run in small.chunk_by(|&a, &b| keys.of(a) == keys.of(b)) {
-        split_groups.push(split(&g, &heights, run));
+    // Paths with equal keys form a group, groups in order of their smallest
+    // path. Group order breaks no tie below (a layer's smallest path is
+    // unique), so any fixed order gives the same layers; this one needs a
+    // hash of each key, not a sort comparing keys thousands of bits long.
+    // A path with an empty key (no owner reaches it, impossible in a real
+    // closure) shares one group rather than fail. A large path is a group
+    // of its own.
+    let mut group = vec![usize::MAX; n];
+    let mut groups = 0;
+    let mut group_of: FxHashMap<(usize, &[u64]), usize> = FxHashMap::default();
+    for v in 0..n {
+        group[v] = if large[v] {
+            groups += 1;
+            groups - 1
+        } else {
+            *group_of.entry(keys.of(v)).or_insert_with(|| {
+                groups += 1;
+                groups - 1
+            })
+        };
     }
+    // Each group split by height into levels, so that a library's version
+    // bump, which renames the library and what is above it, leaves the lower
+    // levels alone; each level into classes of paths with the same
+    // references, which change together (a dependency's bump renames all of
+    // them) while paths with different ones need not. Class order within a
+    // level breaks no tie either; levels must follow height order.
+    let mut class = vec![0usize; n];
+    let mut class_of: FxHashMap<(usize, u32, &[usize]), usize> = FxHashMap::default();
+    for v in 0..n {
+        let next = class_of.len();
+        class[v] = *class_of.entry((group[v], heights[v], &g.refs[v])).or_insert(next);
+    }
+    drop(class_of);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by_key(|&v| (group[v], heights[v], class[v]));
+    let mut chains = Chains::new(n);
+    let mut classes: Vec<Layer> = Vec::new();
+    // Where each level's classes start in `classes`, and its group.
+    let mut levels: Vec<(usize, usize)> = Vec::new();
+    for level in order.chunk_by(|&a, &b| group[a] == group[b] && heights[a] == heights[b]) {
+        levels.push((classes.len(), group[level[0]]));
+        for members in level.chunk_by(|&a, &b| class[a] == class[b]) {
+            classes.push(chains.layer(&g, &heights, members));
+        }
+    }
+    levels.push((classes.len(), usize::MAX));
 
     let budget = input.budget as usize;
-    let mut count: usize = split_groups.iter().flatten().map(Vec::len).sum();
+    let mut count = classes.len();
     // Over budget, first whole levels give up their reference classes,
     // smallest level first (bytes, then smallest path): what the level
     // holds is intrinsic, so the same levels rejoin in every image that is
     // over budget by as much.
+    let mut alive = vec![true; classes.len()];
     if count > budget {
-        let mut split_levels: Vec<((u64, usize), usize, usize)> = split_groups
-            .iter()
-            .enumerate()
-            .flat_map(|(gi, levels)| {
-                levels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.len() > 1)
-                    .map(move |(li, c)| {
-                        let size = c.iter().map(|l| l.size).sum::<u64>();
-                        let first = c.iter().map(|l| l.first).min().unwrap_or(usize::MAX);
-                        ((size, first), gi, li)
-                    })
+        let mut split_levels: Vec<(u64, usize, usize, usize)> = levels
+            .windows(2)
+            .filter(|w| w[1].0 - w[0].0 > 1)
+            .map(|w| {
+                let c = &classes[w[0].0..w[1].0];
+                let size = c.iter().map(|l| l.size).sum::<u64>();
+                let first = c.iter().map(|l| l.first).min().unwrap_or(usize::MAX);
+                (size, first, w[0].0, w[1].0)
             })
             .collect();
         split_levels.sort_unstable();
-        for (_, gi, li) in split_levels {
+        for (_, _, start, end) in split_levels {
             if count <= budget {
                 break;
             }
-            count -= split_groups[gi][li].len() - 1;
-            let mut classes = std::mem::take(&mut split_groups[gi][li]).into_iter();
-            let mut joined = classes.next().expect("a split level has classes");
-            for c in classes {
-                joined.absorb(c);
+            count -= end - start - 1;
+            for c in start + 1..end {
+                let upper = classes[c];
+                chains.join(&mut classes[start], upper);
+                alive[c] = false;
             }
-            split_groups[gi][li] = vec![joined];
         }
     }
     // Still over budget, every level is one layer now: undo height splits,
     // cheapest adjacent pair first: that costs reuse only when the group's
     // own paths change, whereas merging across groups ties unrelated
     // packages together.
-    let groups: Vec<Vec<Layer>> = split_groups
-        .into_iter()
-        .map(|levels| levels.into_iter().flatten().collect())
-        .collect();
+    let mut layers: Vec<(Layer, usize)> = Vec::with_capacity(count);
+    for w in levels.windows(2) {
+        for c in w[0].0..w[1].0 {
+            if alive[c] {
+                layers.push((classes[c], w[0].1));
+            }
+        }
+    }
     let layers = if count > budget {
-        join_levels(groups, budget)
+        join_levels(&mut chains, layers, budget)
     } else {
-        groups.into_iter().flatten().collect()
+        layers.into_iter().map(|(l, _)| l).collect()
     };
     // Then the two smallest layers, keyed by (size, smallest path): unique,
     // since paths are.
-    let mut queue: BTreeMap<(u64, usize), Layer> =
-        layers.into_iter().map(|l| ((l.size, l.first), l)).collect();
-    while queue.len() > budget {
-        let (_, mut a) = queue.pop_first().expect("more than budget >= 1 layers");
-        let (_, b) = queue.pop_first().expect("more than budget >= 1 layers");
-        a.absorb(b);
-        queue.insert((a.size, a.first), a);
-    }
-    let mut layers: Vec<Layer> = queue.into_values().collect();
-    layers.sort_by_key(|l| (l.height, l.first));
-    Ok(g.layers("size", layers.into_iter().map(|l| l.paths).collect()))
+    let mut layers = merge_smallest(&mut chains, layers, budget);
+    layers.sort_unstable_by_key(|l| (l.height, l.first));
+    Ok(g.layers("size", layers.iter().map(|l| chains.paths(l)).collect()))
 }
 
 /// For each path that is not an owner, the set of owners reaching it
@@ -180,19 +193,41 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
 /// Filled parents first (reverse postorder): a path's set is the union over
 /// its referrers of the referrer itself, if an owner, or its set. Bit sets
 /// keep this linear in the references; the sets themselves can hold
-/// thousands of owners on big graphs.
+/// thousands of owners on big graphs, but most hold a few, so each row
+/// keeps the span of its non-zero words and only that is read or hashed.
 struct OwnerKeys {
     words: usize,
     /// Row of each path in `bits` (owners that are top-level paths have
     /// one too: their key is themselves).
     row: Vec<usize>,
     bits: Vec<u64>,
+    /// Each row's first and one-past-last non-zero word; (0, 0) if none.
+    span: Vec<(usize, usize)>,
 }
 
 impl OwnerKeys {
-    fn of(&self, v: usize) -> &[u64] {
+    /// The key of `v`: where its non-zero words start, and those words.
+    fn of(&self, v: usize) -> (usize, &[u64]) {
         let r = self.row[v];
-        &self.bits[r * self.words..(r + 1) * self.words]
+        let (lo, hi) = self.span[r];
+        (lo, &self.bits[r * self.words + lo..r * self.words + hi])
+    }
+
+    /// ORs `words`, the row's words from `lo` on, into row `r`.
+    fn add(&mut self, r: usize, lo: usize, words: &[u64]) {
+        if words.is_empty() {
+            return;
+        }
+        let start = r * self.words + lo;
+        for (k, f) in self.bits[start..start + words.len()].iter_mut().zip(words) {
+            *k |= f;
+        }
+        let span = &mut self.span[r];
+        *span = if span.0 == span.1 {
+            (lo, lo + words.len())
+        } else {
+            (span.0.min(lo), span.1.max(lo + words.len()))
+        };
     }
 }
 
@@ -214,68 +249,83 @@ fn owner_keys(g: &IndexedGraph, owner: &[bool], postorder: &[usize]) -> OwnerKey
             rows += 1;
         }
     }
-    let mut bits = vec![0u64; rows * words];
+    let mut keys = OwnerKeys { words, row, bits: vec![0u64; rows * words], span: vec![(0, 0); rows] };
     let mut from = vec![0u64; words];
     for &v in postorder.iter().rev() {
-        if owner[v] {
-            from.fill(0);
-            from[bit[v] / 64] |= 1 << (bit[v] % 64);
+        let (lo, len) = if owner[v] {
+            from[0] = 1 << (bit[v] % 64);
+            (bit[v] / 64, 1)
         } else {
-            from.copy_from_slice(&bits[row[v] * words..(row[v] + 1) * words]);
-        }
+            let (lo, key) = keys.of(v);
+            from[..key.len()].copy_from_slice(key);
+            (lo, key.len())
+        };
         for &w in g.refs[v].iter().filter(|&&w| !owner[w]) {
-            for (k, f) in bits[row[w] * words..(row[w] + 1) * words].iter_mut().zip(&from) {
-                *k |= f;
-            }
+            keys.add(keys.row[w], lo, &from[..len]);
         }
     }
     for &r in &g.roots {
-        let start = row[r] * words;
-        bits[start + bit[r] / 64] |= 1 << (bit[r] % 64);
+        keys.add(keys.row[r], bit[r] / 64, &[1 << (bit[r] % 64)]);
     }
-    OwnerKeys { words, row, bits }
+    keys
 }
 
-/// Joins adjacent levels of a group, the pair with the fewest combined
-/// bytes first (then the smallest path, then the lowest group and level),
-/// until `budget` layers remain or every group is one layer. A heap of
-/// pairs, stale entries skipped, instead of a scan per join: graphs of
-/// thousands of groups need thousands of joins.
-fn join_levels(groups: Vec<Vec<Layer>>, budget: usize) -> Vec<Layer> {
+/// Merges the two smallest layers (bytes, then smallest path) until
+/// `budget` remain.
+fn merge_smallest(chains: &mut Chains, mut layers: Vec<Layer>, budget: usize) -> Vec<Layer> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if layers.len() <= budget {
+        return layers;
+    }
+    let key = |l: &Layer, i: usize| Reverse((l.size, l.first, i));
+    let mut heap: BinaryHeap<_> = layers.iter().enumerate().map(|(i, l)| key(l, i)).collect();
+    let mut alive = vec![true; layers.len()];
+    while heap.len() > budget {
+        let Reverse((_, _, a)) = heap.pop().expect("more than budget >= 1 layers");
+        let Reverse((_, _, b)) = heap.pop().expect("more than budget >= 1 layers");
+        let upper = layers[b];
+        chains.join(&mut layers[a], upper);
+        alive[b] = false;
+        heap.push(key(&layers[a], a));
+    }
+    layers.into_iter().zip(alive).filter_map(|(l, alive)| alive.then_some(l)).collect()
+}
+
+/// Joins adjacent levels of a group (`layers` are `(layer, group)` in group
+/// order, then level order), the pair with the fewest combined bytes first
+/// (then the smallest path, then the lowest group and level), until
+/// `budget` layers remain or every group is one layer. A heap of pairs,
+/// stale entries skipped, instead of a scan per join: graphs of thousands
+/// of groups need thousands of joins.
+fn join_levels(chains: &mut Chains, layers: Vec<(Layer, usize)>, budget: usize) -> Vec<Layer> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     const NONE: usize = usize::MAX;
-    // Layers in group order, then level order: an entry's index orders
-    // pairs as (group, level) did.
-    let mut slots: Vec<Option<Layer>> = Vec::new();
-    let mut next = Vec::new();
-    let mut prev = Vec::new();
-    for levels in groups {
-        let start = slots.len();
-        let len = levels.len();
-        for (i, l) in levels.into_iter().enumerate() {
-            slots.push(Some(l));
-            prev.push(if i == 0 { NONE } else { start + i - 1 });
-            next.push(if i + 1 == len { NONE } else { start + i + 1 });
-        }
-    }
-    let mut version = vec![0u32; slots.len()];
-    let mut count = slots.len();
-    let key = |slots: &[Option<Layer>], version: &[u32], a: usize, b: usize| {
-        let (la, lb) = (slots[a].as_ref().unwrap(), slots[b].as_ref().unwrap());
+    let len = layers.len();
+    let same = |a: usize, b: usize| a < len && b < len && layers[a].1 == layers[b].1;
+    let mut next: Vec<usize> = (0..len).map(|a| if same(a, a + 1) { a + 1 } else { NONE }).collect();
+    let mut prev: Vec<usize> = (0..len).map(|a| if a > 0 && same(a - 1, a) { a - 1 } else { NONE }).collect();
+    let mut slots: Vec<Layer> = layers.into_iter().map(|(l, _)| l).collect();
+    let mut alive = vec![true; len];
+    let mut version = vec![0u32; len];
+    let mut count = len;
+    let key = |slots: &[Layer], version: &[u32], a: usize, b: usize| {
+        let (la, lb) = (&slots[a], &slots[b]);
         Reverse((la.size + lb.size, la.first.min(lb.first), a, b, version[a], version[b]))
     };
-    let mut heap: BinaryHeap<_> = (0..slots.len())
+    let mut heap: BinaryHeap<_> = (0..len)
         .filter(|&a| next[a] != NONE)
         .map(|a| key(&slots, &version, a, next[a]))
         .collect();
     while count > budget {
         let Some(Reverse((_, _, a, b, va, vb))) = heap.pop() else { break };
-        if slots[a].is_none() || slots[b].is_none() || version[a] != va || version[b] != vb {
+        if !alive[a] || !alive[b] || version[a] != va || version[b] != vb {
             continue;
         }
-        let upper = slots[b].take().expect("checked above");
-        slots[a].as_mut().expect("checked above").absorb(upper);
+        let upper = slots[b];
+        chains.join(&mut slots[a], upper);
+        alive[b] = false;
         version[a] += 1;
         next[a] = next[b];
         if next[a] != NONE {
@@ -287,55 +337,64 @@ fn join_levels(groups: Vec<Vec<Layer>>, budget: usize) -> Vec<Layer> {
         }
         count -= 1;
     }
-    slots.into_iter().flatten().collect()
+    slots.into_iter().zip(alive).filter_map(|(l, alive)| alive.then_some(l)).collect()
 }
 
-impl Layer {
-    fn of(g: &IndexedGraph, heights: &[u32], paths: Vec<usize>) -> Layer {
+/// A layer's paths are a chain through [`Chains`], so that joining two
+/// layers is two writes, not a copy: on a 10,000-path closure the joins
+/// are in the thousands.
+#[derive(Debug, Clone, Copy)]
+struct Layer {
+    head: usize,
+    tail: usize,
+    /// The smallest index, i.e. the smallest path: the tie-breaker that
+    /// makes every choice above deterministic.
+    first: usize,
+    size: u64,
+    height: u32,
+}
+
+/// The successor of each path in its layer's chain.
+struct Chains {
+    next: Vec<usize>,
+}
+
+impl Chains {
+    const END: usize = usize::MAX;
+
+    fn new(n: usize) -> Chains {
+        Chains { next: vec![Chains::END; n] }
+    }
+
+    /// A layer of `paths` (at least one).
+    fn layer(&mut self, g: &IndexedGraph, heights: &[u32], paths: &[usize]) -> Layer {
+        for w in paths.windows(2) {
+            self.next[w[0]] = w[1];
+        }
         Layer {
+            head: paths[0],
+            tail: paths[paths.len() - 1],
             first: paths.iter().copied().min().unwrap_or(usize::MAX),
             size: paths.iter().map(|&v| g.sizes[v]).sum(),
             height: paths.iter().map(|&v| heights[v]).max().unwrap_or(0),
-            paths,
         }
     }
 
-    fn absorb(&mut self, mut other: Layer) {
-        self.size += other.size;
-        self.height = self.height.max(other.height);
-        self.first = self.first.min(other.first);
-        // The smaller list moves: linear-logarithmic over all merges.
-        if other.paths.len() > self.paths.len() {
-            std::mem::swap(&mut self.paths, &mut other.paths);
-        }
-        self.paths.extend(other.paths);
+    fn join(&mut self, into: &mut Layer, other: Layer) {
+        self.next[into.tail] = other.head;
+        into.tail = other.tail;
+        into.size += other.size;
+        into.height = into.height.max(other.height);
+        into.first = into.first.min(other.first);
     }
-}
 
-/// Splits one group by height, so that a library's version bump, which
-/// renames the library and what is above it, leaves the lower levels of
-/// every group alone; and each level by references: paths with the same
-/// references change together (a dependency's bump renames all of them),
-/// paths with different ones need not.
-fn split(g: &IndexedGraph, heights: &[u32], members: &[usize]) -> Vec<Vec<Layer>> {
-    let mut levels: BTreeMap<u32, BTreeMap<&[usize], Vec<usize>>> = BTreeMap::new();
-    for &v in members {
-        levels
-            .entry(heights[v])
-            .or_default()
-            .entry(g.refs[v].as_slice())
-            .or_default()
-            .push(v);
+    fn paths(&self, layer: &Layer) -> Vec<usize> {
+        let mut paths = vec![layer.head];
+        while let Some(&v) = paths.last().filter(|&&v| v != layer.tail) {
+            paths.push(self.next[v]);
+        }
+        paths
     }
-    levels
-        .into_values()
-        .map(|classes| {
-            classes
-                .into_values()
-                .map(|vs| Layer::of(g, heights, vs))
-                .collect()
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use strata_plugin_sdk::{store_name, ClosureGraph, NamedPath};
 
 /// The hook, its layers as store paths (the wire names them by index): what
