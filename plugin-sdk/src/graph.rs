@@ -206,6 +206,86 @@ impl<'a> IndexedGraph<'a> {
     }
 }
 
+/// Sets of paths that a strategy merges many times (thousands of merges on
+/// a 10,000-path closure): each set is a chain through one array of
+/// successors, so that a merge is two writes instead of a copy.
+#[derive(Debug, Clone)]
+pub struct Chains {
+    next: Vec<usize>,
+}
+
+/// One set of paths in [`Chains`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    head: usize,
+    tail: usize,
+}
+
+impl Chains {
+    /// Room for paths `0..n`, each in at most one chain.
+    pub fn new(n: usize) -> Chains {
+        Chains { next: vec![usize::MAX; n] }
+    }
+
+    /// A chain of `paths`, which must not be empty.
+    pub fn chain(&mut self, paths: &[usize]) -> Chain {
+        for w in paths.windows(2) {
+            self.next[w[0]] = w[1];
+        }
+        Chain {
+            head: paths[0],
+            tail: paths[paths.len() - 1],
+        }
+    }
+
+    /// Appends `other` to `into`; `other` must not be used again.
+    pub fn join(&mut self, into: &mut Chain, other: Chain) {
+        self.next[into.tail] = other.head;
+        into.tail = other.tail;
+    }
+
+    /// The paths of a chain, in the order they were joined.
+    pub fn paths(&self, chain: Chain) -> Vec<usize> {
+        let mut paths = vec![chain.head];
+        let mut v = chain.head;
+        while v != chain.tail {
+            v = self.next[v];
+            paths.push(v);
+        }
+        paths
+    }
+}
+
+/// Merges the two items with the lowest keys, again and again, until at
+/// most `budget` remain (Nixery's way to meet a layer budget, and the last
+/// resort of every strategy here). Keys should be unique (include the
+/// smallest path) so that the result does not depend on item order; equal
+/// keys are taken in item order. Returns the survivors in item order.
+pub fn merge_lowest<T, K: Ord>(
+    items: Vec<T>,
+    budget: usize,
+    key: impl Fn(&T) -> K,
+    mut merge: impl FnMut(&mut T, T),
+) -> Vec<T> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if items.len() <= budget {
+        return items;
+    }
+    let mut heap: BinaryHeap<_> = items.iter().enumerate().map(|(i, t)| Reverse((key(t), i))).collect();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    while heap.len() > budget.max(1) {
+        let (Some(Reverse((_, a))), Some(Reverse((_, b)))) = (heap.pop(), heap.pop()) else {
+            unreachable!("the heap holds more than one item")
+        };
+        let other = slots[b].take().expect("each item is in the heap once");
+        let into = slots[a].as_mut().expect("each item is in the heap once");
+        merge(into, other);
+        heap.push(Reverse((key(into), a)));
+    }
+    slots.into_iter().flatten().collect()
+}
+
 /// A random-looking DAG for grouping plugins' property tests: node `i`
 /// (`(nar size, reference picks, references itself)`) may reference only
 /// nodes after it, as Nix store graphs never cycle, each pick wrapped into
@@ -293,6 +373,23 @@ mod tests {
         let sorted = input(&[("/s/a", &[]), ("/s/b", &[0])], &[1]);
         let g = IndexedGraph::new(&sorted).unwrap();
         assert_eq!(g.layers("t", vec![vec![1, 0]]).layers, vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn chains_join_and_merges_take_the_lowest_keys() {
+        let mut chains = Chains::new(6);
+        let mut a = chains.chain(&[4, 0]);
+        let b = chains.chain(&[2]);
+        let c = chains.chain(&[5, 1, 3]);
+        chains.join(&mut a, b);
+        chains.join(&mut a, c);
+        assert_eq!(chains.paths(a), [4, 0, 2, 5, 1, 3]);
+        assert_eq!(chains.paths(b), [2]);
+        // (weight, name): a + b first, then the merged a + c, leaving two.
+        let items = vec![(5, "e"), (1, "a"), (3, "c"), (2, "b")];
+        let merged = merge_lowest(items, 2, |&(w, n)| (w, n), |x, y| *x = (x.0 + y.0, x.1));
+        assert_eq!(merged, [(5, "e"), (6, "a")]);
+        assert_eq!(merge_lowest(vec![(1, "a")], 0, |&x| x, |_, _| ()), [(1, "a")]);
     }
 
     #[test]

@@ -19,8 +19,7 @@
 //! `docs/layering.md` compares this with the `size` strategy.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use strata_plugin_sdk::graph::IndexedGraph;
+use strata_plugin_sdk::graph::{merge_lowest, Chain, Chains, IndexedGraph};
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
@@ -82,19 +81,19 @@ fn closure_over(g: &IndexedGraph, threshold: u64, postorder: &[usize]) -> Vec<bo
 }
 
 /// Immediate dominators, by Cooper, Harvey and Kennedy's iterative
-/// algorithm ("A Simple, Fast Dominance Algorithm", 2001). `succ[0]` is the
-/// entry. Every node must be reachable from it. Returns `idom[v]`, with
-/// `idom[0] == 0`.
-pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
-    let n = succ.len();
+/// algorithm ("A Simple, Fast Dominance Algorithm", 2001), of the graph of
+/// nodes `0..n` with successors `succ(v)` and entry `entry`. Every node must
+/// be reachable from the entry. Returns `idom[v]`, with
+/// `idom[entry] == entry`.
+pub fn dominators<'a>(n: usize, entry: usize, succ: impl Fn(usize) -> &'a [usize]) -> Vec<usize> {
     // Reverse postorder from the entry; successors are visited in the order
     // given, so the result is deterministic.
     let mut postorder = Vec::with_capacity(n);
     let mut seen = vec![false; n];
-    let mut stack = vec![(0usize, 0usize)];
-    seen[0] = true;
+    let mut stack = vec![(entry, 0usize)];
+    seen[entry] = true;
     while let Some(&mut (v, ref mut next)) = stack.last_mut() {
-        if let Some(&w) = succ[v].get(*next) {
+        if let Some(&w) = succ(v).get(*next) {
             *next += 1;
             if !seen[w] {
                 seen[w] = true;
@@ -109,15 +108,27 @@ pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
     for (i, &v) in postorder.iter().enumerate() {
         po_index[v] = i;
     }
-    let mut pred = vec![Vec::new(); n];
-    for (v, ws) in succ.iter().enumerate() {
-        for &w in ws {
-            pred[w].push(v);
+    // Predecessors, flat: `pred[pred_start[w]..pred_start[w + 1]]`.
+    let mut pred_start = vec![0usize; n + 1];
+    for v in 0..n {
+        for &w in succ(v) {
+            pred_start[w + 1] += 1;
+        }
+    }
+    for w in 0..n {
+        pred_start[w + 1] += pred_start[w];
+    }
+    let mut fill = pred_start.clone();
+    let mut pred = vec![0usize; pred_start[n]];
+    for v in 0..n {
+        for &w in succ(v) {
+            pred[fill[w]] = v;
+            fill[w] += 1;
         }
     }
     const UNDEF: usize = usize::MAX;
     let mut idom = vec![UNDEF; n];
-    idom[0] = 0;
+    idom[entry] = entry;
     let intersect = |idom: &[usize], mut a: usize, mut b: usize| {
         while a != b {
             while po_index[a] < po_index[b] {
@@ -134,7 +145,7 @@ pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
         changed = false;
         for &v in postorder.iter().rev().skip(1) {
             let mut new = UNDEF;
-            for &p in &pred[v] {
+            for &p in &pred[pred_start[v]..pred_start[v + 1]] {
                 if idom[p] == UNDEF {
                     continue;
                 }
@@ -154,8 +165,7 @@ pub fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
 }
 
 struct Candidate {
-    /// Path indices, in no particular order.
-    paths: Vec<usize>,
+    paths: Chain,
     /// The smallest index, i.e. the smallest path.
     first: usize,
     rating: u128,
@@ -163,15 +173,11 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn absorb(&mut self, mut other: Candidate) {
+    fn absorb(&mut self, chains: &mut Chains, other: Candidate) {
+        chains.join(&mut self.paths, other.paths);
         self.rating += other.rating;
         self.height = self.height.max(other.height);
         self.first = self.first.min(other.first);
-        // The smaller list moves: linear-logarithmic over all merges.
-        if other.paths.len() > self.paths.len() {
-            std::mem::swap(&mut self.paths, &mut other.paths);
-        }
-        self.paths.extend(other.paths);
     }
 }
 
@@ -186,7 +192,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         ));
     }
 
-    // Node 0 is the synthetic root; path i is node i + 1.
+    // Node i is path i; node n is the synthetic root.
     let (postorder, heights) = g.postorder_heights();
     let large = closure_over(&g, config.size_threshold, &postorder);
     let popularity = |i: usize| g.popularity[i];
@@ -194,42 +200,36 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     root_edges.extend((0..n).filter(|&i| popularity(i) >= config.popularity_threshold || large[i]));
     root_edges.sort_unstable();
     root_edges.dedup();
-    let mut succ: Vec<Vec<usize>> = Vec::with_capacity(n + 1);
-    succ.push(root_edges.iter().map(|&i| i + 1).collect());
-    succ.extend(g.refs.iter().map(|r| r.iter().map(|&j| j + 1).collect()));
     // Paths no root reaches (not a closure, strictly; tolerated) hang off
     // the root too, so that the output is still a partition.
-    let mut reach = vec![false; n + 1];
-    let mut stack = vec![0];
-    reach[0] = true;
-    let mut unreached = 1;
+    let mut reach = vec![false; n];
+    let mut stack = root_edges.clone();
+    let mut unreached = 0;
     loop {
         while let Some(v) = stack.pop() {
-            for &w in &succ[v] {
-                if !reach[w] {
-                    reach[w] = true;
-                    stack.push(w);
-                }
+            if !reach[v] {
+                reach[v] = true;
+                stack.extend(g.refs[v].iter().filter(|&&w| !reach[w]));
             }
         }
-        while unreached <= n && reach[unreached] {
+        while unreached < n && reach[unreached] {
             unreached += 1;
         }
-        if unreached > n {
+        if unreached == n {
             break;
         }
-        succ[0].push(unreached);
-        reach[unreached] = true;
+        root_edges.push(unreached);
         stack.push(unreached);
     }
+    let idom = dominators(n + 1, n, |v| if v == n { &root_edges } else { &g.refs[v] });
 
-    let idom = dominators(&succ);
-    // Each node's candidate is its ancestor just below the root.
-    let mut head = vec![usize::MAX; n + 1];
-    fn head_of(v: usize, idom: &[usize], head: &mut [usize]) -> usize {
+    // Each path's candidate is its ancestor just below the root: the
+    // candidate's head.
+    let mut head = vec![usize::MAX; n];
+    fn head_of(v: usize, root: usize, idom: &[usize], head: &mut [usize]) -> usize {
         let mut chain = Vec::new();
         let mut u = v;
-        while head[u] == usize::MAX && idom[u] != 0 {
+        while head[u] == usize::MAX && idom[u] != root {
             chain.push(u);
             u = idom[u];
         }
@@ -240,37 +240,39 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         }
         h
     }
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for v in 1..=n {
-        let h = head_of(v, &idom, &mut head);
-        groups.entry(h).or_default().push(v - 1);
+    let mut chains = Chains::new(n);
+    let mut candidate_of = vec![usize::MAX; n];
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for v in 0..n {
+        let h = head_of(v, n, &idom, &mut head);
+        let c = Candidate {
+            paths: chains.chain(&[v]),
+            first: v,
+            // The rating is the head's popularity times the candidate's
+            // size, so a single path's share is its own size.
+            rating: popularity(h) as u128 * g.sizes[v] as u128,
+            height: heights[v],
+        };
+        match candidate_of[h] {
+            usize::MAX => {
+                candidate_of[h] = candidates.len();
+                candidates.push(c);
+            }
+            i => candidates[i].absorb(&mut chains, c),
+        }
     }
 
     // Keyed by (rating, smallest path): unique, since paths are.
-    let mut queue: BTreeMap<(u128, usize), Candidate> = groups
-        .into_iter()
-        .map(|(h, paths)| {
-            let size: u128 = paths.iter().map(|&i| g.sizes[i] as u128).sum();
-            let c = Candidate {
-                rating: popularity(h - 1) as u128 * size,
-                height: paths.iter().map(|&i| heights[i]).max().unwrap_or(0),
-                first: paths.iter().copied().min().unwrap_or(usize::MAX),
-                paths,
-            };
-            ((c.rating, c.first), c)
-        })
-        .collect();
-    while queue.len() > input.budget as usize {
-        let (_, mut a) = queue.pop_first().expect("more than budget >= 1 candidates");
-        let (_, b) = queue.pop_first().expect("more than budget >= 1 candidates");
-        a.absorb(b);
-        queue.insert((a.rating, a.first), a);
-    }
-    let mut candidates: Vec<Candidate> = queue.into_values().collect();
-    candidates.sort_by_key(|c| (c.height, c.first));
+    let mut candidates = merge_lowest(
+        candidates,
+        input.budget as usize,
+        |c| (c.rating, c.first),
+        |a, b| a.absorb(&mut chains, b),
+    );
+    candidates.sort_unstable_by_key(|c| (c.height, c.first));
     Ok(g.layers(
         "popularity",
-        candidates.into_iter().map(|c| c.paths).collect(),
+        candidates.iter().map(|c| chains.paths(c.paths)).collect(),
     ))
 }
 
@@ -336,14 +338,14 @@ mod tests {
     fn dominators_of_a_diamond() {
         // 0 -> 1, 2; 1 -> 3; 2 -> 3; 3 -> 4
         let succ = vec![vec![1, 2], vec![3], vec![3], vec![4], vec![]];
-        assert_eq!(dominators(&succ), vec![0, 0, 0, 0, 3]);
+        assert_eq!(dominators(succ.len(), 0, |v| &succ[v]), vec![0, 0, 0, 0, 3]);
     }
 
     #[test]
     fn dominators_with_loops() {
         // 0 -> 1 -> 2 -> 1, 2 -> 3
         let succ = vec![vec![1], vec![2], vec![1, 3], vec![]];
-        assert_eq!(dominators(&succ), vec![0, 0, 1, 2]);
+        assert_eq!(dominators(succ.len(), 0, |v| &succ[v]), vec![0, 0, 1, 2]);
     }
 
     #[test]

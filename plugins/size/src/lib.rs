@@ -33,7 +33,7 @@
 
 use serde::Deserialize;
 use rustc_hash::FxHashMap;
-use strata_plugin_sdk::graph::IndexedGraph;
+use strata_plugin_sdk::graph::{merge_lowest, Chain, Chains, IndexedGraph};
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
@@ -128,7 +128,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     for level in order.chunk_by(|&a, &b| group[a] == group[b] && heights[a] == heights[b]) {
         levels.push((classes.len(), group[level[0]]));
         for members in level.chunk_by(|&a, &b| class[a] == class[b]) {
-            classes.push(chains.layer(&g, &heights, members));
+            classes.push(Layer::of(&mut chains, &g, &heights, members));
         }
     }
     levels.push((classes.len(), usize::MAX));
@@ -159,7 +159,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
             count -= end - start - 1;
             for c in start + 1..end {
                 let upper = classes[c];
-                chains.join(&mut classes[start], upper);
+                classes[start].absorb(&mut chains, upper);
                 alive[c] = false;
             }
         }
@@ -183,9 +183,9 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     };
     // Then the two smallest layers, keyed by (size, smallest path): unique,
     // since paths are.
-    let mut layers = merge_smallest(&mut chains, layers, budget);
+    let mut layers = merge_lowest(layers, budget, |l| (l.size, l.first), |a, b| a.absorb(&mut chains, b));
     layers.sort_unstable_by_key(|l| (l.height, l.first));
-    Ok(g.layers("size", layers.iter().map(|l| chains.paths(l)).collect()))
+    Ok(g.layers("size", layers.iter().map(|l| chains.paths(l.paths)).collect()))
 }
 
 /// For each path that is not an owner, the set of owners reaching it
@@ -270,28 +270,6 @@ fn owner_keys(g: &IndexedGraph, owner: &[bool], postorder: &[usize]) -> OwnerKey
     keys
 }
 
-/// Merges the two smallest layers (bytes, then smallest path) until
-/// `budget` remain.
-fn merge_smallest(chains: &mut Chains, mut layers: Vec<Layer>, budget: usize) -> Vec<Layer> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    if layers.len() <= budget {
-        return layers;
-    }
-    let key = |l: &Layer, i: usize| Reverse((l.size, l.first, i));
-    let mut heap: BinaryHeap<_> = layers.iter().enumerate().map(|(i, l)| key(l, i)).collect();
-    let mut alive = vec![true; layers.len()];
-    while heap.len() > budget {
-        let Reverse((_, _, a)) = heap.pop().expect("more than budget >= 1 layers");
-        let Reverse((_, _, b)) = heap.pop().expect("more than budget >= 1 layers");
-        let upper = layers[b];
-        chains.join(&mut layers[a], upper);
-        alive[b] = false;
-        heap.push(key(&layers[a], a));
-    }
-    layers.into_iter().zip(alive).filter_map(|(l, alive)| alive.then_some(l)).collect()
-}
-
 /// Joins adjacent levels of a group (`layers` are `(layer, group)` in group
 /// order, then level order), the pair with the fewest combined bytes first
 /// (then the smallest path, then the lowest group and level), until
@@ -324,7 +302,7 @@ fn join_levels(chains: &mut Chains, layers: Vec<(Layer, usize)>, budget: usize) 
             continue;
         }
         let upper = slots[b];
-        chains.join(&mut slots[a], upper);
+        slots[a].absorb(chains, upper);
         alive[b] = false;
         version[a] += 1;
         next[a] = next[b];
@@ -340,13 +318,9 @@ fn join_levels(chains: &mut Chains, layers: Vec<(Layer, usize)>, budget: usize) 
     slots.into_iter().zip(alive).filter_map(|(l, alive)| alive.then_some(l)).collect()
 }
 
-/// A layer's paths are a chain through [`Chains`], so that joining two
-/// layers is two writes, not a copy: on a 10,000-path closure the joins
-/// are in the thousands.
 #[derive(Debug, Clone, Copy)]
 struct Layer {
-    head: usize,
-    tail: usize,
+    paths: Chain,
     /// The smallest index, i.e. the smallest path: the tie-breaker that
     /// makes every choice above deterministic.
     first: usize,
@@ -354,46 +328,22 @@ struct Layer {
     height: u32,
 }
 
-/// The successor of each path in its layer's chain.
-struct Chains {
-    next: Vec<usize>,
-}
-
-impl Chains {
-    const END: usize = usize::MAX;
-
-    fn new(n: usize) -> Chains {
-        Chains { next: vec![Chains::END; n] }
-    }
-
+impl Layer {
     /// A layer of `paths` (at least one).
-    fn layer(&mut self, g: &IndexedGraph, heights: &[u32], paths: &[usize]) -> Layer {
-        for w in paths.windows(2) {
-            self.next[w[0]] = w[1];
-        }
+    fn of(chains: &mut Chains, g: &IndexedGraph, heights: &[u32], paths: &[usize]) -> Layer {
         Layer {
-            head: paths[0],
-            tail: paths[paths.len() - 1],
+            paths: chains.chain(paths),
             first: paths.iter().copied().min().unwrap_or(usize::MAX),
             size: paths.iter().map(|&v| g.sizes[v]).sum(),
             height: paths.iter().map(|&v| heights[v]).max().unwrap_or(0),
         }
     }
 
-    fn join(&mut self, into: &mut Layer, other: Layer) {
-        self.next[into.tail] = other.head;
-        into.tail = other.tail;
-        into.size += other.size;
-        into.height = into.height.max(other.height);
-        into.first = into.first.min(other.first);
-    }
-
-    fn paths(&self, layer: &Layer) -> Vec<usize> {
-        let mut paths = vec![layer.head];
-        while let Some(&v) = paths.last().filter(|&&v| v != layer.tail) {
-            paths.push(self.next[v]);
-        }
-        paths
+    fn absorb(&mut self, chains: &mut Chains, other: Layer) {
+        chains.join(&mut self.paths, other.paths);
+        self.size += other.size;
+        self.height = self.height.max(other.height);
+        self.first = self.first.min(other.first);
     }
 }
 
