@@ -1,5 +1,6 @@
-//! The wire types of every hook. The host serialises the input type to JSON,
-//! the guest answers with the output type; both sides compile this file, so a
+//! The wire types of every hook. The host sends the input type (as JSON, or
+//! for `group_layers` in the compact form of [`crate::wire`]) and the guest
+//! answers with the output type as JSON; both sides compile this file, so a
 //! field can never mean two things.
 //!
 //! Only integers and strings cross the wire (no floats): serde_json's float

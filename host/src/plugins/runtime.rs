@@ -210,7 +210,7 @@ impl Loaded {
         if version as i64 != expected as i64 {
             anyhow::bail!(
                 "built for plugin ABI version {version}, but this Strata speaks version {expected}; \
-                 rebuild the plugin against strata-plugin-sdk {expected}"
+                 rebuild the plugin against a strata-plugin-sdk that speaks ABI {expected}"
             );
         }
         Ok(loaded)
