@@ -7,7 +7,7 @@ use crate::{Envelope, PluginError};
 use serde::Serialize;
 
 /// Hands the host a buffer of `len` bytes. The buffer is leaked until the
-/// guest takes it back in [`take`] or the host calls `strata_dealloc`.
+/// guest takes it back (`take`, when a hook is called) or the host calls `strata_dealloc`.
 pub fn alloc(len: i32) -> i32 {
     let len = len.max(0) as usize;
     let mut buf = Vec::<u8>::with_capacity(len);
