@@ -18,10 +18,12 @@
 //!    path, a property of the path's own closure). A version bump of a
 //!    library renames it and everything above it; the levels below keep
 //!    their layers. It also keeps a big private dependency tree from
-//!    becoming one catch-all layer.
-//! 4. Over budget, first the levels of a group are joined again, cheapest
-//!    adjacent pair first (combined bytes, then smallest path); when every
-//!    group is whole, the two smallest layers are merged, repeatedly.
+//!    becoming one catch-all layer. Each level is split again into classes
+//!    of paths with the same references, which change together.
+//! 4. Over budget, first the classes of a level are joined again (smallest
+//!    level first), then the levels of a group, cheapest adjacent pair
+//!    first (combined bytes, then smallest path); when every group is
+//!    whole, the two smallest layers are merged, repeatedly.
 //! 5. Order, base-most first: by height (longest reference chain below the
 //!    layer's paths) ascending, then by smallest path. Both are properties of
 //!    the layer's own paths, so the order of shared layers is the same in
