@@ -137,6 +137,28 @@ impl<'a> IndexedGraph<'a> {
         })
     }
 
+    /// Each path's referrers in the closure, ascending: the references
+    /// turned around.
+    pub fn referrers(&self) -> Refs {
+        let n = self.len();
+        let mut start = vec![0usize; n + 1];
+        for &w in &self.refs.flat {
+            start[w + 1] += 1;
+        }
+        for w in 0..n {
+            start[w + 1] += start[w];
+        }
+        let mut fill = start.clone();
+        let mut flat = vec![0usize; self.refs.flat.len()];
+        for v in 0..n {
+            for &w in &self.refs[v] {
+                flat[fill[w]] = v;
+                fill[w] += 1;
+            }
+        }
+        Refs { start, flat }
+    }
+
     /// Every path after the paths it references (a postorder of the
     /// references, starting from paths in index order), and each path's
     /// height: the longest reference chain below it, 0 for a leaf. Height is
@@ -366,6 +388,7 @@ mod tests {
         let g = IndexedGraph::new(&unsorted).unwrap();
         assert_eq!(g.paths, ["/s/a", "/s/b"]);
         assert_eq!(g.refs.iter().collect::<Vec<_>>(), [&[][..], &[0][..]]);
+        assert_eq!(g.referrers().iter().collect::<Vec<_>>(), [&[1][..], &[][..]]);
         assert_eq!(g.roots, [1]);
         assert_eq!(g.sizes, [4, 4]);
         // Output goes back to wire indices.

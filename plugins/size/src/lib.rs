@@ -114,11 +114,12 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // references, which change together (a dependency's bump renames all of
     // them) while paths with different ones need not. Class order within a
     // level breaks no tie either; levels must follow height order.
+    let referrers = g.referrers();
     let mut class = vec![0usize; n];
-    let mut class_of: FxHashMap<(usize, u32, &[usize]), usize> = FxHashMap::default();
+    let mut class_of: FxHashMap<(usize, u32, &[usize], &[usize]), usize> = FxHashMap::default();
     for v in 0..n {
         let next = class_of.len();
-        class[v] = *class_of.entry((group[v], heights[v], &g.refs[v])).or_insert(next);
+        class[v] = *class_of.entry((group[v], heights[v], &g.refs[v], &referrers[v])).or_insert(next);
     }
     drop(class_of);
     let mut order: Vec<usize> = (0..n).collect();

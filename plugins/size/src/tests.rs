@@ -189,40 +189,39 @@ fn owners_stop_the_walk() {
 }
 
 #[test]
-fn groups_split_by_height_and_references() {
-    // One private group of three levels: a bump of `mid1` leaves `low`'s
-    // layer alone. The middle level splits by references: `mid2` does not
-    // depend on `low1`, so a bump of `low1` leaves it alone.
+fn groups_split_by_height_references_and_referrers() {
+    // One private group of three levels: a bump of `mid1` leaves the
+    // lowest level alone. Each level splits into paths with the same
+    // references and referrers: `mid2` does not depend on `low1`, so a bump
+    // of `low1` leaves it alone; `low3`, needed only by `mid2`, stays apart
+    // from `mid1`'s libraries, so that a package needing only one of them
+    // later splits no layer.
     let mut u = Universe::default();
-    u.add("app", MB, &["mid1", "mid2", "low1"])
+    u.add("app", MB, &["mid1", "mid2"])
         .add("mid1", MB, &["low1", "low2"])
-        .add("mid2", MB, &["low2"])
+        .add("mid2", MB, &["low3"])
         .add("low1", MB, &[])
-        .add("low2", MB, &[]);
+        .add("low2", MB, &[])
+        .add("low3", MB, &[]);
     let out = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
     let layers = names(&out);
-    assert_eq!(layers[0], vec!["low1", "low2"]);
-    assert_eq!(
-        sorted(layers[1..3].to_vec()),
-        vec![vec!["mid1"], vec!["mid2"]]
-    );
-    assert_eq!(layers[3], vec!["app"]);
-    u.add("mid1", MB, &["low1", "low2", "new"])
-        .add("new", MB, &[]);
+    assert_eq!(sorted(layers[0..2].to_vec()), vec![vec!["low1", "low2"], vec!["low3"]]);
+    assert_eq!(sorted(layers[2..4].to_vec()), vec![vec!["mid1"], vec!["mid2"]]);
+    assert_eq!(layers[4], vec!["app"]);
+    u.add("mid1", MB, &["low1", "low2", "new"]).add("new", MB, &[]);
     let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(names(&bumped)[0], vec!["low1", "low2", "new"]);
-    assert!(bumped
-        .layers
-        .contains(&vec![u.path("mid2")]));
+    assert!(names(&bumped).contains(&vec!["low1", "low2", "new"]));
+    assert!(bumped.layers.contains(&vec![u.path("mid2")]));
+    assert!(bumped.layers.contains(&vec![u.path("low3")]));
     u.add("mid1", 2 * MB, &["low1", "low2"]);
     let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
-    assert_eq!(bumped.layers[0], out.layers[0]);
+    assert_eq!(bumped.layers[..2], out.layers[..2]);
 
-    // Over budget, whole levels give up their reference classes first.
+    // Over budget, whole levels give up their classes first.
     let out = group_layers(u.input(&["app"], 3, json!(null))).unwrap();
     assert_eq!(
         names(&out),
-        vec![vec!["low1", "low2"], vec!["mid1", "mid2"], vec!["app"]]
+        vec![vec!["low1", "low2", "low3"], vec!["mid1", "mid2"], vec!["app"]]
     );
 }
 
