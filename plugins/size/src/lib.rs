@@ -19,7 +19,8 @@
 //!    library renames it and everything above it; the levels below keep
 //!    their layers. It also keeps a big private dependency tree from
 //!    becoming one catch-all layer. Each level is split again into classes
-//!    of paths with the same references, which change together.
+//!    of paths with the same references (they change together) and the same
+//!    referrers (a later package needing only some of them splits nothing).
 //! 4. Over budget, first the classes of a level are joined again (smallest
 //!    level first), then the levels of a group, cheapest adjacent pair
 //!    first (combined bytes, then smallest path); when every group is
@@ -112,8 +113,11 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // bump, which renames the library and what is above it, leaves the lower
     // levels alone; each level into classes of paths with the same
     // references, which change together (a dependency's bump renames all of
-    // them) while paths with different ones need not. Class order within a
-    // level breaks no tie either; levels must follow height order.
+    // them) while paths with different ones need not, and the same
+    // referrers: a later package that needs one of several libraries would
+    // otherwise split their layer and have it downloaded again in parts.
+    // Class order within a level breaks no tie either; levels must follow
+    // height order.
     let referrers = g.referrers();
     let mut class = vec![0usize; n];
     let mut class_of: FxHashMap<(usize, u32, &[usize], &[usize]), usize> = FxHashMap::default();
