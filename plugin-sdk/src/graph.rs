@@ -54,6 +54,31 @@ impl Refs {
     }
 }
 
+impl Refs {
+    /// The edges of the graph of nodes `0..n` with successors `succ(v)`,
+    /// turned around: each node's predecessors, ascending.
+    pub fn reversed<'a>(n: usize, succ: impl Fn(usize) -> &'a [usize]) -> Refs {
+        let mut start = vec![0usize; n + 1];
+        for v in 0..n {
+            for &w in succ(v) {
+                start[w + 1] += 1;
+            }
+        }
+        for w in 0..n {
+            start[w + 1] += start[w];
+        }
+        let mut fill = start.clone();
+        let mut flat = vec![0usize; start[n]];
+        for v in 0..n {
+            for &w in succ(v) {
+                flat[fill[w]] = v;
+                fill[w] += 1;
+            }
+        }
+        Refs { start, flat }
+    }
+}
+
 impl std::ops::Index<usize> for Refs {
     type Output = [usize];
 
@@ -137,26 +162,9 @@ impl<'a> IndexedGraph<'a> {
         })
     }
 
-    /// Each path's referrers in the closure, ascending: the references
-    /// turned around.
+    /// Each path's referrers in the closure, ascending.
     pub fn referrers(&self) -> Refs {
-        let n = self.len();
-        let mut start = vec![0usize; n + 1];
-        for &w in &self.refs.flat {
-            start[w + 1] += 1;
-        }
-        for w in 0..n {
-            start[w + 1] += start[w];
-        }
-        let mut fill = start.clone();
-        let mut flat = vec![0usize; self.refs.flat.len()];
-        for v in 0..n {
-            for &w in &self.refs[v] {
-                flat[fill[w]] = v;
-                fill[w] += 1;
-            }
-        }
-        Refs { start, flat }
+        Refs::reversed(self.len(), |v| &self.refs[v])
     }
 
     /// Every path after the paths it references (a postorder of the

@@ -19,7 +19,7 @@
 //! `docs/layering.md` compares this with the `size` strategy.
 
 use serde::Deserialize;
-use strata_plugin_sdk::graph::{merge_lowest, Chain, Chains, IndexedGraph};
+use strata_plugin_sdk::graph::{merge_lowest, Chain, Chains, IndexedGraph, Refs};
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
@@ -108,24 +108,7 @@ pub fn dominators<'a>(n: usize, entry: usize, succ: impl Fn(usize) -> &'a [usize
     for (i, &v) in postorder.iter().enumerate() {
         po_index[v] = i;
     }
-    // Predecessors, flat: `pred[pred_start[w]..pred_start[w + 1]]`.
-    let mut pred_start = vec![0usize; n + 1];
-    for v in 0..n {
-        for &w in succ(v) {
-            pred_start[w + 1] += 1;
-        }
-    }
-    for w in 0..n {
-        pred_start[w + 1] += pred_start[w];
-    }
-    let mut fill = pred_start.clone();
-    let mut pred = vec![0usize; pred_start[n]];
-    for v in 0..n {
-        for &w in succ(v) {
-            pred[fill[w]] = v;
-            fill[w] += 1;
-        }
-    }
+    let pred = Refs::reversed(n, &succ);
     const UNDEF: usize = usize::MAX;
     let mut idom = vec![UNDEF; n];
     idom[entry] = entry;
@@ -145,7 +128,7 @@ pub fn dominators<'a>(n: usize, entry: usize, succ: impl Fn(usize) -> &'a [usize
         changed = false;
         for &v in postorder.iter().rev().skip(1) {
             let mut new = UNDEF;
-            for &p in &pred[pred_start[v]..pred_start[v + 1]] {
+            for &p in &pred[v] {
                 if idom[p] == UNDEF {
                     continue;
                 }
