@@ -226,6 +226,27 @@ fn groups_split_by_height_references_and_referrers() {
 }
 
 #[test]
+fn a_package_needing_one_shared_library_splits_no_layer() {
+    // `xz` and `bzip2` have the same key ({app}), height and references,
+    // but different referrers. A later package that needs only `bzip2`
+    // moves it to another group; had the two shared a layer, the client
+    // would download both again in two new layers.
+    let mut u = Universe::default();
+    u.add("app", MB, &["libxml2", "freetype"])
+        .add("libxml2", MB, &["xz"])
+        .add("freetype", MB, &["bzip2"])
+        .add("xz", MB, &[])
+        .add("bzip2", MB, &[])
+        .add("bimoko", MB, &["bzip2"]);
+    let before = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    let after = group_layers(u.input(&["app", "bimoko"], 90, json!(null))).unwrap();
+    for layer in &before.layers {
+        assert!(after.layers.contains(layer), "layer {layer:?} is gone");
+    }
+    assert_eq!(after.layers.len(), before.layers.len() + 1);
+}
+
+#[test]
 fn budget_merges_smallest_first() {
     let mut u = Universe::default();
     u.add("a", 10, &[])
