@@ -40,6 +40,10 @@ const LOAD_HOSTILE: &[(&str, &str)] = &[
     ("start_loop", "strata_abi_version ran out of fuel"),
     ("big_memory", "strata_abi_version exceeded its memory limit (64 MiB)"),
     ("lying_info", "declares the hooks [expand_names] but the module exports [group_layers]"),
+    // A wait on shared memory would block its thread past any fuel limit;
+    // wasmtime is built without its `threads` feature (host/Cargo.toml), so
+    // such a module does not compile.
+    ("atomic_wait", "threads must be enabled for shared memories"),
 ];
 
 /// Less than the default 2e9 (which an empty loop takes ~2 s to burn) to keep
