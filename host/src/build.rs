@@ -20,7 +20,7 @@ use crate::manifest::{self, Format, LayerDescription};
 use crate::nix::{NixOptions, NixRunner, Resolved};
 use crate::plugins::{Plugin, PluginSet};
 use crate::storage::Storage;
-use strata_plugin_sdk::{Expansion, GroupInput, Layers, SourceInput, SourceOutput, StorePath};
+use strata_plugin_sdk::{store_name, ClosureGraph, Expansion, GroupInput, Layers, SourceInput, SourceOutput, StorePath};
 
 /// A manifest as served: its bytes and their digest.
 #[derive(Debug, Clone)]
@@ -362,17 +362,15 @@ impl Builder {
 
         // 4. Layers: pack each group (in parallel, each one at most once
         //    ever), then the final layer with the symlink forest.
-        let nar_sizes: HashMap<&str, u64> =
-            resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
         let layer_paths = grouping.named(&resolved.graph);
+        let layer_nars = nar_sizes(&resolved.graph, &grouping);
         self.stage("packing layers");
         // All of them run to their end even when one fails: a layer dropped
         // mid-way would leave its staged bytes behind (its packing thread
         // cannot be cancelled), one that ends discards or publishes them.
-        let packed = futures::future::join_all(layer_paths.iter().enumerate().map(|(i, paths)| {
-            let nar: u64 = paths.iter().filter_map(|p| nar_sizes.get(p.as_str())).sum();
-            self.store_path_layer(i, paths.clone(), nar)
-        }))
+        let packed = futures::future::join_all(
+            layer_paths.iter().zip(&layer_nars).enumerate().map(|(i, (paths, &nar))| self.store_path_layer(i, paths.clone(), nar)),
+        )
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
@@ -431,11 +429,11 @@ impl Builder {
 
         let mut layer_summaries: Vec<LayerSummary> = packed
             .iter()
-            .zip(&layer_paths)
-            .map(|(blobs, paths)| LayerSummary {
+            .zip(layer_paths.iter().zip(&layer_nars))
+            .map(|(blobs, (paths, &nar_size))| LayerSummary {
                 digest: blobs[0].digest.clone(),
                 size: blobs[0].size,
-                nar_size: paths.iter().map(|p| nar_sizes.get(p.as_str()).copied().unwrap_or(0)).sum(),
+                nar_size,
                 paths: paths.clone(),
             })
             .collect();
@@ -483,15 +481,11 @@ impl Builder {
     pub async fn inspect(&self, name: &str, tag: &str) -> Result<Inspection> {
         let plan = self.plan(name, tag).await?;
         let (resolved, grouping) = self.resolve_and_group(&plan).await?;
-        let sizes: HashMap<&str, u64> =
-            resolved.graph.paths.iter().map(|p| (p.path.as_str(), p.nar_size)).collect();
         let layers = grouping
             .named(&resolved.graph)
             .into_iter()
-            .map(|paths| InspectedLayer {
-                nar_size: paths.iter().filter_map(|p| sizes.get(p.as_str())).sum(),
-                paths,
-            })
+            .zip(nar_sizes(&resolved.graph, &grouping))
+            .map(|(paths, nar_size)| InspectedLayer { nar_size, paths })
             .collect();
         Ok(Inspection {
             name: name.to_string(),
@@ -688,16 +682,20 @@ impl moka::Expiry<(String, String), Arc<Image>> for ImageExpiry {
     }
 }
 
+/// Each layer's NAR bytes, summed over the indices the grouping names its
+/// paths by (checked against the graph before this).
+fn nar_sizes(graph: &ClosureGraph, grouping: &Layers) -> Vec<u64> {
+    grouping
+        .layers
+        .iter()
+        .map(|l| l.iter().filter_map(|&i| graph.paths.get(i as usize)).map(|p| p.nar_size).sum())
+        .collect()
+}
+
 /// `bash-5.2, coreutils-9.1, …` for a history entry.
 fn store_names(paths: &[String]) -> String {
     const SHOWN: usize = 8;
-    let names: Vec<&str> = paths
-        .iter()
-        .map(|p| {
-            let base = p.rsplit('/').next().unwrap_or(p);
-            base.split_once('-').map(|(_, n)| n).unwrap_or(base)
-        })
-        .collect();
+    let names: Vec<&str> = paths.iter().map(|p| store_name(p)).collect();
     let mut s = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));

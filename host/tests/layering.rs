@@ -263,7 +263,7 @@ fn dominated_name(
         for p in layer.iter().filter(|p| !roots.contains(p)) {
             let own = closure_of(closure, p);
             if layer.iter().any(|q| !own.contains(q)) {
-                let name = p.rsplit('/').next().unwrap().split_once('-').unwrap().1.to_string();
+                let name = strata_plugin_sdk::store_name(p).to_string();
                 return (p.clone(), name);
             }
         }
