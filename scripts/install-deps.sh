@@ -34,6 +34,11 @@ done
 if ! command -v npm >/dev/null; then
   missing+=(npm)
 fi
+# The same for pip: this kind of machine brings a CPython with pip; a plain
+# Debian python3 has none.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages already installed"
@@ -62,7 +67,9 @@ for pin in "${PIP_PINS[@]}"; do
 done
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "install-deps: pip installing ${pip_missing[*]}"
-  python3 -m pip install --quiet "${pip_missing[@]}"
+  # Debian's own python3 refuses system-wide installs unless told (PEP 668);
+  # the flag is harmless to a Python that is not Debian's.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet "${pip_missing[@]}"
 fi
 AZURITE_VERSION=3.35.0
 if [ "$(azurite-blob --version 2>/dev/null || true)" != "$AZURITE_VERSION" ]; then
