@@ -50,14 +50,16 @@ async fn builder(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Arc<Builder> {
 
 // ------------------------------------------------------- benchmark series
 
-/// Bytes a blob costs besides its contents: its entries in the image
-/// config (diff_id, history), its tar and gzip framing, and its first files
-/// compressed without context, measured at 200 to 1,100 B. Where `size` and
-/// `popularity` pull nearly the same store paths (the first pull, the bump),
-/// `size` pulls them in more blobs; beyond this allowance per extra blob, or
-/// 0.1% of the step, whichever is more, it must never pull more. A reuse
-/// regression is far larger (an earlier `size` pulled 2.7% more than
-/// `popularity` at the bump: ~140 KB at this scale, against ~20 KiB).
+/// Bytes a blob costs besides its contents: its entries in the manifest
+/// and the image config (descriptor, diff_id, history), its tar and gzip
+/// framing, and its first files compressed without context, measured at
+/// 300 to 1,100 B. Where `size` and `popularity` pull nearly the same store
+/// paths (the first pull, the bump), `size` pulls them in more blobs;
+/// beyond this allowance per extra blob, or 0.1% of the step, whichever is
+/// more, it must never pull more in all. A reuse regression is far larger
+/// (an earlier `size` pulled 2.7% more than `popularity` at the bump:
+/// ~140 KB at this scale, against ~20 KiB), and shows in the re-downloads,
+/// which have no allowance.
 const FRAMING_PER_BLOB: u64 = 1024;
 const FRAMING_SHARE: u64 = 1000;
 
@@ -67,12 +69,20 @@ fn check_goals(r: &Report) -> Vec<String> {
     let (size, single, popularity) = (row("size"), row("single layer"), row("popularity"));
     // Goal 1: after adding one package, size re-downloads at most 10% of
     // what the single layer does.
-    let (s2, l2) = (size.steps[1].new_bytes, single.steps[1].new_bytes);
-    if s2 * 10 > l2 {
-        failures.push(format!("after + 1 package size pulled {s2} B, over 10% of the single layer's {l2} B"));
+    let (s2, l2) = (size.steps[1].redownloaded, single.steps[1].redownloaded);
+    if s2 * 10 > l2 || l2 == 0 {
+        failures.push(format!("after + 1 package size re-downloaded {s2} B, over 10% of the single layer's {l2} B"));
     }
-    // Goal 2: never more than popularity (with popularity data).
+    // Goal 2: never more than popularity (with popularity data): no more
+    // re-downloads at any step, and in all bytes no more than the framing
+    // of its extra blobs.
     for ((a, b), step) in size.steps.iter().zip(&popularity.steps).zip(&r.steps) {
+        if a.redownloaded > b.redownloaded {
+            failures.push(format!(
+                "at `{}` size re-downloaded {} B, popularity {} B",
+                step.label, a.redownloaded, b.redownloaded
+            ));
+        }
         let allowance = (a.new_blobs.saturating_sub(b.new_blobs) as u64 * FRAMING_PER_BLOB).max(b.new_bytes / FRAMING_SHARE);
         if a.new_bytes > b.new_bytes + allowance {
             failures.push(format!(
@@ -81,11 +91,13 @@ fn check_goals(r: &Report) -> Vec<String> {
             ));
         }
     }
-    if size.total_pulled() > popularity.total_pulled() {
+    if size.total_pulled() > popularity.total_pulled() || size.total_redownloaded() > popularity.total_redownloaded() {
         failures.push(format!(
-            "over the series size pulled {} B, popularity {} B",
+            "over the series size pulled {} B (re-downloaded {} B), popularity {} B ({} B)",
             size.total_pulled(),
-            popularity.total_pulled()
+            size.total_redownloaded(),
+            popularity.total_pulled(),
+            popularity.total_redownloaded()
         ));
     }
     // And within Docker's limit, below the budget.
@@ -123,7 +135,7 @@ fn benchmark_series_meets_the_reuse_goals() {
     let report = runtime().block_on(bench_layering::run(&Config::default(), &opts)).unwrap();
     eprintln!("{}\n{}", report.markdown(), report.ratios());
     assert_eq!(report.rows.len(), 3);
-    assert!(report.rows.iter().all(|r| r.steps.iter().all(|s| s.skopeo_blobs == Some(s.new_blobs + 1))));
+    assert!(report.rows.iter().all(|r| r.steps.iter().all(|s| s.skopeo_blobs == Some(s.new_blobs))));
     // The series is what it claims: the added package brings new paths, the
     // bump renames a large part of the image.
     assert!(report.steps[1].new_path_bytes > 0 && report.steps[3].new_path_bytes * 4 > report.steps[3].closure_bytes);

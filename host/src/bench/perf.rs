@@ -198,7 +198,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     r.p1_registry = wrk(&format!("{}/v2/{SMALL}/manifests/latest", registry.base), args.seconds)?;
 
     // P2: the big image's largest layer, best of three each, alternating.
-    let Blob { digest, size } = big_layers.iter().max_by_key(|l| l.size).cloned().context("the big image has no layers")?;
+    let Blob { digest, size, .. } = big_layers.iter().max_by_key(|l| l.size).cloned().context("the big image has no layers")?;
     r.p2_blob_bytes = size;
     eprintln!("P2: GET of a {} blob, best of 3…", mib(size));
     let (mut s, mut g) = (0f64, 0f64);
@@ -512,7 +512,7 @@ fn blobs_of(manifest: &[u8]) -> Result<Vec<Blob>> {
 /// layer, read to the end (and counted, not kept).
 async fn pull(http: &reqwest::Client, base: &str, name: &str) -> Result<()> {
     let manifest = get_manifest(http, base, name).await?;
-    for Blob { digest, size } in blobs_of(&manifest)? {
+    for Blob { digest, size, .. } in blobs_of(&manifest)? {
         let mut resp = http.get(format!("{base}/v2/{name}/blobs/{digest}")).send().await?.error_for_status()?;
         let mut got = 0u64;
         while let Some(chunk) = resp.chunk().await? {

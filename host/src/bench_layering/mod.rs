@@ -23,14 +23,14 @@ pub mod skopeo;
 mod table;
 
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::build::Builder;
 use crate::config::Config;
-use pulls::{manifest_blobs, ClientCache, Pulled};
+use pulls::{manifest_blobs, Blob, ClientCache, Pulled};
 use series::{PackageSets, Release, Step};
 
 /// Docker refuses images of more layers (the reference row ignores it).
@@ -110,9 +110,13 @@ pub struct Options {
 /// One pull under one strategy.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
-    /// Blobs (config and layers) the client did not have, and their bytes.
+    /// Blobs (manifest, config and layers) the client did not have, and
+    /// their bytes.
     pub new_blobs: usize,
     pub new_bytes: u64,
+    /// The part of `new_bytes` that carried store paths the client already
+    /// had (see [`pulls`]): what the layering made it download again.
+    pub redownloaded: u64,
     /// Layers of the image, the symlink layer included.
     pub layers: usize,
     pub build_secs: f64,
@@ -138,6 +142,10 @@ impl Row {
 
     pub fn total_pulled(&self) -> u64 {
         self.steps.iter().map(|s| s.new_bytes).sum()
+    }
+
+    pub fn total_redownloaded(&self) -> u64 {
+        self.steps.iter().map(|s| s.redownloaded).sum()
     }
 }
 
@@ -279,11 +287,13 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
         let b = builders(base, &probe, &sets, &work.join("storage-probe"), &nix_work, None).await?;
         let mut infos = Vec::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut nar = HashMap::new();
         for step in &opts.series {
             eprintln!("bench: Nix builds {} ({:?} release)", step.image, step.release);
             let i = pick(&b, step.release).inspect(&step.image, "latest").await?;
             let new_path_bytes = i.closure.iter().filter(|p| !seen.contains(&p.path)).map(|p| p.nar_size).sum();
             seen.extend(i.closure.iter().map(|p| p.path.clone()));
+            nar.extend(i.closure.iter().map(|p| (p.path.clone(), p.nar_size)));
             if step.release == Release::Bumped && new_path_bytes == 0 {
                 anyhow::bail!(
                     "bumping {} renames nothing in {}: name a core library of generated.nix that it depends on",
@@ -300,12 +310,13 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
                 new_path_bytes,
             });
         }
-        infos
+        (infos, nar)
     };
+    let (steps, nar) = steps;
 
     let mut rows = Vec::new();
     for s in &opts.strategies {
-        rows.push(run_strategy(base, opts, s, &sets, &work, &nix_work, popularity.as_deref()).await?);
+        rows.push(run_strategy(base, opts, s, &sets, &work, &nix_work, popularity.as_deref(), &nar).await?);
     }
     let default_group = Config::default().plugins.group;
     Ok(Report { scale: opts.scale, steps, rows, skopeo_checked: opts.skopeo, default_group })
@@ -319,6 +330,7 @@ async fn run_strategy(
     work: &Path,
     nix_work: &Path,
     popularity: Option<&Path>,
+    nar: &HashMap<String, u64>,
 ) -> anyhow::Result<Row> {
     let dir = work.join("strategies").join(slug(&s.label));
     if dir.exists() {
@@ -335,9 +347,15 @@ async fn run_strategy(
         let started = Instant::now();
         let image = builder.image(&step.image, "latest").await?;
         let build_secs = started.elapsed().as_secs_f64();
-        let blobs = manifest_blobs(&image.oci.bytes).map_err(|e| anyhow::anyhow!("{}: {e}", step.image))?;
+        let mut blobs = manifest_blobs(&image.oci.bytes).map_err(|e| anyhow::anyhow!("{}: {e}", step.image))?;
+        // The summary lists the manifest's layers in the same order.
+        for (blob, layer) in blobs[1..].iter_mut().zip(&image.summary.layers) {
+            blob.paths = layer.paths.iter().map(|p| (p.clone(), nar.get(p).copied().unwrap_or(0))).collect();
+        }
+        let manifest = Blob { digest: image.oci.digest.clone(), size: image.oci.bytes.len() as u64, paths: Vec::new() };
         let before = cache.clone();
-        let Pulled { blobs: new_blobs, bytes: new_bytes } = cache.pull(&blobs);
+        let Pulled { blobs: new_blobs, bytes: new_bytes, redownloaded } =
+            cache.pull(&[std::slice::from_ref(&manifest), &blobs].concat());
         let skopeo_blobs = match &served {
             Some(servers) => {
                 let addr = servers[if step.release == Release::Current { 0 } else { 1 }].addr;
@@ -356,7 +374,7 @@ async fn run_strategy(
             build_secs,
             indicatif::HumanBytes(new_bytes)
         );
-        steps.push(StepResult { new_blobs, new_bytes, layers: blobs.len() - 1, build_secs, skopeo_blobs });
+        steps.push(StepResult { new_blobs, new_bytes, redownloaded, layers: blobs.len() - 1, build_secs, skopeo_blobs });
     }
     drop(served);
     let stored_bytes = b[0].storage.list(crate::storage::BLOB_PREFIX).await?.iter().map(|o| o.size).sum();
