@@ -442,6 +442,11 @@ pub struct Args {
     /// generated.nix: zlib, openssl, ncurses, xz, libpng, ...).
     #[arg(long, default_value = series::BUMP_LIB)]
     pub bump_lib: String,
+    /// A series of your own instead of base/added/other/bump: the images in
+    /// the order pulled, one `--image` each; `bumped:NAME` builds NAME from
+    /// the release with `--bump-lib` bumped.
+    #[arg(long = "image", value_name = "[bumped:]NAME")]
+    pub images: Vec<String>,
     /// Do not pull the images with skopeo (the counts then come from the
     /// manifests alone).
     #[arg(long)]
@@ -472,7 +477,11 @@ pub async fn cli(args: Args) -> anyhow::Result<()> {
     let opts = Options {
         work_dir: work_dir.clone(),
         scale: args.scale,
-        series: series::series(&args.base, &args.added, &args.other, &args.bump_lib),
+        series: if args.images.is_empty() {
+            series::series(&args.base, &args.added, &args.other, &args.bump_lib)
+        } else {
+            series::custom_series(&args.images).map_err(anyhow::Error::msg)?
+        },
         bump_lib: args.bump_lib.clone(),
         strategies: default_strategies(args.scale, custom.as_deref()),
         popularity_data: !args.no_popularity_data,

@@ -56,6 +56,36 @@ pub fn series(base: &str, added: &str, other: &str, bump_lib: &str) -> Vec<Step>
     ]
 }
 
+/// A series of the caller's own: one image per entry, pulled in order; an
+/// entry written `bumped:NAME` is built from the release with the library
+/// bumped. Labels are the images themselves, or what each adds to the
+/// first image when it starts with it.
+pub fn custom_series(images: &[String]) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    for entry in images {
+        let (image, release) = match entry.strip_prefix("bumped:") {
+            Some(rest) => (rest, Release::Bumped),
+            None => (entry.as_str(), Release::Current),
+        };
+        if image.is_empty() {
+            return Err(format!("{entry:?} names no image"));
+        }
+        let label = match steps.first() {
+            Some(Step { image: first, .. }) => match image.strip_prefix(first.as_str()).and_then(|r| r.strip_prefix('/')) {
+                Some(added) => format!("+ {added}"),
+                None => image.to_string(),
+            },
+            None => image.to_string(),
+        };
+        let label = if release == Release::Bumped { format!("{label}, bumped") } else { label };
+        steps.push(Step { label, image: image.to_string(), release });
+    }
+    if steps.is_empty() {
+        return Err("a series needs at least one image".into());
+    }
+    Ok(steps)
+}
+
 /// [`series`] with the packages above.
 pub fn default_series() -> Vec<Step> {
     series(BASE, ADDED, OTHER, BUMP_LIB)
@@ -128,6 +158,19 @@ mod tests {
         assert_eq!(s[3].image, s[1].image);
         assert_eq!(s[3].release, Release::Bumped);
         assert!(s[..3].iter().all(|st| st.release == Release::Current));
+    }
+
+    #[test]
+    fn custom_series_labels_what_each_image_adds() {
+        let images = ["shell/git", "shell/git/jq", "hello", "bumped:shell/git/jq"].map(String::from);
+        let s = custom_series(&images).unwrap();
+        let labels: Vec<&str> = s.iter().map(|st| st.label.as_str()).collect();
+        assert_eq!(labels, ["shell/git", "+ jq", "hello", "+ jq, bumped"]);
+        assert_eq!(s[3].image, "shell/git/jq");
+        assert_eq!(s[3].release, Release::Bumped);
+        assert!(s[..3].iter().all(|st| st.release == Release::Current));
+        assert!(custom_series(&[]).is_err());
+        assert!(custom_series(&["bumped:".into()]).is_err());
     }
 
     #[test]
