@@ -97,19 +97,22 @@ pub fn ratios(r: &Report) -> String {
         }
         for other in r.rows.iter().filter(|row| row.group == "popularity") {
             let pairs = || size.steps.iter().zip(&other.steps).zip(&r.steps);
-            let per = |f: fn(&super::StepResult) -> u64| {
-                pairs().map(|((a, b), i)| format!("{} {}", i.label, pct(f(a), f(b)))).collect::<Vec<_>>().join(", ")
-            };
+            let again: Vec<String> = pairs()
+                .map(|((a, b), i)| format!("{} {} vs {}", i.label, bytes(a.redownloaded), bytes(b.redownloaded)))
+                .collect();
+            let pulled: Vec<String> =
+                pairs().map(|((a, b), i)| format!("{} {}", i.label, pct(a.new_bytes, b.new_bytes))).collect();
             let over_again: Vec<String> = pairs()
                 .filter(|((a, b), _)| a.redownloaded > b.redownloaded)
                 .map(|((a, b), i)| format!("`{}` by {} B", i.label, a.redownloaded - b.redownloaded))
                 .collect();
             writeln!(
                 s,
-                "re-downloaded, size / {} per step: {}; total {} (goal: at most 100% at every step: {})",
+                "re-downloaded, size vs {} per step: {}; total {} vs {} (goal: no more at any step: {})",
                 other.label,
-                per(|st| st.redownloaded),
-                pct(size.total_redownloaded(), other.total_redownloaded()),
+                again.join(", "),
+                bytes(size.total_redownloaded()),
+                bytes(other.total_redownloaded()),
                 outcome(&over_again),
             )
             .ok();
@@ -130,11 +133,11 @@ pub fn ratios(r: &Report) -> String {
                 .collect();
             writeln!(
                 s,
-                "pulled in all, size / {} per step: {}; total {} (at most 100%: {})",
+                "pulled in all, size / {} per step: {}; total {} ({})",
                 other.label,
-                per(|st| st.new_bytes),
+                pulled.join(", "),
                 pct(size.total_pulled(), other.total_pulled()),
-                outcome(&over),
+                if over.is_empty() { "never more".to_string() } else { format!("more at {}", over.join(", ")) },
             )
             .ok();
         }
