@@ -15,24 +15,27 @@
 //!    that set of owners. A top-level path joins the group of its own key
 //!    (`{itself}`), with its private dependencies.
 //! 3. Each group is split by height (the longest reference chain below a
-//!    path, a property of the path's own closure). A version bump of a
-//!    library renames it and everything above it; the levels below keep
-//!    their layers. It also keeps a big private dependency tree from
-//!    becoming one catch-all layer. Each level is split again into classes
-//!    of paths with the same references (they change together) and the same
-//!    referrers (a later package needing only some of them splits nothing).
-//! 4. Over budget, first the classes of a level are joined again (smallest
-//!    level first), then the levels of a group, cheapest adjacent pair
-//!    first (combined bytes, then smallest path); when every group is
-//!    whole, the two smallest layers are merged, repeatedly.
+//!    path, a property of the path's own closure) into levels, and each
+//!    level into classes of paths with the same references (they change
+//!    together) and the same referrers (a later package needing only some
+//!    of them splits nothing).
+//! 4. Below the budget every path is a layer of its own: a one-path layer is
+//!    the same blob in every image that holds the path, so a client never
+//!    downloads again a path it has. Over the budget, paths join along the
+//!    hierarchy above, each step smallest first (bytes, then smallest path):
+//!    whole classes, then whole levels, then adjacent levels of a group
+//!    (cheapest pair first); when every group is whole, the two smallest
+//!    layers merge, repeatedly. A version bump of a library renames it and
+//!    everything above it, so levels keep what is below it apart.
 //! 5. Order, base-most first: by height (longest reference chain below the
 //!    layer's paths) ascending, then by smallest path. Both are properties of
 //!    the layer's own paths, so the order of shared layers is the same in
 //!    every image.
 //!
-//! Adding a top-level package changes only layers that contain paths of its
-//! closure (a group can only lose such paths, never gain any), as long as
-//! step 4 does not apply; `docs/layering.md` has the argument.
+//! So below the budget adding a package changes no layer but those of its
+//! own new paths. Over it the joins depend on the whole image; the
+//! hierarchy makes the joined layers ones that change together
+//! (`docs/layering.md`).
 
 use serde::Deserialize;
 use rustc_hash::FxHashMap;
@@ -128,60 +131,46 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     drop(class_of);
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_unstable_by_key(|&v| (group[v], heights[v], class[v]));
+    // Below the budget every path is a layer of its own: a one-path layer
+    // is the same blob in every image holding the path, so nothing a client
+    // holds is ever downloaded again. Over the budget, paths join in the
+    // order of that hierarchy: a class's paths (same references and
+    // referrers), then a level's classes, then a group's levels, then
+    // unrelated layers.
     let mut chains = Chains::new(n);
-    let mut classes: Vec<Layer> = Vec::new();
-    // Where each level's classes start in `classes`, and its group.
-    let mut levels: Vec<(usize, usize)> = Vec::new();
-    for level in order.chunk_by(|&a, &b| group[a] == group[b] && heights[a] == heights[b]) {
-        levels.push((classes.len(), group[level[0]]));
-        for members in level.chunk_by(|&a, &b| class[a] == class[b]) {
-            classes.push(Layer::of(&mut chains, &g, &heights, members));
+    let mut units: Vec<Layer> = Vec::with_capacity(n);
+    // Where each class's paths and each level's classes lie in `units`.
+    let mut class_ranges: Vec<(usize, usize)> = Vec::new();
+    let mut level_ranges: Vec<(usize, usize)> = Vec::new();
+    let mut level_group: Vec<usize> = Vec::new();
+    for members_of_level in order.chunk_by(|&a, &b| group[a] == group[b] && heights[a] == heights[b]) {
+        let level_start = units.len();
+        for members in members_of_level.chunk_by(|&a, &b| class[a] == class[b]) {
+            let start = units.len();
+            units.extend(members.iter().map(|&v| Layer::of(&mut chains, &g, &heights, &[v])));
+            class_ranges.push((start, units.len()));
         }
+        level_ranges.push((level_start, units.len()));
+        level_group.push(group[members_of_level[0]]);
     }
-    levels.push((classes.len(), usize::MAX));
 
     let budget = input.budget as usize;
-    let mut count = classes.len();
-    // Over budget, first whole levels give up their reference classes,
-    // smallest level first (bytes, then smallest path): what the level
-    // holds is intrinsic, so the same levels rejoin in every image that is
-    // over budget by as much.
-    let mut alive = vec![true; classes.len()];
-    if count > budget {
-        let mut split_levels: Vec<(u64, usize, usize, usize)> = levels
-            .windows(2)
-            .filter(|w| w[1].0 - w[0].0 > 1)
-            .map(|w| {
-                let c = &classes[w[0].0..w[1].0];
-                let size = c.iter().map(|l| l.size).sum::<u64>();
-                let first = c.iter().map(|l| l.first).min().unwrap_or(usize::MAX);
-                (size, first, w[0].0, w[1].0)
-            })
-            .collect();
-        split_levels.sort_unstable();
-        for (_, _, start, end) in split_levels {
-            if count <= budget {
-                break;
-            }
-            count -= end - start - 1;
-            for c in start + 1..end {
-                let upper = classes[c];
-                classes[start].absorb(&mut chains, upper);
-                alive[c] = false;
-            }
-        }
+    let mut count = units.len();
+    let mut alive = vec![true; units.len()];
+    // Over budget, first whole classes, then whole levels, join, smallest
+    // first (bytes, then smallest path): what a class or a level holds is
+    // intrinsic, so the same ones join in every image that is over budget
+    // by as much.
+    for ranges in [&class_ranges, &level_ranges] {
+        join_ranges(&mut chains, &mut units, &mut alive, ranges, &mut count, budget);
     }
     // Still over budget, every level is one layer now: undo height splits,
     // cheapest adjacent pair first: that costs reuse only when the group's
     // own paths change, whereas merging across groups ties unrelated
     // packages together.
     let mut layers: Vec<(Layer, usize)> = Vec::with_capacity(count);
-    for w in levels.windows(2) {
-        for c in w[0].0..w[1].0 {
-            if alive[c] {
-                layers.push((classes[c], w[0].1));
-            }
-        }
+    for (&(start, end), &grp) in level_ranges.iter().zip(&level_group) {
+        layers.extend((start..end).filter(|&u| alive[u]).map(|u| (units[u], grp)));
     }
     let layers = if count > budget {
         join_levels(&mut chains, layers, budget)
@@ -275,6 +264,46 @@ fn owner_keys(g: &IndexedGraph, owner: &[bool], postorder: &[usize]) -> OwnerKey
         keys.add(keys.row[r], bit[r] / 64, &[1 << (bit[r] % 64)]);
     }
     keys
+}
+
+/// Joins each of `ranges` of `units` (its live units) into one, the range
+/// with the fewest bytes first, then the smallest path, while `count`
+/// (live units) is over `budget`.
+fn join_ranges(
+    chains: &mut Chains,
+    units: &mut [Layer],
+    alive: &mut [bool],
+    ranges: &[(usize, usize)],
+    count: &mut usize,
+    budget: usize,
+) {
+    if *count <= budget {
+        return;
+    }
+    let mut joinable: Vec<(u64, usize, usize, usize)> = ranges
+        .iter()
+        .filter(|&&(start, end)| (start..end).filter(|&u| alive[u]).nth(1).is_some())
+        .map(|&(start, end)| {
+            let live = (start..end).filter(|&u| alive[u]);
+            let size = live.clone().map(|u| units[u].size).sum::<u64>();
+            let first = live.map(|u| units[u].first).min().unwrap_or(usize::MAX);
+            (size, first, start, end)
+        })
+        .collect();
+    joinable.sort_unstable();
+    for (_, _, start, end) in joinable {
+        if *count <= budget {
+            break;
+        }
+        let mut live = (start..end).filter(|&u| alive[u]);
+        let Some(head) = live.next() else { continue };
+        for u in live.collect::<Vec<_>>() {
+            let other = units[u];
+            units[head].absorb(chains, other);
+            alive[u] = false;
+            *count -= 1;
+        }
+    }
 }
 
 /// Joins adjacent levels of a group (`layers` are `(layer, group)` in group

@@ -156,7 +156,11 @@ fn shared_paths_keyed_by_owner_set() {
     for leaf in ["a1", "a2", "b1", "ab1", "ab2", "abc"] {
         u.add(leaf, MB, &[]);
     }
+    // Below the budget every path is a layer.
     let out = group_layers(u.input(&["a", "b", "c"], 90, json!(null))).unwrap();
+    assert!(out.layers.iter().all(|l| l.len() == 1) && out.layers.len() == 9);
+    // Two layers over: the two classes of two paths join.
+    let out = group_layers(u.input(&["a", "b", "c"], 7, json!(null))).unwrap();
     let layers = names(&out);
     assert_eq!(
         sorted(layers[..4].to_vec()),
@@ -203,18 +207,19 @@ fn groups_split_by_height_references_and_referrers() {
         .add("low1", MB, &[])
         .add("low2", MB, &[])
         .add("low3", MB, &[]);
-    let out = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    // Six paths in five layers: the class of two joins.
+    let out = group_layers(u.input(&["app"], 5, json!(null))).unwrap();
     let layers = names(&out);
     assert_eq!(sorted(layers[0..2].to_vec()), vec![vec!["low1", "low2"], vec!["low3"]]);
     assert_eq!(sorted(layers[2..4].to_vec()), vec![vec!["mid1"], vec!["mid2"]]);
     assert_eq!(layers[4], vec!["app"]);
     u.add("mid1", MB, &["low1", "low2", "new"]).add("new", MB, &[]);
-    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    let bumped = group_layers(u.input(&["app"], 5, json!(null))).unwrap();
     assert!(names(&bumped).contains(&vec!["low1", "low2", "new"]));
     assert!(bumped.layers.contains(&vec![u.path("mid2")]));
     assert!(bumped.layers.contains(&vec![u.path("low3")]));
     u.add("mid1", 2 * MB, &["low1", "low2"]);
-    let bumped = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    let bumped = group_layers(u.input(&["app"], 5, json!(null))).unwrap();
     assert_eq!(bumped.layers[..2], out.layers[..2]);
 
     // Over budget, whole levels give up their classes first.
@@ -244,6 +249,28 @@ fn a_package_needing_one_shared_library_splits_no_layer() {
         assert!(after.layers.contains(layer), "layer {layer:?} is gone");
     }
     assert_eq!(after.layers.len(), before.layers.len() + 1);
+}
+
+#[test]
+fn paths_needed_by_the_same_paths_stay_apart_below_the_budget() {
+    // `xz` and `bzip2` are one class (same key, height, references and
+    // referrers). Below the budget they are still two layers, so a later
+    // package that needs only `bzip2` leaves every layer alone; over the
+    // budget the class is the first thing to join.
+    let mut u = Universe::default();
+    u.add("app", MB, &["libarchive"])
+        .add("libarchive", MB, &["xz", "bzip2"])
+        .add("xz", MB, &[])
+        .add("bzip2", MB, &[])
+        .add("bimoko", MB, &["bzip2"]);
+    let before = group_layers(u.input(&["app"], 90, json!(null))).unwrap();
+    assert_eq!(before.layers.len(), 4);
+    let after = group_layers(u.input(&["app", "bimoko"], 90, json!(null))).unwrap();
+    for layer in &before.layers {
+        assert!(after.layers.contains(layer), "layer {layer:?} is gone");
+    }
+    let over = group_layers(u.input(&["app"], 3, json!(null))).unwrap();
+    assert!(names(&over).contains(&vec!["bzip2", "xz"]));
 }
 
 #[test]
