@@ -128,7 +128,9 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         let next = class_of.len();
         class[v] = *class_of.entry((group[v], heights[v], &g.refs[v], &referrers[v])).or_insert(next);
     }
+    let class_count = class_of.len();
     drop(class_of);
+    let budget = input.budget as usize;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_unstable_by_key(|&v| (group[v], heights[v], class[v]));
     // Below the budget every path is a layer of its own: a one-path layer
@@ -147,14 +149,19 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         let level_start = units.len();
         for members in members_of_level.chunk_by(|&a, &b| class[a] == class[b]) {
             let start = units.len();
-            units.extend(members.iter().map(|&v| Layer::of(&mut chains, &g, &heights, &[v])));
+            // With more classes than the budget, every class would join:
+            // start from them.
+            if class_count > budget {
+                units.push(Layer::of(&mut chains, &g, &heights, members));
+            } else {
+                units.extend(members.iter().map(|&v| Layer::of(&mut chains, &g, &heights, &[v])));
+            }
             class_ranges.push((start, units.len()));
         }
         level_ranges.push((level_start, units.len()));
         level_group.push(group[members_of_level[0]]);
     }
 
-    let budget = input.budget as usize;
     let mut count = units.len();
     let mut alive = vec![true; units.len()];
     // Over budget, first whole classes, then whole levels, join, smallest
