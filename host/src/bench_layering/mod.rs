@@ -282,17 +282,16 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
 
     // Warm Nix up with every image, so that build times are Strata's work
     // (evaluation, closure, grouping, packing), not the first compile.
-    let steps = {
+    let (steps, nar) = {
         let probe = Strategy::new("size", "size", 94, None);
         let b = builders(base, &probe, &sets, &work.join("storage-probe"), &nix_work, None).await?;
         let mut infos = Vec::new();
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        let mut nar = HashMap::new();
+        // NAR size of every store path of the series so far.
+        let mut nar: HashMap<String, u64> = HashMap::new();
         for step in &opts.series {
             eprintln!("bench: Nix builds {} ({:?} release)", step.image, step.release);
             let i = pick(&b, step.release).inspect(&step.image, "latest").await?;
-            let new_path_bytes = i.closure.iter().filter(|p| !seen.contains(&p.path)).map(|p| p.nar_size).sum();
-            seen.extend(i.closure.iter().map(|p| p.path.clone()));
+            let new_path_bytes = i.closure.iter().filter(|p| !nar.contains_key(&p.path)).map(|p| p.nar_size).sum();
             nar.extend(i.closure.iter().map(|p| (p.path.clone(), p.nar_size)));
             if step.release == Release::Bumped && new_path_bytes == 0 {
                 anyhow::bail!(
@@ -312,7 +311,6 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
         }
         (infos, nar)
     };
-    let (steps, nar) = steps;
 
     let mut rows = Vec::new();
     for s in &opts.strategies {

@@ -128,9 +128,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         let next = class_of.len();
         class[v] = *class_of.entry((group[v], heights[v], &g.refs[v], &referrers[v])).or_insert(next);
     }
-    let class_count = class_of.len();
     drop(class_of);
-    let budget = input.budget as usize;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_unstable_by_key(|&v| (group[v], heights[v], class[v]));
     // Below the budget every path is a layer of its own: a one-path layer
@@ -144,24 +142,17 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // Where each class's paths and each level's classes lie in `units`.
     let mut class_ranges: Vec<(usize, usize)> = Vec::new();
     let mut level_ranges: Vec<(usize, usize)> = Vec::new();
-    let mut level_group: Vec<usize> = Vec::new();
     for members_of_level in order.chunk_by(|&a, &b| group[a] == group[b] && heights[a] == heights[b]) {
         let level_start = units.len();
         for members in members_of_level.chunk_by(|&a, &b| class[a] == class[b]) {
             let start = units.len();
-            // With more classes than the budget, every class would join:
-            // start from them.
-            if class_count > budget {
-                units.push(Layer::of(&mut chains, &g, &heights, members));
-            } else {
-                units.extend(members.iter().map(|&v| Layer::of(&mut chains, &g, &heights, &[v])));
-            }
+            units.extend(members.iter().map(|&v| Layer::of(&mut chains, &g, &heights, &[v])));
             class_ranges.push((start, units.len()));
         }
         level_ranges.push((level_start, units.len()));
-        level_group.push(group[members_of_level[0]]);
     }
 
+    let budget = input.budget as usize;
     let mut count = units.len();
     let mut alive = vec![true; units.len()];
     // Over budget, first whole classes, then whole levels, join, smallest
@@ -176,8 +167,8 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // own paths change, whereas merging across groups ties unrelated
     // packages together.
     let mut layers: Vec<(Layer, usize)> = Vec::with_capacity(count);
-    for (&(start, end), &grp) in level_ranges.iter().zip(&level_group) {
-        layers.extend((start..end).filter(|&u| alive[u]).map(|u| (units[u], grp)));
+    for &(start, end) in &level_ranges {
+        layers.extend((start..end).filter(|&u| alive[u]).map(|u| (units[u], group[units[u].first])));
     }
     let layers = if count > budget {
         join_levels(&mut chains, layers, budget)
@@ -273,6 +264,11 @@ fn owner_keys(g: &IndexedGraph, owner: &[bool], postorder: &[usize]) -> OwnerKey
     keys
 }
 
+/// The units of `range` still alive.
+fn live(alive: &[bool], range: std::ops::Range<usize>) -> impl Iterator<Item = usize> + '_ {
+    range.filter(move |&u| alive[u])
+}
+
 /// Joins each of `ranges` of `units` (its live units) into one, the range
 /// with the fewest bytes first, then the smallest path, while `count`
 /// (live units) is over `budget`.
@@ -287,13 +283,13 @@ fn join_ranges(
     if *count <= budget {
         return;
     }
+    // Each range with two live units or more: (bytes, smallest path, range).
     let mut joinable: Vec<(u64, usize, usize, usize)> = ranges
         .iter()
-        .filter(|&&(start, end)| (start..end).filter(|&u| alive[u]).nth(1).is_some())
+        .filter(|&&(start, end)| live(alive, start..end).nth(1).is_some())
         .map(|&(start, end)| {
-            let live = (start..end).filter(|&u| alive[u]);
-            let size = live.clone().map(|u| units[u].size).sum::<u64>();
-            let first = live.map(|u| units[u].first).min().unwrap_or(usize::MAX);
+            let size = live(alive, start..end).map(|u| units[u].size).sum::<u64>();
+            let first = live(alive, start..end).map(|u| units[u].first).min().unwrap_or(usize::MAX);
             (size, first, start, end)
         })
         .collect();
@@ -302,13 +298,14 @@ fn join_ranges(
         if *count <= budget {
             break;
         }
-        let mut live = (start..end).filter(|&u| alive[u]);
-        let Some(head) = live.next() else { continue };
-        for u in live.collect::<Vec<_>>() {
-            let other = units[u];
-            units[head].absorb(chains, other);
-            alive[u] = false;
-            *count -= 1;
+        let Some(head) = live(alive, start..end).next() else { continue };
+        for u in head + 1..end {
+            if alive[u] {
+                let other = units[u];
+                units[head].absorb(chains, other);
+                alive[u] = false;
+                *count -= 1;
+            }
         }
     }
 }
