@@ -52,6 +52,10 @@ pub struct Resolved {
     /// Top-level out paths, in request order, each once.
     pub roots: Vec<String>,
     pub graph: ClosureGraph,
+    /// The directory holding this build's out links (Nix GC roots), under
+    /// `work_dir/gcroots`; images record it so that `strata gc` can release
+    /// exactly the roots of the images it removes. `None` for no packages.
+    pub gc_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +126,7 @@ impl NixRunner {
     ) -> Result<Resolved, NixError> {
         let deadline = Instant::now() + self.opts.timeout;
         if packages.is_empty() {
-            return Ok(Resolved { roots: Vec::new(), graph: ClosureGraph::default() });
+            return Ok(Resolved { roots: Vec::new(), graph: ClosureGraph::default(), gc_root: None });
         }
         let source_json = serde_json::to_string(&absolute_source(source)?)
             .map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
@@ -163,7 +167,8 @@ impl NixRunner {
         // 2. Build. The out links are GC roots named after the set of roots,
         //    so the same image reuses (rather than piles up) its roots, and
         //    two concurrent builds of it write the same links.
-        let link = self.gc_roots.join(roots_key(&roots)).join("result");
+        let gc_root = self.gc_roots.join(roots_key(&roots));
+        let link = gc_root.join("result");
         let mut args: Vec<OsString> =
             vec![self.build_image_nix.clone().into(), "-A".into(), "contents".into()];
         args.extend(expr_args.iter().cloned());
@@ -191,7 +196,7 @@ impl NixRunner {
         // Plugins are promised a closed graph containing the roots; a Nix
         // that printed less is caught here rather than as a broken image.
         let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
-        Ok(Resolved { roots, graph })
+        Ok(Resolved { roots, graph, gc_root: Some(gc_root) })
     }
 
     /// Runs one Nix command to completion or to the deadline; returns its
