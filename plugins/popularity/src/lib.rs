@@ -8,18 +8,19 @@
 //! 2. The dominator tree of that graph is computed. Each child of the root,
 //!    with everything it dominates, is a layer candidate: its paths are
 //!    reachable only through it, so they change when it changes.
-//! 3. While there are more candidates than the budget, the two with the
-//!    lowest merge rating are merged. A candidate's rating is the
-//!    popularity of its head path times the total NAR size of its paths; a
-//!    merged candidate's rating is the sum of its parts' (as in Nixery).
-//!    Ties are broken by the candidate's smallest path.
+//! 3. While there are more candidates than the budget, they are merged as
+//!    Nixery merges them: sorted once by *merge rating* (the popularity of
+//!    the head path times the sum of its paths' closure sizes), the lowest
+//!    count − budget + 1 become one layer. Popularity is Nixery's: the
+//!    count in the data, 1 for a name it does not list, 500000 for
+//!    `nss-cacert*` and `iana-etc*`. Ties are broken by smallest path.
 //! 4. Layers are ordered base-most first: by height (the longest reference
 //!    chain below any of its paths) ascending, then by smallest path.
 //!
 //! `docs/layering.md` compares this with the `size` strategy.
 
 use serde::Deserialize;
-use strata_plugin_sdk::graph::{merge_lowest, Chain, Chains, IndexedGraph, Refs};
+use strata_plugin_sdk::graph::{Chain, Chains, IndexedGraph, Refs};
 use strata_plugin_sdk::{GroupInput, Layers, PluginError};
 
 strata_plugin_sdk::export_plugin! {
@@ -147,18 +148,118 @@ pub fn dominators<'a>(n: usize, entry: usize, succ: impl Fn(usize) -> &'a [usize
     idom
 }
 
+/// Nixery's popularity of a path: 500000 for names starting with
+/// `nss-cacert` or `iana-etc` (Nixery adds them to every image), else the
+/// count in the popularity data, and 1 for a name the data does not list
+/// (the host sends 0 for those; a count of 0 is never in the data, which
+/// counts the images a name appears in).
+fn nixery_popularity(path: &str, count: u64) -> u64 {
+    let name = strata_plugin_sdk::store_name(path);
+    if name.starts_with("nss-cacert") || name.starts_with("iana-etc") {
+        500_000
+    } else {
+        count.max(1)
+    }
+}
+
+/// Each path's closure size: the NAR bytes of the path and of every path it
+/// references, transitively (what Nix reports as `closureSize`, and what
+/// Nixery rates layers by). Exact closure sizes need the closures
+/// themselves, so they are bit sets over postorder positions (a path's
+/// closure holds only positions up to its own), built a block of
+/// positions at a time to bound memory. A path's set starts as a copy of
+/// its reference with the largest closure, and only bits its other
+/// references add are summed one by one: shared base libraries are counted
+/// once, not once per path above them.
+fn closure_sizes(g: &IndexedGraph, postorder: &[usize]) -> Vec<u64> {
+    let n = g.len();
+    let mut pos = vec![0usize; n];
+    for (p, &v) in postorder.iter().enumerate() {
+        pos[v] = p;
+    }
+    let size_at: Vec<u64> = postorder.iter().map(|&v| g.sizes[v]).collect();
+    // At most ~8 MiB of sets at once.
+    const MAX_WORDS: usize = 1 << 20;
+    let words = (MAX_WORDS / n.max(1)).clamp(1, n.div_ceil(64).max(1));
+    let block = words * 64;
+    let mut sets = vec![0u64; n * words];
+    let mut partial = vec![0u64; n];
+    let mut count = vec![0u32; n];
+    let mut total = vec![0u64; n];
+    let mut refs: Vec<usize> = Vec::new();
+    for start in (0..n).step_by(block) {
+        let end = (start + block).min(n);
+        // Words of the set at position p: its bits lie at start..=p.
+        let len = |p: usize| ((p.min(end - 1) - start) >> 6) + 1;
+        for p in start..n {
+            let v = postorder[p];
+            // References in this block (edges closing a cycle, which Nix
+            // never produces, are left out).
+            refs.clear();
+            refs.extend(g.refs[v].iter().map(|&w| pos[w]).filter(|&q| q >= start && q < p));
+            let (before, rest) = sets.split_at_mut((p - start) * words);
+            let own = &mut rest[..len(p)];
+            let (mut sum, mut bits) = (0u64, 0u32);
+            let best = refs.iter().copied().max_by_key(|&q| (count[q], q));
+            match best {
+                Some(b) => {
+                    let l = len(b);
+                    let row = (b - start) * words;
+                    own[..l].copy_from_slice(&before[row..row + l]);
+                    own[l..].fill(0);
+                    sum = partial[b];
+                    bits = count[b];
+                }
+                None => own.fill(0),
+            }
+            for &q in &refs {
+                if Some(q) == best {
+                    continue;
+                }
+                let row = (q - start) * words;
+                for (k, (o, &r)) in own.iter_mut().zip(&before[row..row + len(q)]).enumerate() {
+                    let mut new = r & !*o;
+                    if new != 0 {
+                        *o |= new;
+                        bits += new.count_ones();
+                        while new != 0 {
+                            let at = start + (k << 6) + new.trailing_zeros() as usize;
+                            sum = sum.wrapping_add(size_at[at]);
+                            new &= new - 1;
+                        }
+                    }
+                }
+            }
+            if p < end {
+                let (k, bit) = ((p - start) >> 6, (p - start) & 63);
+                own[k] |= 1 << bit;
+                bits += 1;
+                sum = sum.wrapping_add(size_at[p]);
+            }
+            partial[p] = sum;
+            count[p] = bits;
+            total[p] = total[p].wrapping_add(sum);
+        }
+    }
+    let mut by_path = vec![0u64; n];
+    for (p, &v) in postorder.iter().enumerate() {
+        by_path[v] = total[p];
+    }
+    by_path
+}
+
 struct Candidate {
     paths: Chain,
     /// The smallest index, i.e. the smallest path.
     first: usize,
-    rating: u128,
+    /// The candidate's root in the dominator tree.
+    head: usize,
     height: u32,
 }
 
 impl Candidate {
     fn absorb(&mut self, chains: &mut Chains, other: Candidate) {
         chains.join(&mut self.paths, other.paths);
-        self.rating += other.rating;
         self.height = self.height.max(other.height);
         self.first = self.first.min(other.first);
     }
@@ -178,9 +279,9 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
     // Node i is path i; node n is the synthetic root.
     let (postorder, heights) = g.postorder_heights();
     let large = closure_over(&g, config.size_threshold, &postorder);
-    let popularity = |i: usize| g.popularity[i];
+    let popularity: Vec<u64> = (0..n).map(|i| nixery_popularity(g.paths[i], g.popularity[i])).collect();
     let mut root_edges: Vec<usize> = g.roots.clone();
-    root_edges.extend((0..n).filter(|&i| popularity(i) >= config.popularity_threshold || large[i]));
+    root_edges.extend((0..n).filter(|&i| popularity[i] >= config.popularity_threshold || large[i]));
     root_edges.sort_unstable();
     root_edges.dedup();
     // Paths no root reaches (not a closure, strictly; tolerated) hang off
@@ -231,9 +332,7 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         let c = Candidate {
             paths: chains.chain(&[v]),
             first: v,
-            // The rating is the head's popularity times the candidate's
-            // size, so a single path's share is its own size.
-            rating: popularity(h) as u128 * g.sizes[v] as u128,
+            head: h,
             height: heights[v],
         };
         match candidate_of[h] {
@@ -245,19 +344,44 @@ pub fn group_layers(input: GroupInput) -> Result<Layers, PluginError> {
         }
     }
 
-    // Keyed by (rating, smallest path): unique, since paths are.
-    let mut candidates = merge_lowest(
-        candidates,
-        input.budget as usize,
-        |c| (c.rating, c.first),
-        |a, b| a.absorb(&mut chains, b),
-    );
+    let budget = input.budget as usize;
+    if candidates.len() > budget {
+        // Nixery's merge: candidates sorted once by rating (the head's
+        // popularity times the sum of its paths' closure sizes, in wrapping
+        // 64-bit arithmetic as Nixery's uint64), then the lowest folded into
+        // the next until the budget is met: the lowest count - budget + 1
+        // become one layer. Ties (random order in Nixery) go by smallest path.
+        let closure = closure_sizes(&g, &postorder);
+        let mut sums = vec![0u64; candidates.len()];
+        for v in 0..n {
+            let c = candidate_of[head[v]];
+            sums[c] = sums[c].wrapping_add(closure[v]);
+        }
+        let mut order: Vec<(u64, usize, usize)> = candidates
+            .iter()
+            .zip(&sums)
+            .enumerate()
+            .map(|(i, (c, &s))| (popularity[c.head].wrapping_mul(s), c.first, i))
+            .collect();
+        order.sort_unstable();
+        let fold = candidates.len() - budget + 1;
+        let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+        let mut merged = slots[order[0].2].take().expect("each candidate once");
+        for &(_, _, i) in &order[1..fold] {
+            merged.absorb(&mut chains, slots[i].take().expect("each candidate once"));
+        }
+        candidates = slots.into_iter().flatten().collect();
+        candidates.push(merged);
+    }
     candidates.sort_unstable_by_key(|c| (c.height, c.first));
     Ok(g.layers(
         "popularity",
         candidates.iter().map(|c| chains.paths(c.paths)).collect(),
     ))
 }
+
+#[cfg(test)]
+mod golden;
 
 #[cfg(test)]
 mod tests {
