@@ -9,21 +9,40 @@
 # name is data and can never be evaluated as Nix code:
 #   source    JSON of plugin-sdk's NixSource, e.g. {"type":"path","path":"/srv/pkgs"}
 #   packages  JSON list of attribute paths, e.g. ["git","xorg.xev"]
+#   optional  JSON list of attribute paths added when the set has them
+#             (Nixery's cacert and iana-etc); default []
 #   system    e.g. x86_64-linux
 #
 # 1. Look up (evaluates, builds nothing):
 #      nix-instantiate --eval --strict --json nix/build-image.nix -A lookup \
-#        --argstr source S --argstr packages P --argstr system X
-#    prints {"found":[{"name":"git","path":"/nix/store/…-git-2.42.0"}],"missing":["nope"]}
-#    with `found` in request order. (The key is `path`, not `outPath`: Nix
-#    prints any attribute set that has an `outPath` as that string alone.)
+#        --argstr source S --argstr packages P --argstr optional O --argstr system X
+#    prints one entry per name, in request order, for `packages` and `optional`:
+#      {"packages":[{"name":"git","status":"found","drv":"/nix/store/…-git-2.42.0.drv",
+#                    "paths":["/nix/store/…-git-2.42.0"]},
+#                   {"name":"nope","status":"missing"},
+#                   {"name":"oldpkg","status":"unavailable"}],
+#       "optional":[…]}
+#    `unavailable`: looking the name up, or asking for its paths, threw or
+#    failed an assertion (a removed alias, nixpkgs refusing a broken, unfree
+#    or insecure package). `builtins.tryEval` keeps one such name from
+#    failing the lookup of all the others, but it drops Nix's message:
 #
-# 2. Build what was found:
+# 2. Explain one unavailable name (evaluates it without tryEval, so that it
+#    fails with the package set's own message on stderr):
+#      nix-instantiate --eval --strict --json nix/build-image.nix -A explain \
+#        --argstr source S --argstr packages '["oldpkg"]' --argstr system X
+#
+# 3. Build the names found:
 #      nix-build nix/build-image.nix -A contents \
 #        --argstr source S --argstr packages P --argstr system X --out-link DIR/result
-#    builds the found packages (missing ones are skipped, step 1 reports
-#    them) and prints their out paths; the out links are GC roots.
-{ source, packages, system ? builtins.currentSystem }:
+#    builds the outputs to install of each package (missing ones are
+#    skipped, step 1 reports them) and prints their out paths; the out links
+#    are GC roots.
+#
+# A package's paths are those of `meta.outputsToInstall` when it has that
+# (what nix-env and buildEnv install: nixpkgs often puts programs in `bin`,
+# not in the default output), else its default output.
+{ source, packages, optional ? "[]", system ? builtins.currentSystem }:
 
 let
   pkgs = import ./load-pkgs.nix { inherit source system; };
@@ -67,14 +86,49 @@ let
     else if isDerivation amended then amended
     else null;
 
-  requested = map (name: { inherit name; drv = find name; }) (builtins.fromJSON packages);
-  found = builtins.filter (r: r.drv != null) requested;
+  # The derivations an image installs of a package.
+  outputsOf = drv:
+    let
+      wanted = drv.meta.outputsToInstall or null;
+      present = if builtins.isList wanted
+        then builtins.filter
+          (o: builtins.isString o && builtins.hasAttr o drv && isDerivation (builtins.getAttr o drv))
+          wanted
+        else [ ];
+    in
+    if present == [ ] then [ drv ] else map (o: builtins.getAttr o drv) present;
+
+  # Everything step 1 forces of a name; null when the set lacks it. Throws
+  # wherever the set throws (a removed alias on lookup, check-meta on the
+  # paths).
+  describe = name:
+    let drv = find name;
+    in
+    if drv == null then null
+    else { drv = drv.drvPath; paths = map (d: d.outPath) (outputsOf drv); };
+
+  status = name:
+    let tried = builtins.tryEval (builtins.deepSeq (describe name) (describe name));
+    in
+    if !tried.success then { inherit name; status = "unavailable"; }
+    else if tried.value == null then { inherit name; status = "missing"; }
+    else { inherit name; status = "found"; } // tried.value;
+
+  names = builtins.fromJSON packages;
 in
 {
   lookup = {
-    missing = map (r: r.name) (builtins.filter (r: r.drv == null) requested);
-    found = map (r: { inherit (r) name; path = r.drv.outPath; }) found;
+    packages = map status names;
+    optional = map status (builtins.fromJSON optional);
   };
 
-  contents = map (r: r.drv) found;
+  # Whether the package set itself evaluates (when a lookup failed outside
+  # tryEval: the set, or one of the names?).
+  loads = builtins.isAttrs pkgs;
+
+  explain = map (name: builtins.deepSeq (describe name) name) names;
+
+  contents = builtins.concatMap
+    (name: let drv = find name; in if drv == null then [ ] else outputsOf drv)
+    names;
 }

@@ -55,15 +55,43 @@ let
     }
   '';
 
-  # The one builder. Attributes other than `script` become environment
-  # variables of the build, as with stdenv.
-  mkPkg = { pname, version, script, ... }@args:
-    derivation ((builtins.removeAttrs args [ "script" ]) // {
-      name = "${pname}-${version}";
-      inherit system;
-      builder = bb;
-      args = [ "sh" "-c" (prelude + script) ];
-    });
+  # The one builder. Attributes other than `script` and `meta` become
+  # environment variables of the build, as with stdenv; `meta` stays an
+  # attribute of the result, checked as nixpkgs' check-meta.nix does.
+  mkPkg = { pname, version, script, meta ? { }, ... }@args:
+    let
+      drv = derivation ((builtins.removeAttrs args [ "script" "meta" ]) // {
+        name = "${pname}-${version}";
+        inherit system;
+        builder = bb;
+        args = [ "sh" "-c" (prelude + script) ];
+      });
+    in
+    checkMeta { inherit pname version meta; pos = builtins.unsafeGetAttrPos "pname" args; } drv;
+
+  # nixpkgs refuses a broken, unfree or insecure package the moment its
+  # paths are asked for (not when the attribute is merely looked up), with
+  # a `throw` naming the package and the file that defines it. The same
+  # here, worded as nixpkgs words it, so that Strata meets these errors as
+  # it does on a real channel. Unfree is refused, as nixpkgs does by
+  # default (`config.allowUnfree` is false).
+  checkMeta = { pname, version, meta, pos }: drv:
+    let
+      where = if pos == null then "«unknown-file»" else "${pos.file}:${toString pos.line}";
+      problem =
+        if meta.broken or false then "is marked as broken"
+        else if !(meta.license.free or true) then "has an unfree license (‘${meta.license.shortName or "unfree"}’)"
+        else if (meta.knownVulnerabilities or [ ]) != [ ] then "is marked as insecure"
+        else null;
+      refuse = throw (
+        "Package ‘${pname}-${version}’ in ${where} ${problem}, refusing to evaluate.\n\n"
+        + "a) To temporarily allow such packages, you can use an environment variable\n"
+        + "   for a single invocation of the nix tools.\n");
+      refused = builtins.listToAttrs (map
+        (o: { name = o; value = refuse; })
+        ([ "outPath" "drvPath" ] ++ (drv.outputs or [ "out" ])));
+    in
+    (if problem == null then drv else drv // refused) // { inherit meta; };
 
   # A package of symlinks to busybox: each name runs the applet of that name.
   applets = pname: version: names: mkPkg {
@@ -313,6 +341,74 @@ let
       script = ''
         mkblob $out/lib/libgmp.so.10 gmp 4
         echo "NEEDED $glibc/lib/libc.so.6" > $out/lib/.needed
+      '';
+    };
+
+    # ------------------------------------ what real package sets also hold
+
+    # Several outputs, the programs not in the default one: nixpkgs says
+    # which to install in `meta.outputsToInstall` (what nix-env and
+    # buildEnv install). `xmllint` is only in `bin`, its page only in `man`.
+    libxml2 = mkPkg {
+      pname = "libxml2";
+      version = "2.11.5";
+      outputs = [ "out" "bin" "man" ];
+      inherit (self) zlib;
+      script = ''
+        mkblob $out/lib/libxml2.so.2 libxml2 6
+        echo "NEEDED $zlib/lib/libz.so.1" > $out/lib/.needed
+        mkscript $bin/bin/xmllint <<EOF
+        # links: $out/lib/libxml2.so.2
+        echo "xmllint: using libxml version 21105"
+        EOF
+        mkdir -p $man/share/man/man1
+        echo '.TH XMLLINT 1' > $man/share/man/man1/xmllint.1
+      '';
+      meta.outputsToInstall = [ "bin" "man" ];
+    };
+
+    # A removed alias, as nixpkgs' aliases.nix keeps them.
+    hello-old = throw "'hello-old' has been renamed to/replaced by 'hello'"; # Converted to throw 2024-01-01
+
+    # Refused at evaluation (see checkMeta).
+    ncdu = mkPkg {
+      pname = "ncdu";
+      version = "2.3";
+      script = "mkdir -p $out/bin";
+      meta.broken = true;
+    };
+    unrar = mkPkg {
+      pname = "unrar";
+      version = "6.2.12";
+      script = "mkdir -p $out/bin";
+      meta.license = { free = false; shortName = "unfreeRedistributable"; fullName = "Unfree redistributable"; };
+    };
+    openssl_1_1 = mkPkg {
+      pname = "openssl";
+      version = "1.1.1w";
+      script = "mkdir -p $out/lib";
+      meta.knownVulnerabilities = [ "OpenSSL 1.1 is end of life: CVE-2023-5678" ];
+    };
+
+    # Evaluates, but its build fails (as a package whose compiler broke
+    # would), and a package that needs it cannot be built either.
+    leftpad = mkPkg {
+      pname = "leftpad";
+      version = "1.3.0";
+      script = ''
+        echo "checking for a C compiler... cc"
+        echo "configure: error: C compiler cannot create executables" >&2
+        exit 1
+      '';
+    };
+    padder = mkPkg {
+      pname = "padder";
+      version = "0.4";
+      inherit (self) leftpad;
+      script = ''
+        mkscript $out/bin/padder <<EOF
+        # links: $leftpad/lib
+        EOF
       '';
     };
 

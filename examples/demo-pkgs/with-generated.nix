@@ -4,9 +4,9 @@
 # `default.nix` brings what Nixery's `shell` bundle needs (bashInteractive,
 # coreutils, cacert, ...) and a few programs (git, hello, jq); `generated.nix`
 # brings about 300 packages of realistic sizes with deep shared
-# dependencies. Where both define a name (glibc, zlib, openssl, curl, gmp),
-# the generated package wins at the top level: it has the realistic size and
-# is what `bump` bumps. The demo packages keep their own dependencies, as two
+# dependencies. Where both define a name (glibc, zlib, openssl, curl, gmp,
+# libxml2), the generated package wins at the top level: it has the
+# realistic size and is what `bump` bumps. The demo packages keep their own dependencies, as two
 # generations of a distribution living side by side would.
 #
 # The arguments are generated.nix's (`scale`, `bump`, `bumpLib`, `libs`,

@@ -58,6 +58,10 @@ struct ImageRecord {
     built_at: u64,
     immutable: bool,
     summary: ImageSummary,
+    /// This build's Nix GC roots directory, on the machine that built it
+    /// (`strata gc` releases it with the last image naming it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gc_root: Option<std::path::PathBuf>,
 }
 
 pub struct Image {
@@ -144,6 +148,7 @@ impl Builder {
         let nix = NixRunner::new(NixOptions {
             timeout: Duration::from_secs(cfg.nix.timeout_secs),
             work_dir: cfg.nix_work_dir(),
+            negative_ttl: Duration::from_secs(cfg.nix.negative_ttl_secs),
         })
         .map_err(|e| anyhow::anyhow!("nix work dir {}: {e}", cfg.nix_work_dir().display()))?;
         let popularity = Arc::new(load_popularity(cfg.nix.popularity_url.as_deref()).await?);
@@ -280,6 +285,8 @@ impl Builder {
         // symlink forest's "first package wins" then follows this order).
         expansion.packages.sort();
         expansion.packages.dedup();
+        let mut seen = std::collections::HashSet::new();
+        expansion.optional.retain(|o| seen.insert(o.clone()) && expansion.packages.binary_search(o).is_err());
         if expansion.packages.is_empty() {
             return Err(Error::NameInvalid(format!("{name} names no packages")));
         }
@@ -313,6 +320,7 @@ impl Builder {
             "v": 1,
             "source": s.identity,
             "packages": e.packages,
+            "optional": e.optional,
             "arch": e.arch,
             "image": e.image,
             "plugins": plugins,
@@ -400,7 +408,7 @@ impl Builder {
             .collect();
         descriptions.push(LayerDescription {
             blob: final_blob.clone(),
-            created_by: format!("strata: symlinks to {}", plan.expansion.packages.join(", ")),
+            created_by: format!("strata: symlinks to {}", resolved.packages.join(", ")),
         });
 
         // 5. Config and manifests, stored by content.
@@ -448,8 +456,9 @@ impl Builder {
             oci: manifests[1].digest.clone(),
             built_at: now_unix(),
             immutable: plan.source.immutable,
+            gc_root: resolved.gc_root.clone(),
             summary: ImageSummary {
-                packages: plan.expansion.packages.clone(),
+                packages: resolved.packages.clone(),
                 arch: plan.expansion.arch.clone(),
                 source: plan.source.identity.clone(),
                 strategy: grouping.strategy.clone(),
@@ -468,7 +477,8 @@ impl Builder {
     /// Nix, then the grouping plugin: shared by builds and by `inspect`,
     /// which stops here.
     async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
-        let resolved = self.nix.resolve(&plan.source.source, &plan.expansion.packages, plan.system).await?;
+        let e = &plan.expansion;
+        let resolved = self.nix.resolve_with_optional(&plan.source.source, &e.packages, &e.optional, plan.system).await?;
         // One layer of the budget is the host's own final layer.
         let mut graph = resolved.graph.clone();
         graph.set_popularity(&self.popularity);
@@ -490,7 +500,7 @@ impl Builder {
         Ok(Inspection {
             name: name.to_string(),
             tag: tag.to_string(),
-            packages: plan.expansion.packages,
+            packages: resolved.packages,
             arch: plan.expansion.arch,
             source: plan.source.identity,
             immutable: plan.source.immutable,

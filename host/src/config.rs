@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// Optional access control (see [`crate::auth`]); off by default.
     pub auth: crate::auth::AuthConfig,
+    /// `strata gc` on a schedule inside `strata serve`; off by default.
+    pub gc: GcConfig,
     /// Directory of web assets replacing the embedded page (`WEB_DIR`).
     pub web_dir: Option<PathBuf>,
     /// Largest number of packages one image may name.
@@ -79,6 +81,11 @@ pub struct NixConfig {
     pub popularity_url: Option<String>,
     /// Where Nix expressions and GC roots live (default: under the data dir).
     pub work_dir: Option<PathBuf>,
+    /// Seconds a name found missing or unavailable (a throw, a refused
+    /// broken or unfree package) is answered from memory, without
+    /// evaluating it again: clients retry, and explaining a refusal costs an
+    /// evaluation of its own. 0 turns this off.
+    pub negative_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +140,43 @@ pub struct CacheConfig {
     pub memory_mib: u64,
 }
 
+/// `[gc]`: the collection `strata gc --delete` does, run by `strata serve`
+/// every `interval` (see [`crate::gc::spawn_schedule`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    pub enabled: bool,
+    /// Images not requested for this long go (`30d`, `12h`), as
+    /// `--older-than`.
+    pub older_than: String,
+    /// Time between runs (the first one `interval` after start).
+    pub interval: String,
+    /// Also collect the object store (images, blobs, debris). With several
+    /// replicas on one bucket, one replica collecting it is enough.
+    pub storage: bool,
+    /// Release this machine's Nix GC roots of removed images and delete the
+    /// store paths only they held.
+    pub nix: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { enabled: false, older_than: "30d".into(), interval: "6h".into(), storage: true, nix: true }
+    }
+}
+
+impl GcConfig {
+    /// The window (validated at load).
+    pub fn older_than(&self) -> std::time::Duration {
+        crate::gc::parse_age(&self.older_than).unwrap_or(std::time::Duration::from_secs(30 * 86400))
+    }
+
+    /// The interval (validated at load).
+    pub fn interval(&self) -> std::time::Duration {
+        crate::gc::parse_age(&self.interval).unwrap_or(std::time::Duration::from_secs(6 * 3600))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BuildsConfig {
@@ -169,6 +213,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             limits: Default::default(),
             auth: Default::default(),
+            gc: GcConfig::default(),
             web_dir: None,
             max_packages: 64,
             log_format: LogFormat::Text,
@@ -184,7 +229,7 @@ impl Default for StorageConfig {
 
 impl Default for NixConfig {
     fn default() -> Self {
-        NixConfig { timeout_secs: 60, popularity_url: None, work_dir: None }
+        NixConfig { timeout_secs: 60, popularity_url: None, work_dir: None, negative_ttl_secs: 60 }
     }
 }
 
@@ -365,6 +410,11 @@ impl Config {
         }
         if self.max_packages == 0 {
             return Err(bad("max_packages must be at least 1"));
+        }
+        crate::gc::parse_age(&self.gc.older_than).map_err(|e| bad(format!("gc.older_than={e}")))?;
+        crate::gc::parse_age(&self.gc.interval).map_err(|e| bad(format!("gc.interval={e}")))?;
+        if self.gc.enabled && !self.gc.storage && !self.gc.nix {
+            return Err(bad("gc.enabled is set but both gc.storage and gc.nix are off"));
         }
         Ok(())
     }

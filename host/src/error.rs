@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::nix::NixError;
+use crate::nix::{BuildFailure, NixError, Unavailable};
 use crate::plugins::PluginFailure;
 
 /// `Clone` because one build's outcome is handed to every request that
@@ -21,9 +21,14 @@ pub enum Error {
     DigestInvalid(String),
     #[error("invalid manifest reference: {0}")]
     ManifestInvalid(String),
-    /// Packages the source does not have; all of them at once.
-    #[error("packages not found: {}", .0.join(", "))]
-    PackagesMissing(Vec<String>),
+    /// Packages the source does not have, or refuses to evaluate (with its
+    /// reasons); all of them at once.
+    #[error("{0}")]
+    PackagesUnavailable(Unavailable),
+    /// A package's derivation failed to build; the build log goes to the
+    /// server log only.
+    #[error("{0}")]
+    BuildFailed(BuildFailure),
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
     #[error("no such endpoint: {0}")]
@@ -63,7 +68,8 @@ pub enum Error {
 impl From<NixError> for Error {
     fn from(e: NixError) -> Self {
         match e {
-            NixError::Missing(names) => Error::PackagesMissing(names),
+            NixError::Unavailable(u) => Error::PackagesUnavailable(u),
+            NixError::BuildFailed(b) => Error::BuildFailed(b),
             NixError::Timeout(d) => Error::Nix { timeout_secs: Some(d.as_secs()), message: format!("timed out after {d:?}") },
             other => Error::Nix { timeout_secs: None, message: other.to_string() },
         }
@@ -133,7 +139,7 @@ impl Error {
             TagInvalid(_) => ("TAG_INVALID", StatusCode::BAD_REQUEST),
             DigestInvalid(_) => ("DIGEST_INVALID", StatusCode::BAD_REQUEST),
             ManifestInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
-            PackagesMissing(_) | ManifestUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
+            PackagesUnavailable(_) | ManifestUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
             BlobUnknown(_) => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
             NotFound(_) => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
             RangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
@@ -144,30 +150,37 @@ impl Error {
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
-            Plugin { .. } | Nix { .. } | Storage(_) | Internal(_) => {
+            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
     }
 
     /// What a client is told. Nix's own output is withheld: it can be long
-    /// and it names paths of the build machine.
+    /// and it names paths of the build machine. A server error names the
+    /// request id, which the server log's lines about it carry too.
     fn public_message(&self) -> String {
-        match self {
+        let message = match self {
             Error::Nix { timeout_secs: Some(s), .. } => {
                 format!("image build timed out after {s} s")
             }
-            Error::Nix { .. } => "image build failed in Nix (details in the server log)".into(),
-            Error::Storage(_) => "storage error (details in the server log)".into(),
-            Error::StorageFull(_) => "storage is full (details in the server log)".into(),
-            Error::Internal(_) => "internal error (details in the server log)".into(),
-            other => other.to_string(),
+            Error::Nix { .. } => "image build failed in Nix".into(),
+            Error::BuildFailed(b) => b.to_string(),
+            Error::Storage(_) => "storage error".into(),
+            Error::StorageFull(_) => "storage is full".into(),
+            Error::Internal(_) => "internal error".into(),
+            other => return other.to_string(),
+        };
+        match crate::metrics::request_id() {
+            Some(id) => format!("{message} (request id {id}; details in the server log)"),
+            None => format!("{message} (details in the server log)"),
         }
     }
 
     fn detail(&self) -> serde_json::Value {
         match self {
-            Error::PackagesMissing(names) => json!({ "missing": names }),
+            Error::PackagesUnavailable(u) => json!({ "missing": u.missing, "unavailable": u.refused }),
+            Error::BuildFailed(b) => json!({ "packages": b.packages, "derivations": b.derivations }),
             Error::Plugin { plugin, hook, reason } => {
                 json!({ "plugin": plugin, "hook": hook, "reason": reason })
             }
@@ -179,7 +192,9 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (code, status) = self.code_and_status();
-        if status.is_server_error() {
+        if let Error::BuildFailed(b) = &self {
+            tracing::error!(error = %self, derivations = ?b.derivations, "build failed; Nix's last lines:\n{}", b.log_tail);
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {
             tracing::debug!(error = %self, "request refused");

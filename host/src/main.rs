@@ -55,8 +55,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove images not requested within a window, and the blobs no
-    /// remaining image names. Dry run unless `--delete`.
+    /// Remove images not requested within a window, the blobs no remaining
+    /// image names, and (on this machine) their Nix GC roots and the store
+    /// paths only those held. Dry run unless `--delete`.
     ///
     /// Example: `strata gc --older-than 30d --delete`
     Gc {
@@ -66,6 +67,14 @@ enum Command {
         /// Remove what is found; without it only report.
         #[arg(long)]
         delete: bool,
+        /// Only the object store: leave this machine's Nix roots alone.
+        #[arg(long, conflicts_with = "no_storage")]
+        no_nix: bool,
+        /// Only this machine's Nix roots and store paths: the object store is
+        /// read (to know which images stay), not collected (another replica
+        /// does that).
+        #[arg(long)]
+        no_storage: bool,
     },
     /// Work with plugins.
     Plugin {
@@ -177,10 +186,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(cfg).await,
         Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
-        Command::Gc { older_than, delete } => {
+        Command::Gc { older_than, delete, no_nix, no_storage } => {
             let storage = strata::storage::Storage::from_config(&cfg)?;
             println!("gc: {}", storage.description());
-            println!("{}", strata::gc::collect(&storage, older_than, delete).await?);
+            let parts = strata::gc::Parts { storage: !no_storage, nix: !no_nix };
+            println!("{}", strata::gc::run(&cfg, &storage, older_than, delete, parts).await?);
             Ok(())
         }
         Command::Bench { command } => strata::bench::run(command).await,
@@ -236,7 +246,21 @@ async fn build(cfg: Config, name: &str, tag: &str, output: &strata::export::Outp
 async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Result<()> {
     check_name(&cfg, name, tag)?;
     let builder = Builder::new(Arc::new(cfg)).await?;
-    let i = builder.inspect(name, tag).await?;
+    let i = match builder.inspect(name, tag).await {
+        Ok(i) => i,
+        Err(strata::error::Error::PackagesUnavailable(u)) => {
+            // One line a name, as the web inspector lists them.
+            eprintln!("strata: {name}:{tag} cannot be built; these packages are not available:");
+            for r in &u.refused {
+                eprintln!("  {}: {}", r.name, r.reason);
+            }
+            for m in &u.missing {
+                eprintln!("  {m}: not in the package set");
+            }
+            std::process::exit(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
@@ -270,6 +294,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => app,
     };
     let app = app.layer(axum::middleware::from_fn(strata::metrics::observe));
+    let _gc = strata::gc::spawn_schedule(Arc::new(builder.config().clone()), builder.storage.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let plugins: Vec<String> = builder.plugins.all().iter().map(|p| p.name().to_string()).collect();
     tracing::info!(

@@ -44,6 +44,13 @@ struct Metrics {
     bytes_served: Counter,
     plugin_seconds: Family<PluginLabels, Histogram>,
     plugin_failures: Family<PluginLabels, Counter>,
+    gc_bytes_freed: Family<PartLabels, Counter>,
+    gc_runs: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
 }
 
 fn metrics() -> &'static Metrics {
@@ -70,7 +77,26 @@ fn metrics() -> &'static Metrics {
         registry.register("plugin_call_seconds", "Duration of plugin calls", plugin_seconds.clone());
         let plugin_failures = Family::<PluginLabels, Counter>::default();
         registry.register("plugin_failures", "Plugin calls that failed", plugin_failures.clone());
-        Metrics { registry, requests, builds, build_seconds, cache, bytes_served, plugin_seconds, plugin_failures }
+        let gc_bytes_freed = Family::<PartLabels, Counter>::default();
+        registry.register(
+            "gc_bytes_freed",
+            "Bytes gc removed: blobs from the object store (storage), store paths from this machine's Nix store (nix, NAR size)",
+            gc_bytes_freed.clone(),
+        );
+        let gc_runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register("gc_runs", "gc runs by outcome", gc_runs.clone());
+        Metrics {
+            registry,
+            requests,
+            builds,
+            build_seconds,
+            cache,
+            bytes_served,
+            plugin_seconds,
+            plugin_failures,
+            gc_bytes_freed,
+            gc_runs,
+        }
     })
 }
 
@@ -111,6 +137,14 @@ pub fn cache(result: &'static str) {
     metrics().cache.get_or_create(&CacheLabels { result }).inc();
 }
 
+/// One gc run: bytes freed in the object store and in the Nix store.
+pub fn gc(storage_bytes: u64, nix_bytes: u64, ok: bool) {
+    let m = metrics();
+    m.gc_runs.get_or_create(&OutcomeLabels { outcome: if ok { "ok" } else { "error" } }).inc();
+    m.gc_bytes_freed.get_or_create(&PartLabels { part: "storage" }).inc_by(storage_bytes);
+    m.gc_bytes_freed.get_or_create(&PartLabels { part: "nix" }).inc_by(nix_bytes);
+}
+
 pub fn bytes_served(n: u64) {
     metrics().bytes_served.inc_by(n);
 }
@@ -122,6 +156,16 @@ pub fn plugin_call(plugin: &str, hook: &'static str, duration: Duration, ok: boo
     if !ok {
         m.plugin_failures.get_or_create(&labels).inc();
     }
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being answered (set by [`observe`]), for error
+/// messages that point into the log.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
 }
 
 /// Middleware: a request id (from `x-request-id` or new), a tracing span
@@ -138,7 +182,7 @@ pub async fn observe(req: axum::extract::Request, next: axum::middleware::Next) 
     let route = route_class(req.uri().path());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     let started = std::time::Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
     let status = resp.status();
     request(route, status);
     span.in_scope(|| tracing::info!(status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "response"));

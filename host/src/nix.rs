@@ -22,9 +22,10 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Deserialize;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strata_plugin_sdk::{ClosureGraph, NamedPath, NixSource};
+use strata_plugin_sdk::{store_name, ClosureGraph, NamedPath, NixSource};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -45,11 +46,17 @@ pub struct NixOptions {
     pub timeout: Duration,
     /// Where the expressions are written and the GC roots (out links) kept.
     pub work_dir: PathBuf,
+    /// How long a missing or unavailable name is remembered (zero: not).
+    pub negative_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    /// Top-level out paths, in request order, each once.
+    /// The names that went into the image: every requested one, and the
+    /// optional ones the package set has, in that order.
+    pub packages: Vec<String>,
+    /// Top-level out paths (each package's outputs to install), in request
+    /// order, each once.
     pub roots: Vec<String>,
     pub graph: ClosureGraph,
     /// The directory holding this build's out links (Nix GC roots), under
@@ -58,10 +65,70 @@ pub struct Resolved {
     pub gc_root: Option<PathBuf>,
 }
 
+/// Requested names the package set cannot give: all of them at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    /// Names the set does not have (or that are not packages, as `xorg`).
+    pub missing: Vec<String>,
+    /// Names whose evaluation threw or failed an assertion, with the set's
+    /// own reason (see [`public_reason`]).
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub name: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.missing.is_empty() {
+            write!(f, "packages not found: {}", self.missing.join(", "))?;
+        }
+        if !self.refused.is_empty() {
+            if !self.missing.is_empty() {
+                f.write_str("; ")?;
+            }
+            f.write_str("packages unavailable: ")?;
+            for (i, r) in self.refused.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "; " };
+                write!(f, "{sep}{}: {}", r.name, r.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A derivation that failed to build, and the requested packages it kept
+/// from being built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    /// Requested names whose build failed, directly or through a dependency.
+    pub packages: Vec<String>,
+    /// Names (without hash) of the derivations whose builders failed.
+    pub derivations: Vec<String>,
+    /// Nix's last lines: the failing builder's log; for the server log only.
+    pub log_tail: String,
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.packages.is_empty() { "the image".to_string() } else { self.packages.join(", ") };
+        write!(f, "building {what} failed")?;
+        if !self.derivations.is_empty() {
+            write!(f, " (derivation {} failed)", self.derivations.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NixError {
-    #[error("packages not found: {}", .0.join(", "))]
-    Missing(Vec<String>),
+    #[error("{0}")]
+    Unavailable(Unavailable),
+    #[error("{0}")]
+    BuildFailed(BuildFailure),
     #[error("nix timed out after {0:?}")]
     Timeout(Duration),
     #[error("nix failed ({status}): {log_tail}")]
@@ -72,26 +139,62 @@ pub enum NixError {
     Parse(String),
 }
 
-#[derive(Debug)]
 pub struct NixRunner {
     opts: NixOptions,
     build_image_nix: PathBuf,
     gc_roots: PathBuf,
     builds_started: AtomicU64,
+    evaluations: AtomicU64,
+    /// (system, source, name) → why it cannot be had, for `negative_ttl`.
+    negative: moka::sync::Cache<(String, String, String), Negative>,
+}
+
+impl std::fmt::Debug for NixRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NixRunner").field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Negative {
+    Missing,
+    Refused(String),
 }
 
 /// What `build-image.nix -A lookup` prints.
 #[derive(Debug, Deserialize)]
 struct Lookup {
-    missing: Vec<String>,
-    found: Vec<Found>,
+    packages: Vec<Status>,
+    #[serde(default)]
+    optional: Vec<Status>,
 }
 
-/// One found package; its `name` (as requested) is not needed here.
-#[derive(Debug, Deserialize)]
-struct Found {
-    path: String,
+#[derive(Debug, Clone, Deserialize)]
+struct Status {
+    name: String,
+    status: StatusKind,
+    #[serde(default)]
+    drv: Option<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    /// Not from Nix: the reason, when already known without `explain`.
+    #[serde(skip)]
+    reason: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StatusKind {
+    Found,
+    Missing,
+    Unavailable,
+}
+
+/// Unavailable names explained at once (each is an evaluation of the
+/// package set of its own).
+const EXPLAIN_AT_ONCE: usize = 4;
+/// Longest reason a client is told, in characters.
+const REASON_MAX_CHARS: usize = 200;
 
 impl NixRunner {
     pub fn new(opts: NixOptions) -> std::io::Result<Self> {
@@ -104,11 +207,17 @@ impl NixRunner {
         std::fs::create_dir_all(&gc_roots)?;
         write_if_changed(&nix_dir.join("build-image.nix"), BUILD_IMAGE_NIX)?;
         write_if_changed(&nix_dir.join("load-pkgs.nix"), LOAD_PKGS_NIX)?;
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(opts.negative_ttl.max(Duration::from_millis(1)))
+            .build();
         Ok(NixRunner {
             opts: NixOptions { work_dir, ..opts },
             build_image_nix: nix_dir.join("build-image.nix"),
             gc_roots,
             builds_started: AtomicU64::new(0),
+            evaluations: AtomicU64::new(0),
+            negative,
         })
     }
 
@@ -118,63 +227,71 @@ impl NixRunner {
         self.builds_started.load(Ordering::SeqCst)
     }
 
+    /// How many `nix-instantiate` evaluations this runner has started: lets
+    /// tests check that unavailable names cost a bounded number of them.
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::SeqCst)
+    }
+
     pub async fn resolve(
         &self,
         source: &NixSource,
         packages: &[String],
         system: &str,
     ) -> Result<Resolved, NixError> {
+        self.resolve_with_optional(source, packages, &[], system).await
+    }
+
+    /// Looks up, builds and reads the closure of `packages`, plus those of
+    /// `optional` the package set has (a missing or unavailable optional
+    /// name is skipped).
+    pub async fn resolve_with_optional(
+        &self,
+        source: &NixSource,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+    ) -> Result<Resolved, NixError> {
         let deadline = Instant::now() + self.opts.timeout;
         if packages.is_empty() {
-            return Ok(Resolved { roots: Vec::new(), graph: ClosureGraph::default(), gc_root: None });
+            return Ok(Resolved { packages: Vec::new(), roots: Vec::new(), graph: ClosureGraph::default(), gc_root: None });
         }
         let source_json = serde_json::to_string(&absolute_source(source)?)
             .map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
-        let packages_json = serde_json::to_string(packages)
-            .map_err(|e| NixError::Parse(format!("serialising package names: {e}")))?;
-        let expr_args: Vec<OsString> = vec![
-            "--argstr".into(),
-            "source".into(),
-            source_json.into(),
-            "--argstr".into(),
-            "packages".into(),
-            packages_json.into(),
-            "--argstr".into(),
-            "system".into(),
-            system.into(),
-        ];
+        let optional: Vec<String> = optional.iter().filter(|o| !packages.contains(o)).cloned().collect();
 
-        // 1. Which names exist. Evaluation only: builds nothing.
-        let mut args: Vec<OsString> = vec![
-            "--eval".into(),
-            "--strict".into(),
-            "--json".into(),
-            self.build_image_nix.clone().into(),
-            "-A".into(),
-            "lookup".into(),
-        ];
-        args.extend(expr_args.iter().cloned());
-        let out = self.run("nix-instantiate", &args, deadline).await?;
-        let lookup: Lookup = serde_json::from_slice(&out)
-            .map_err(|e| NixError::Parse(format!("lookup result: {e}")))?;
-        if !lookup.missing.is_empty() {
-            return Err(NixError::Missing(lookup.missing));
+        // 1. Which names the set has, each tried on its own.
+        let found = self.look_up(&source_json, packages, &optional, system, deadline).await?;
+        let mut names = Vec::new();
+        let mut roots = Vec::new();
+        let mut drvs = Vec::new();
+        for status in found {
+            for path in &status.paths {
+                if !roots.contains(path) {
+                    roots.push(path.clone());
+                }
+            }
+            if let Some(drv) = status.drv {
+                drvs.push((drv, status.name.clone()));
+            }
+            names.push(status.name);
         }
-        let mut seen = HashSet::new();
-        let roots: Vec<String> =
-            lookup.found.into_iter().map(|f| f.path).filter(|p| seen.insert(p.clone())).collect();
+        if roots.is_empty() {
+            return Err(NixError::Parse("the lookup found packages without paths".into()));
+        }
 
         // 2. Build. The out links are GC roots named after the set of roots,
         //    so the same image reuses (rather than piles up) its roots, and
         //    two concurrent builds of it write the same links.
         let gc_root = self.gc_roots.join(roots_key(&roots));
         let link = gc_root.join("result");
-        let mut args: Vec<OsString> =
-            vec![self.build_image_nix.clone().into(), "-A".into(), "contents".into()];
-        args.extend(expr_args.iter().cloned());
+        let mut args = self.expr_args("contents", &source_json, &names, &[], system)?;
         args.extend(["--out-link".into(), link.into()]);
         self.builds_started.fetch_add(1, Ordering::SeqCst);
-        let out = self.run("nix-build", &args, deadline).await?;
+        let out = match self.run("nix-build", &args, deadline).await {
+            Err(NixError::Failed { log_tail, .. }) => return Err(NixError::BuildFailed(build_failure(&drvs, log_tail))),
+            other => other?,
+        };
         let built: HashSet<&str> =
             std::str::from_utf8(&out).unwrap_or_default().lines().map(str::trim).collect();
         if let Some(r) = roots.iter().find(|r| !built.contains(r.as_str())) {
@@ -196,7 +313,208 @@ impl NixRunner {
         // Plugins are promised a closed graph containing the roots; a Nix
         // that printed less is caught here rather than as a broken image.
         let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
-        Ok(Resolved { roots, graph, gc_root: Some(gc_root) })
+        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root) })
+    }
+
+    /// The arguments asking `build-image.nix` for `attr`, for `nix-build`
+    /// or (with [`NixRunner::instantiate`]'s flags) `nix-instantiate`.
+    fn expr_args(
+        &self,
+        attr: &str,
+        source_json: &str,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+    ) -> Result<Vec<OsString>, NixError> {
+        let json = |names: &[String]| {
+            serde_json::to_string(names).map_err(|e| NixError::Parse(format!("serialising package names: {e}")))
+        };
+        let mut args: Vec<OsString> = vec![self.build_image_nix.clone().into(), "-A".into(), attr.into()];
+        for (key, value) in [
+            ("source", source_json.to_string()),
+            ("packages", json(packages)?),
+            ("optional", json(optional)?),
+            ("system", system.to_string()),
+        ] {
+            args.extend(["--argstr".into(), key.into(), value.into()]);
+        }
+        Ok(args)
+    }
+
+    /// Step 1: the found packages, required ones first, or every name the
+    /// set cannot give with its reason. Remembered answers are used for
+    /// names asked about within `negative_ttl`; the others are evaluated in
+    /// one `nix-instantiate`, and each unavailable one once more to read
+    /// why ([`NixRunner::explain`]).
+    async fn look_up(
+        &self,
+        source_json: &str,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Status>, NixError> {
+        let key = |name: &str| (system.to_string(), source_json.to_string(), name.to_string());
+        let known = |name: &String| self.negative.get(&key(name));
+        let mut remembered: HashMap<String, Negative> = HashMap::new();
+        for name in packages {
+            if let Some(n) = known(name) {
+                remembered.insert(name.clone(), n);
+            }
+        }
+        let ask_packages: Vec<String> = packages.iter().filter(|n| !remembered.contains_key(*n)).cloned().collect();
+        let ask_optional: Vec<String> = optional.iter().filter(|n| known(n).is_none()).cloned().collect();
+
+        let lookup = if ask_packages.is_empty() && ask_optional.is_empty() {
+            Lookup { packages: Vec::new(), optional: Vec::new() }
+        } else {
+            self.evaluate_lookup(source_json, &ask_packages, &ask_optional, system, deadline).await?
+        };
+
+        // The set's reasons for the newly unavailable names (optional ones
+        // are skipped without one: nobody asked for them).
+        let to_explain: Vec<String> = lookup
+            .packages
+            .iter()
+            .filter(|s| s.status == StatusKind::Unavailable && s.reason.is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        let explained = to_explain.into_iter().map(|name| self.explain(source_json, name, system, deadline));
+        let reasons: HashMap<String, String> =
+            futures::stream::iter(explained).buffer_unordered(EXPLAIN_AT_ONCE).try_collect().await?;
+
+        let ttl = !self.opts.negative_ttl.is_zero();
+        let mut unavailable = Unavailable::default();
+        let mut found = Vec::new();
+        let mut fresh: HashMap<&str, &Status> = lookup.packages.iter().map(|s| (s.name.as_str(), s)).collect();
+        for name in packages {
+            let negative = match (remembered.get(name), fresh.remove(name.as_str())) {
+                (Some(n), _) => Some(n.clone()),
+                (None, Some(s)) => match s.status {
+                    StatusKind::Found => {
+                        found.push(s.clone());
+                        None
+                    }
+                    StatusKind::Missing => Some(Negative::Missing),
+                    StatusKind::Unavailable => Some(Negative::Refused(
+                        s.reason.clone().or_else(|| reasons.get(name).cloned()).unwrap_or_else(|| "evaluation failed".into()),
+                    )),
+                },
+                (None, None) => return Err(NixError::Parse(format!("the lookup did not report {name}"))),
+            };
+            match negative {
+                None => {}
+                Some(n) => {
+                    if ttl {
+                        self.negative.insert(key(name), n.clone());
+                    }
+                    match n {
+                        Negative::Missing => unavailable.missing.push(name.clone()),
+                        Negative::Refused(reason) => unavailable.refused.push(Refused { name: name.clone(), reason }),
+                    }
+                }
+            }
+        }
+        for s in &lookup.optional {
+            match s.status {
+                StatusKind::Found => found.push(s.clone()),
+                StatusKind::Missing if ttl => self.negative.insert(key(&s.name), Negative::Missing),
+                StatusKind::Unavailable if ttl => {
+                    self.negative.insert(key(&s.name), Negative::Refused("evaluation failed".into()))
+                }
+                _ => {}
+            }
+        }
+        if !unavailable.missing.is_empty() || !unavailable.refused.is_empty() {
+            return Err(NixError::Unavailable(unavailable));
+        }
+        Ok(found)
+    }
+
+    /// One evaluation of `-A lookup`. A package set can fail in ways
+    /// `tryEval` does not catch (`abort`, a missing attribute inside a
+    /// package); then, if the set itself loads, each name is looked up on
+    /// its own so that one such name cannot hide the others.
+    async fn evaluate_lookup(
+        &self,
+        source_json: &str,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+        deadline: Instant,
+    ) -> Result<Lookup, NixError> {
+        let args = self.expr_args("lookup", source_json, packages, optional, system)?;
+        let log_tail = match self.instantiate(&args, deadline).await {
+            Ok(out) => return serde_json::from_slice(&out).map_err(|e| NixError::Parse(format!("lookup result: {e}"))),
+            Err(NixError::Failed { log_tail, status }) => (log_tail, status),
+            Err(other) => return Err(other),
+        };
+        let probe = self.expr_args("loads", source_json, &[], &[], system)?;
+        if self.instantiate(&probe, deadline).await.is_err() {
+            return Err(NixError::Failed { status: log_tail.1, log_tail: log_tail.0 });
+        }
+        if packages.len() + optional.len() == 1 {
+            // The set loads, so the one name is the failure: Nix said why.
+            return Ok(single_failure(packages, optional, &log_tail.0));
+        }
+        tracing::warn!("a package failed its lookup outside tryEval; looking each name up on its own");
+        // Owned first: a stream of futures borrowing through closures trips
+        // the compiler's Send check of the spawned build future.
+        let mut names: Vec<(String, bool)> = packages.iter().map(|n| (n.clone(), false)).collect();
+        names.extend(optional.iter().map(|n| (n.clone(), true)));
+        let each = names.into_iter().map(|(name, o)| self.look_up_one(source_json, name, o, system, deadline));
+        let each: Vec<Lookup> = futures::stream::iter(each).buffered(EXPLAIN_AT_ONCE).try_collect().await?;
+        let mut all = Lookup { packages: Vec::new(), optional: Vec::new() };
+        for l in each {
+            all.packages.extend(l.packages);
+            all.optional.extend(l.optional);
+        }
+        Ok(all)
+    }
+
+    /// `-A lookup` of one name, a required or an optional one.
+    async fn look_up_one(
+        &self,
+        source_json: &str,
+        name: String,
+        is_optional: bool,
+        system: &str,
+        deadline: Instant,
+    ) -> Result<Lookup, NixError> {
+        let (p, o) = if is_optional { (vec![], vec![name]) } else { (vec![name], vec![]) };
+        let args = self.expr_args("lookup", source_json, &p, &o, system)?;
+        match self.instantiate(&args, deadline).await {
+            Ok(out) => serde_json::from_slice(&out).map_err(|e| NixError::Parse(format!("lookup result: {e}"))),
+            Err(NixError::Failed { log_tail, .. }) => Ok(single_failure(&p, &o, &log_tail)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Why `name` is unavailable, in the package set's words: evaluates it
+    /// without `tryEval` and reads the error Nix prints.
+    async fn explain(
+        &self,
+        source_json: &str,
+        name: String,
+        system: &str,
+        deadline: Instant,
+    ) -> Result<(String, String), NixError> {
+        let args = self.expr_args("explain", source_json, std::slice::from_ref(&name), &[], system)?;
+        let reason = match self.instantiate(&args, deadline).await {
+            Err(NixError::Failed { log_tail, .. }) => public_reason(&log_tail),
+            Err(other) => return Err(other),
+            // It evaluated this time (a set that is not deterministic).
+            Ok(_) => "evaluation failed".into(),
+        };
+        Ok((name, reason))
+    }
+
+    /// Evaluates only: builds nothing (and, read-only, writes no `.drv`).
+    async fn instantiate(&self, args: &[OsString], deadline: Instant) -> Result<Vec<u8>, NixError> {
+        self.evaluations.fetch_add(1, Ordering::SeqCst);
+        let mut all: Vec<OsString> = vec!["--eval".into(), "--strict".into(), "--json".into()];
+        all.extend(args.iter().cloned());
+        self.run("nix-instantiate", &all, deadline).await
     }
 
     /// Runs one Nix command to completion or to the deadline; returns its
@@ -277,6 +595,89 @@ fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
+}
+
+/// A lookup answer for the one name whose evaluation failed outside
+/// `tryEval`: unavailable, with the reason Nix printed.
+fn single_failure(packages: &[String], optional: &[String], log_tail: &str) -> Lookup {
+    let status = |name: &String| Status {
+        name: name.clone(),
+        status: StatusKind::Unavailable,
+        drv: None,
+        paths: vec![],
+        reason: Some(public_reason(log_tail)),
+    };
+    Lookup { packages: packages.iter().map(status).collect(), optional: optional.iter().map(status).collect() }
+}
+
+/// The package set's reason, fit for a client: the last error Nix printed,
+/// its first line only, without colours, store paths or other absolute
+/// paths of the server (`Package ‘foo-1.0’ in /srv/pkgs/foo.nix:12 is marked
+/// as broken` → `… in … is marked as broken`), at most
+/// [`REASON_MAX_CHARS`] characters.
+pub fn public_reason(nix_stderr: &str) -> String {
+    static ANSI: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").expect("a valid regex"));
+    static PATH: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(^|[\s'"‘`(\[=:,])/[^\s'"’`)\]]*"#).expect("a valid regex")
+    });
+    let text = ANSI.replace_all(nix_stderr, "");
+    let lines: Vec<&str> = text.lines().collect();
+    // Newer Nix prints `error:` alone, a trace, then the message on a line
+    // of its own that starts with `error:` again; 2.8 puts it on the first.
+    let mut message = None;
+    for (i, line) in lines.iter().enumerate().rev() {
+        if let Some(rest) = line.trim_start().strip_prefix("error:") {
+            let rest = rest.trim();
+            if !rest.is_empty() {
+                message = Some(rest.to_string());
+                break;
+            }
+            if let Some(next) = lines[i + 1..].iter().map(|l| l.trim()).find(|l| !l.is_empty() && !l.starts_with('…')) {
+                message = Some(next.to_string());
+                break;
+            }
+        }
+    }
+    let message = message.unwrap_or_else(|| "evaluation failed".into());
+    let cleaned = PATH.replace_all(&message, "$1…");
+    let cleaned = cleaned.trim().trim_end_matches(':').trim();
+    let mut out: String = cleaned.chars().take(REASON_MAX_CHARS).collect();
+    if cleaned.chars().count() > REASON_MAX_CHARS {
+        out.push('…');
+    }
+    if out.is_empty() {
+        "evaluation failed".into()
+    } else {
+        out
+    }
+}
+
+/// Which requested packages a failed `nix-build` could not build, from the
+/// lines Nix prints: `builder for '…-leftpad-1.3.0.drv' failed` for the
+/// derivation that failed, `dependencies of derivation '…-padder-0.4.drv'
+/// failed to build` for each one it held up.
+fn build_failure(requested: &[(String, String)], log_tail: String) -> BuildFailure {
+    static DRV: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(builder for|dependencies of derivation) '(/[^']+\.drv)'").expect("a valid regex")
+    });
+    let mut packages = Vec::new();
+    let mut derivations = Vec::new();
+    for cap in DRV.captures_iter(&log_tail) {
+        let drv = &cap[2];
+        if &cap[1] == "builder for" {
+            let name = store_name(drv).trim_end_matches(".drv").to_string();
+            if !derivations.contains(&name) {
+                derivations.push(name);
+            }
+        }
+        for (_, name) in requested.iter().filter(|(d, _)| d == drv) {
+            if !packages.contains(name) {
+                packages.push(name.clone());
+            }
+        }
+    }
+    BuildFailure { packages, derivations, log_tail }
 }
 
 /// A stable name for a set of roots (FNV-1a, 64 bits): stable across
@@ -605,6 +1006,38 @@ mod tests {
     fn stat_parsing_survives_odd_command_names() {
         let stat = "4242 (sh) -c (x)) S 4000 4100 4100 0 -1 4194560 1 0 0 0";
         assert_eq!(parse_stat(stat), Some((4000, 4100)));
+    }
+
+    #[test]
+    fn reasons_are_one_line_without_paths() {
+        // Nix 2.8: the message on the `error:` line, advice after it.
+        let nix28 = "error: Package ‘unrar-6.2.12’ in /srv/pkgs/default.nix:381 has an unfree license (‘unfree’), refusing to evaluate.\n\n       a) To temporarily allow unfree packages\n(use '--show-trace' to show detailed location information)\n";
+        assert_eq!(public_reason(nix28), "Package ‘unrar-6.2.12’ in … has an unfree license (‘unfree’), refusing to evaluate.");
+        // Later Nix: `error:` alone, a trace, then the message, coloured.
+        let later = "trace: warning: an alias\nerror:\n       … while evaluating the attribute 'explain'\n         at /var/lib/strata/nix/build-image.nix:120:3:\n\n       \x1b[31;1merror:\x1b[0m 'oldpkg' has been removed; use 'newpkg' (see /nix/store/0123456789abcdfghijklmnpqrsvwxyz-source/pkgs/top-level/aliases.nix)\n";
+        assert_eq!(public_reason(later), "'oldpkg' has been removed; use 'newpkg' (see …)");
+        let split = "error:\n       … from call site\n\n       error:\n       assertion '(stdenv.isDarwin)' failed\n";
+        assert_eq!(public_reason(split), "assertion '(stdenv.isDarwin)' failed");
+        let long = format!("error: {}", "x".repeat(1000));
+        assert_eq!(public_reason(&long).chars().count(), REASON_MAX_CHARS + 1);
+        assert_eq!(public_reason("garbage"), "evaluation failed");
+        assert_eq!(public_reason("error: cannot open '/etc/secret'"), "cannot open '…'");
+    }
+
+    #[test]
+    fn build_failures_map_derivations_to_requested_names() {
+        let requested = vec![
+            ("/nix/store/55ha09a8pqrfpni0h5rskpfza6g7zacc-padder-0.4.drv".to_string(), "padder".to_string()),
+            ("/nix/store/g37rz126y6rx634b05cdas0i879nnzhq-hello-2.12.1.drv".to_string(), "hello".to_string()),
+        ];
+        let log = "building '/nix/store/2ama4a9d55jii32qmgh4anb6wx6rszbz-leftpad-1.3.0.drv'...\n\
+            error: builder for '/nix/store/2ama4a9d55jii32qmgh4anb6wx6rszbz-leftpad-1.3.0.drv' failed with exit code 1\n\
+            error: 1 dependencies of derivation '/nix/store/55ha09a8pqrfpni0h5rskpfza6g7zacc-padder-0.4.drv' failed to build";
+        let f = build_failure(&requested, log.to_string());
+        assert_eq!((f.packages.as_slice(), f.derivations.as_slice()), (&["padder".to_string()][..], &["leftpad-1.3.0".to_string()][..]));
+        assert_eq!(f.to_string(), "building padder failed (derivation leftpad-1.3.0 failed)");
+        let unknown = build_failure(&requested, "error: something else".into());
+        assert_eq!(unknown.to_string(), "building the image failed");
     }
 
     #[test]

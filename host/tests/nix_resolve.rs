@@ -34,7 +34,7 @@ fn names(list: &[&str]) -> Vec<String> {
 }
 
 fn runner(work: &Path, timeout: Duration) -> NixRunner {
-    NixRunner::new(NixOptions { timeout, work_dir: work.to_path_buf() }).unwrap()
+    NixRunner::new(NixOptions { timeout, work_dir: work.to_path_buf(), negative_ttl: Duration::from_secs(60) }).unwrap()
 }
 
 /// Live processes (not zombies): (pid, process group, command line).
@@ -158,13 +158,135 @@ async fn reports_all_missing_names_at_once() {
 
     let err = nix.resolve(&source, &names(&["hello", "nope1", "xorg.nope2"]), &system()).await.unwrap_err();
     match err {
-        NixError::Missing(missing) => assert_eq!(missing, names(&["nope1", "xorg.nope2"])),
-        other => panic!("expected Missing, got {other:?}"),
+        NixError::Unavailable(u) => {
+            assert_eq!(u.missing, names(&["nope1", "xorg.nope2"]));
+            assert!(u.refused.is_empty(), "{u:?}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
     }
     // An attribute set is not a package.
     let err = nix.resolve(&source, &names(&["xorg"]), &system()).await.unwrap_err();
-    assert!(matches!(&err, NixError::Missing(m) if m == &names(&["xorg"])), "{err:?}");
+    assert!(matches!(&err, NixError::Unavailable(u) if u.missing == names(&["xorg"])), "{err:?}");
     assert_eq!(nix.builds_started(), 0, "nothing is built when a name is missing");
+}
+
+fn unavailable(err: NixError) -> (Vec<String>, Vec<(String, String)>) {
+    match err {
+        NixError::Unavailable(u) => (u.missing, u.refused.into_iter().map(|r| (r.name, r.reason)).collect()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn names_the_set_refuses_are_reported_with_its_reasons_beside_missing_ones() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+    let request = names(&["hello", "hello-old", "nope", "ncdu", "unrar", "openssl_1_1"]);
+
+    let (missing, refused) = unavailable(nix.resolve(&source, &request, &system()).await.unwrap_err());
+    assert_eq!(missing, names(&["nope"]));
+    let reasons: HashMap<String, String> = refused.iter().cloned().collect();
+    assert_eq!(refused.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["hello-old", "ncdu", "unrar", "openssl_1_1"]);
+    assert_eq!(reasons["hello-old"], "'hello-old' has been renamed to/replaced by 'hello'");
+    assert_eq!(reasons["ncdu"], "Package ‘ncdu-2.3’ in … is marked as broken, refusing to evaluate.");
+    assert_eq!(
+        reasons["unrar"],
+        "Package ‘unrar-6.2.12’ in … has an unfree license (‘unfreeRedistributable’), refusing to evaluate."
+    );
+    assert!(reasons["openssl_1_1"].contains("is marked as insecure"), "{reasons:?}");
+    for reason in reasons.values() {
+        assert!(!reason.contains('/') || reason.contains("to/replaced"), "a server path in {reason:?}");
+        assert!(!reason.contains('\n'));
+    }
+    // One lookup, then one evaluation per refused name to read its reason.
+    assert_eq!(nix.evaluations(), 1 + 4);
+    assert_eq!(nix.builds_started(), 0);
+
+    // Asked again soon: the refused and missing names are remembered, only
+    // `hello` is looked up again.
+    let (missing_again, refused_again) = unavailable(nix.resolve(&source, &request, &system()).await.unwrap_err());
+    assert_eq!((missing_again, refused_again), (missing, refused));
+    assert_eq!(nix.evaluations(), 1 + 4 + 1);
+
+    // Without the refused names the same request builds.
+    let ok = nix.resolve(&source, &names(&["hello"]), &system()).await.unwrap();
+    assert_eq!(ok.packages, names(&["hello"]));
+}
+
+#[tokio::test]
+async fn failures_tryeval_cannot_catch_hide_no_other_name() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("host/tests/fixtures/uncaught"));
+    let request = names(&["hello", "aborts", "nope", "typo", "ncdu"]);
+    let (missing, refused) = unavailable(nix.resolve(&source, &request, &system()).await.unwrap_err());
+    assert_eq!(missing, names(&["nope"]));
+    let reasons: HashMap<String, String> = refused.iter().cloned().collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(reasons["aborts"].contains("strata-fixture: this package aborts evaluation"), "{reasons:?}");
+    assert!(reasons["typo"].contains("attribute 'nosuchattr' missing"), "{reasons:?}");
+    assert!(reasons["ncdu"].contains("is marked as broken"), "{reasons:?}");
+    // The failed lookup, the probe of the set, one lookup per name, and the
+    // explanation of ncdu (which tryEval caught in its own lookup).
+    assert_eq!(nix.evaluations(), 1 + 1 + 5 + 1);
+    // A set that does not load at all is the set's failure, not the names'.
+    let gone = path_source(&work.path().join("no-such-set"));
+    assert!(matches!(nix.resolve(&gone, &request, &system()).await, Err(NixError::Failed { .. })));
+}
+
+#[tokio::test]
+async fn optional_names_join_when_the_set_has_them() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+    let optional = names(&["cacert", "not-in-this-set", "iana-etc", "ncdu", "hello"]);
+    let r = nix.resolve_with_optional(&source, &names(&["hello"]), &optional, &system()).await.unwrap();
+    assert_eq!(r.packages, names(&["hello", "cacert", "iana-etc"]));
+    assert_eq!(r.roots.len(), 3);
+    assert!(r.roots[1].ends_with("-nss-cacert-3.95") && r.roots[2].ends_with("-iana-etc-20231227"), "{:?}", r.roots);
+}
+
+#[tokio::test]
+async fn outputs_to_install_are_the_roots_of_a_multi_output_package() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+    let r = nix.resolve(&source, &names(&["libxml2", "hello"]), &system()).await.unwrap();
+    assert_eq!(r.roots.len(), 3, "{:?}", r.roots);
+    assert!(r.roots[0].ends_with("-libxml2-2.11.5-bin"), "{:?}", r.roots);
+    assert!(r.roots[1].ends_with("-libxml2-2.11.5-man"), "{:?}", r.roots);
+    // The default output is in the closure, as a reference of `bin`.
+    let paths = &r.graph.paths;
+    let lib = paths.iter().position(|p| p.path.ends_with("-libxml2-2.11.5")).expect("the default output");
+    let bin = paths.iter().find(|p| p.path == r.roots[0]).unwrap();
+    assert!(bin.references.contains(&(lib as u32)));
+    let out = std::process::Command::new(format!("{}/bin/xmllint", r.roots[0])).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "xmllint: using libxml version 21105\n");
+}
+
+#[tokio::test]
+async fn a_failed_build_names_the_package_it_stopped() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("examples/demo-pkgs"));
+    for (request, packages) in [(&["hello", "padder"][..], &["padder"][..]), (&["leftpad"], &["leftpad"])] {
+        match nix.resolve(&source, &names(request), &system()).await.unwrap_err() {
+            NixError::BuildFailed(f) => {
+                assert_eq!(f.packages, names(packages));
+                assert_eq!(f.derivations, names(&["leftpad-1.3.0"]));
+                assert!(f.log_tail.contains("C compiler cannot create executables"), "{}", f.log_tail);
+                let message = f.to_string();
+                assert!(message.contains(packages[0]) && !message.contains("/nix/store"), "{message}");
+            }
+            other => panic!("expected BuildFailed, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use strata::config::{GroupRule, PluginsConfig};
 use strata::plugins::{check_sample, PluginSet, BUILTIN_NAMES};
 use strata_plugin_sdk::{
-    ExpandInput, Expansion, GroupInput, ImageSettings, Layers, PluginError, SourceInput,
+    ExpandInput, Expansion, GroupInput, Layers, PluginError, SourceInput,
 };
 
 /// What the host reports for a plugin's own error, to compare like with like.
@@ -189,7 +189,7 @@ async fn expansions_match_the_native_plugin() {
                     config: json_config(config, "bundles"),
                     segments: segments.clone(),
                     tag: tag.into(),
-                    current: Expansion { packages: segments.clone(), arch: "amd64".into(), image: ImageSettings::default() },
+                    current: Expansion { packages: segments.clone(), arch: "amd64".into(), ..Expansion::default() },
                 };
                 let expected = strata_plugin_bundles::expand_names(input).map_err(as_reason);
                 let got = set.expand(&segments, tag).await.map_err(|f| f.reason);

@@ -108,7 +108,10 @@
   async function loadInfo() {
     try {
       const resp = await fetch("api/info", { headers: { Accept: "application/json" } });
-      if (!resp.ok) throw new Error(await errorMessage(resp));
+      if (!resp.ok) {
+        const m = await errorMessage(resp);
+        throw new Error(typeof m === "string" ? m : m.text);
+      }
       renderInfo(await resp.json());
     } catch (e) {
       $("info-status").textContent = "Could not load the server's configuration: " + e.message;
@@ -126,8 +129,14 @@
       const e = body && body.errors && body.errors[0];
       if (e && e.message) {
         let msg = e.message;
-        if (e.detail && Array.isArray(e.detail.missing) && e.detail.missing.length && !msg.includes(e.detail.missing[0])) {
-          msg += " (not found: " + e.detail.missing.join(", ") + ")";
+        const d = e.detail || {};
+        const missing = Array.isArray(d.missing) ? d.missing : [];
+        const unavailable = Array.isArray(d.unavailable) ? d.unavailable : [];
+        if (missing.length || unavailable.length) {
+          // One line per package the set cannot give, with its reason.
+          const items = unavailable.map((u) => ({ name: u.name, why: u.reason }));
+          for (const m of missing) items.push({ name: m, why: "not in the package set" });
+          return { text: "these packages are not available", items };
         }
         return msg;
       }
@@ -150,9 +159,20 @@
     return { name: name.replace(/^\/+|\/+$/g, ""), tag: tag || "latest" };
   }
 
-  function showError(message) {
+  // `message`: a string, or {text, items: [{name, why}]} from errorMessage.
+  function showError(prefix, message) {
     const box = $("inspect-error");
-    box.replaceChildren(el("p", { text: message }));
+    if (message === undefined) {
+      box.replaceChildren(el("p", { text: prefix }));
+    } else if (typeof message === "string") {
+      box.replaceChildren(el("p", { text: prefix + message }));
+    } else {
+      const list = el("ul", { class: "unavailable" });
+      for (const item of message.items) {
+        list.append(el("li", {}, el("code", { text: item.name }), document.createTextNode(": " + item.why)));
+      }
+      box.replaceChildren(el("p", { text: prefix + message.text + ":" }), list);
+    }
     box.hidden = false;
   }
 
@@ -182,7 +202,7 @@
         const msg = await errorMessage(resp);
         if (seq !== requestSeq) return;
         $("inspect-status").textContent = "";
-        showError("Cannot inspect " + name + ":" + tag + ": " + msg);
+        showError("Cannot inspect " + name + ":" + tag + ": ", msg);
         return;
       }
       const data = await resp.json();
@@ -195,7 +215,7 @@
     } catch (e) {
       if (seq !== requestSeq) return;
       $("inspect-status").textContent = "";
-      showError("Cannot inspect " + name + ":" + tag + ": " + (e.message || "the request failed"));
+      showError("Cannot inspect " + name + ":" + tag + ": ", e.message || "the request failed");
     } finally {
       if (seq === requestSeq) button.disabled = false;
     }

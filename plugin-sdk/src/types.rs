@@ -91,6 +91,14 @@ pub struct ImageSettings {
 pub struct Expansion {
     /// Package attribute paths (`git`, `xorg.xev`), in request order.
     pub packages: Vec<String>,
+    /// Packages added when the package set has them, as Nixery adds
+    /// `cacert` and `iana-etc` to every image: one the set lacks, or refuses
+    /// to evaluate, is skipped rather than failing the request. A name in
+    /// both lists is required. Added in ABI 3 without a version change: a
+    /// plugin built with an older SDK drops the list when it passes the
+    /// expansion on, so put such plugins before the one that fills it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional: Vec<String>,
     /// Target architecture in OCI terms: `amd64` or `arm64`.
     pub arch: String,
     #[serde(default)]

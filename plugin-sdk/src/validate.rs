@@ -77,7 +77,7 @@ fn expansion_problem(e: &Expansion) -> Result<(), String> {
     if e.arch != "amd64" && e.arch != "arm64" {
         return Err(format!("arch `{}` is neither amd64 nor arm64", clean_message(&e.arch)));
     }
-    for p in &e.packages {
+    for p in e.packages.iter().chain(&e.optional) {
         if p.is_empty() || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(format!("package name {:?} is empty or contains whitespace", clean_message(p)));
         }
@@ -165,6 +165,9 @@ mod tests {
         e.packages.push("a b".into());
         assert!(expansion(&e).is_err());
         e.packages.pop();
+        e.optional.push("new\nline".into());
+        assert!(expansion(&e).is_err());
+        e.optional.clear();
         e.image.env.push("NOEQUALS".into());
         assert!(expansion(&e).is_err());
     }

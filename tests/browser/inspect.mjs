@@ -141,6 +141,23 @@ async function main() {
     await errorBox.waitFor({ state: "visible", timeout: 30000 });
     const message = (await errorBox.textContent()) || "";
     check("API error shown", message.includes("invalid repository name"), message.trim());
+
+    // 4. Packages the set refuses or lacks: one line each, with the set's reason.
+    await input.fill("hello/ncdu/nope-e2e");
+    await input.press("Enter");
+    await page.waitForFunction(
+      () => document.querySelectorAll("#inspect-error ul.unavailable li").length > 0,
+      null,
+      { timeout: 60000 },
+    );
+    const items = await page.locator("#inspect-error ul.unavailable li").allTextContents();
+    check(
+      "unavailable packages listed with reasons",
+      items.length === 2 &&
+        items.some((t) => t.startsWith("ncdu: ") && t.includes("marked as broken")) &&
+        items.some((t) => t.startsWith("nope-e2e: ") && t.includes("not in the package set")),
+      items.join(" | "),
+    );
   } finally {
     await context.close().catch(() => {});
     rmSync(profile, { recursive: true, force: true });

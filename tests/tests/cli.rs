@@ -121,6 +121,12 @@ fn inspect_shows_packages_closure_and_layers_without_packing() {
 
     let human = strata(work.path(), &["inspect", "shell/git"]).assert_ok();
     assert!(human.stdout.contains("closure") && human.stdout.contains("layers"), "{human}");
+
+    // Names the set refuses or lacks: one line each, with the set's reason.
+    let refused = strata(work.path(), &["inspect", "hello/unrar/nope"]);
+    assert!(!refused.success(), "{refused}");
+    assert!(refused.stderr.contains("  unrar: Package ‘unrar-6.2.12’ in … has an unfree license"), "{refused}");
+    assert!(refused.stderr.contains("  nope: not in the package set"), "{refused}");
 }
 
 fn walk_files(dir: &Path) -> Vec<String> {

@@ -83,7 +83,9 @@ fn nix_failing_is_a_clean_500_with_nix_s_words_in_the_log_only() {
     assert_eq!(status, 500, "{text}");
     let (code, message, _) = spec_error(&body);
     assert_eq!(code, "UNKNOWN");
-    assert!(message.contains("Nix") && message.contains("server log"), "{message}");
+    // The package is named, with the request id to find the log by.
+    assert!(message.contains("building broken failed") && message.contains("server log"), "{message}");
+    assert!(message.contains("request id "), "{message}");
     for private in ["frobnicator", "/nix/store", "exit code"] {
         assert!(!text.contains(private), "the response shows Nix's output ({private}): {text}");
     }

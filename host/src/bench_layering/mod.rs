@@ -271,6 +271,7 @@ pub async fn run(base: &Config, opts: &Options) -> anyhow::Result<Report> {
         let nix = crate::nix::NixRunner::new(crate::nix::NixOptions {
             timeout: Duration::from_secs(base.nix.timeout_secs.max(3600)),
             work_dir: nix_work.clone(),
+            negative_ttl: Duration::ZERO,
         })?;
         let counts = popcount::popularity_of_set(&nix, &sets.current, &system()).await?;
         let file = work.join("popularity.json");

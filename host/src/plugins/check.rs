@@ -5,7 +5,7 @@
 use super::{CallStats, Plugin, PluginFailure};
 use std::fmt;
 use strata_plugin_sdk::{
-    ClosureGraph, ExpandInput, Expansion, GroupInput, ImageSettings, NamedPath, SourceInput,
+    ClosureGraph, ExpandInput, Expansion, GroupInput, NamedPath, SourceInput,
 };
 
 /// What `check_sample` found: printable with `{}`; `failures` > 0 means some
@@ -52,7 +52,7 @@ pub async fn check_sample(plugin: &Plugin) -> CheckReport {
             config: plugin.config().clone(),
             segments: segments.clone(),
             tag: "latest".into(),
-            current: Expansion { packages: segments, arch: "amd64".into(), image: ImageSettings::default() },
+            current: Expansion { packages: segments, arch: "amd64".into(), ..Expansion::default() },
         };
         let result = plugin
             .run("expand_names", input, |_, out| super::validate::expansion(out))

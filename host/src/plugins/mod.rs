@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{
-    validate, ExpandInput, ExpandOutput, Expansion, GroupInput, ImageSettings, Layers, PluginInfo,
+    validate, ExpandInput, ExpandOutput, Expansion, GroupInput, Layers, PluginInfo,
     SourceInput, SourceOutput,
 };
 
@@ -289,7 +289,7 @@ impl PluginSet {
         let mut current = Expansion {
             packages: segments.to_vec(),
             arch: "amd64".into(),
-            image: ImageSettings::default(),
+            ..Expansion::default()
         };
         for plugin in &self.expand {
             let input = ExpandInput {

@@ -9,8 +9,16 @@
 //! The words `amd64` and `arm64` are not packages: they select the target
 //! architecture and are dropped from the list.
 //!
+//! Every image also gets the packages of `always` where the package set has
+//! them (an `optional` expansion: one the set lacks is skipped, never a
+//! 404). The default is Nixery's: `cacert` and `iana-etc`, so that TLS and
+//! `/etc/services` work in `docker run HOST/curl`.
+//!
 //! Configuration (`[plugins.config.bundles]` in strata.toml):
 //! ```toml
+//! [plugins.config.bundles]
+//! always = ["cacert", "iana-etc"]                  # the default; [] for none
+//!
 //! [plugins.config.bundles.bundles]
 //! acme-base = ["coreutils", "git"]                 # list form
 //! acme-dev = { packages = ["acme-base", "gdb"], cmd = ["bash"], env = ["EDITOR=nano"] }
@@ -34,11 +42,24 @@ strata_plugin_sdk::export_plugin! {
 /// The architectures a request may select by naming them as a segment.
 const ARCHES: [&str; 2] = ["amd64", "arm64"];
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     #[serde(default)]
     bundles: BTreeMap<String, BundleSpec>,
+    #[serde(default = "nixery_defaults")]
+    always: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { bundles: BTreeMap::new(), always: nixery_defaults() }
+    }
+}
+
+/// What Nixery adds to every image (its `ImageFromName`).
+fn nixery_defaults() -> Vec<String> {
+    vec!["cacert".into(), "iana-etc".into()]
 }
 
 /// Both spellings an operator may use in strata.toml.
@@ -87,8 +108,7 @@ fn builtin_bundles() -> BTreeMap<String, Bundle> {
     BTreeMap::from([("shell".to_string(), shell)])
 }
 
-fn bundles(config: &serde_json::Value) -> Result<BTreeMap<String, Bundle>, PluginError> {
-    let config: Config = strata_plugin_sdk::config(config)?;
+fn bundles(config: Config) -> Result<BTreeMap<String, Bundle>, PluginError> {
     let mut table = builtin_bundles();
     for (name, spec) in config.bundles {
         if ARCHES.contains(&name.as_str()) {
@@ -115,7 +135,9 @@ fn bundles(config: &serde_json::Value) -> Result<BTreeMap<String, Bundle>, Plugi
 
 /// The `expand_names` hook.
 pub fn expand_names(input: ExpandInput) -> Result<ExpandOutput, PluginError> {
-    let table = bundles(&input.config)?;
+    let config: Config = strata_plugin_sdk::config(&input.config)?;
+    let always = config.always.clone();
+    let table = bundles(config)?;
     let mut out = input.current;
 
     let mut words = Vec::new();
@@ -141,6 +163,11 @@ pub fn expand_names(input: ExpandInput) -> Result<ExpandOutput, PluginError> {
         }
     }
     out.packages = packages;
+    for name in always {
+        if !out.packages.contains(&name) && !out.optional.contains(&name) {
+            out.optional.push(name);
+        }
+    }
     if let Some(a) = arch {
         out.arch = a.to_string();
     }
@@ -216,9 +243,35 @@ mod tests {
             current: Expansion {
                 packages: segments,
                 arch: "amd64".into(),
-                image: ImageSettings::default(),
+                ..Expansion::default()
             },
         })
+    }
+
+    fn optional(e: &Expansion) -> Vec<&str> {
+        e.optional.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn nixery_s_defaults_are_added_to_every_image_as_optional() {
+        let e = run(serde_json::Value::Null, &["curl"]).unwrap();
+        assert_eq!((pkgs(&e), optional(&e)), (vec!["curl"], vec!["cacert", "iana-etc"]));
+        let e = run(json!({}), &["hello", "arm64"]).unwrap();
+        assert_eq!(optional(&e), ["cacert", "iana-etc"]);
+        // Named in the request (or by a bundle): required, not optional.
+        let e = run(json!({}), &["cacert", "curl"]).unwrap();
+        assert_eq!((pkgs(&e), optional(&e)), (vec!["cacert", "curl"], vec!["iana-etc"]));
+        let e = run(json!({}), &["shell"]).unwrap();
+        assert!(e.optional.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn always_is_the_operator_s_to_set() {
+        let e = run(json!({ "always": [] }), &["curl"]).unwrap();
+        assert!(e.optional.is_empty());
+        let e = run(json!({ "always": ["tzdata"], "bundles": { "base": ["coreutils"] } }), &["base"]).unwrap();
+        assert_eq!((pkgs(&e), optional(&e)), (vec!["coreutils"], vec!["tzdata"]));
+        assert!(run(json!({ "always": "cacert" }), &["curl"]).is_err());
     }
 
     fn pkgs(e: &Expansion) -> Vec<&str> {
