@@ -36,11 +36,23 @@ struct ImageRecord {
     oci: String,
     #[serde(default)]
     summary: Option<Summary>,
+    /// The Nix GC roots directory of the build, on the machine that built it
+    /// (older records have none).
+    #[serde(default)]
+    gc_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
 struct Summary {
     packages: Vec<String>,
+    #[serde(default)]
+    layers: Vec<SummaryLayer>,
+}
+
+#[derive(Deserialize)]
+struct SummaryLayer {
+    #[serde(default)]
+    paths: Vec<String>,
 }
 
 /// Docker and OCI manifests alike.
@@ -81,6 +93,89 @@ pub struct Report {
     /// Images recorded during the run that named a removed blob: their
     /// records were removed so that they are rebuilt.
     pub images_repaired: usize,
+    /// What the kept images hold in Nix (roots, store paths), for the Nix
+    /// part.
+    pub kept: crate::nixgc::Kept,
+    /// The Nix part, when it ran.
+    pub nix: Option<crate::nixgc::NixReport>,
+    /// `false`: the object store was only read (to know which images stay),
+    /// not collected: another replica collects it.
+    pub storage_part: bool,
+}
+
+/// Which parts of a collection run here.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    /// The object store: images, blobs, records, debris.
+    pub storage: bool,
+    /// This machine's Nix GC roots and the store paths only they hold.
+    pub nix: bool,
+}
+
+/// One whole collection, as `strata gc` and the schedule in `strata serve`
+/// run it: the object store first (which decides which images stay), then
+/// the Nix roots of this machine.
+pub async fn run(cfg: &crate::config::Config, storage: &Storage, older_than: Duration, delete: bool, parts: Parts) -> Result<Report> {
+    let result = run_parts(cfg, storage, older_than, delete, parts).await;
+    match &result {
+        Ok(r) => {
+            let storage_bytes = if r.deleted && r.storage_part { r.blob_bytes_removed } else { 0 };
+            let nix_bytes = r.nix.as_ref().filter(|n| n.deleted).map_or(0, |n| n.bytes_freed);
+            crate::metrics::gc(storage_bytes, nix_bytes, true);
+        }
+        Err(_) => crate::metrics::gc(0, 0, false),
+    }
+    result
+}
+
+async fn run_parts(cfg: &crate::config::Config, storage: &Storage, older_than: Duration, delete: bool, parts: Parts) -> Result<Report> {
+    let mut report = collect(storage, older_than, delete && parts.storage).await?;
+    report.deleted = delete;
+    report.storage_part = parts.storage;
+    if parts.nix {
+        let opts = crate::nixgc::Options {
+            work_dir: cfg.nix_work_dir(),
+            older_than,
+            nix_timeout: Duration::from_secs(cfg.nix.timeout_secs),
+        };
+        report.nix = Some(crate::nixgc::collect(&opts, &report.kept, delete).await?);
+    }
+    Ok(report)
+}
+
+/// `[gc] enabled`: runs [`run`] with `--delete` every `interval` in the
+/// background of `strata serve`, logging each report.
+pub fn spawn_schedule(cfg: std::sync::Arc<crate::config::Config>, storage: Storage) -> Option<tokio::task::JoinHandle<()>> {
+    let gc = cfg.gc.clone();
+    if !gc.enabled {
+        return None;
+    }
+    let (older_than, interval) = (gc.older_than(), gc.interval());
+    tracing::info!(
+        older_than = %humantime::format_duration(older_than),
+        interval = %humantime::format_duration(interval),
+        storage = gc.storage,
+        nix = gc.nix,
+        "scheduled gc on"
+    );
+    Some(tokio::spawn(async move {
+        let parts = Parts { storage: gc.storage, nix: gc.nix };
+        loop {
+            tokio::time::sleep(interval).await;
+            match run(&cfg, &storage, older_than, true, parts).await {
+                Ok(report) => {
+                    let nix = report.nix.as_ref().map_or(0, |n| n.bytes_freed);
+                    tracing::info!(
+                        images_removed = report.images_removed.len(),
+                        blob_bytes_removed = report.blob_bytes_removed,
+                        nix_bytes_freed = nix,
+                        "scheduled gc done:\n{report}"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduled gc failed; next run in {}", humantime::format_duration(interval)),
+            }
+        }
+    }))
 }
 
 /// `30d`, `12h`, `90m`, `1h 30m`: a positive duration.
@@ -137,7 +232,7 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     let started = SystemTime::now();
     let cutoff = started.checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
     let is_old = |m: &ObjectMeta| SystemTime::from(m.last_modified) < cutoff;
-    let mut report = Report { deleted: delete, older_than, ..Default::default() };
+    let mut report = Report { deleted: delete, older_than, storage_part: true, ..Default::default() };
 
     // 1. Images: the last request is the newer of the access mark and the
     //    record itself (written when the image was built).
@@ -166,6 +261,11 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
                 report.images_kept += 1;
                 live.extend(blobs);
                 kept_marks.extend(mark);
+                if let Some(r) = &rec {
+                    report.kept.roots.extend(r.gc_root.clone());
+                    let layers = r.summary.iter().flat_map(|s| &s.layers);
+                    report.kept.paths.extend(layers.flat_map(|l| l.paths.iter().cloned()));
+                }
             }
             // Stale, unreadable, or missing a manifest (which the server
             // would rebuild anyway).
@@ -283,8 +383,18 @@ fn human(bytes: u64) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.deleted { "removed" } else { "to remove" };
+        let verb = if self.deleted && self.storage_part { "removed" } else { "to remove" };
         let window = humantime::format_duration(self.older_than);
+        if !self.storage_part {
+            writeln!(f, "images:        {} kept, {} stale (not requested within {window}); the store is collected elsewhere", self.images_kept, self.images_removed.len())?;
+            if let Some(n) = &self.nix {
+                writeln!(f, "{n}")?;
+            }
+            if !self.deleted {
+                write!(f, "dry run: nothing was removed; run again with --delete to remove it")?;
+            }
+            return Ok(());
+        }
         writeln!(f, "images:        {} kept, {} {verb} (not requested within {window})", self.images_kept, self.images_removed.len())?;
         let mut by_age: BTreeMap<SystemTime, &str> = BTreeMap::new();
         for (name, last) in &self.images_removed {
@@ -312,6 +422,9 @@ impl fmt::Display for Report {
         writeln!(f, "debris:        {} staged uploads, {} leases older than a day {verb}", self.staging_removed, self.leases_removed)?;
         if self.images_repaired > 0 {
             writeln!(f, "repaired:      {} images built during gc reused a removed blob; they will be rebuilt", self.images_repaired)?;
+        }
+        if let Some(n) = &self.nix {
+            writeln!(f, "{n}")?;
         }
         if !self.deleted {
             write!(f, "dry run: nothing was removed; run again with --delete to remove it")?;

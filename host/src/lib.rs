@@ -19,6 +19,7 @@ pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod nix;
+pub mod nixgc;
 pub mod plugins;
 pub mod reference;
 pub mod registry;
