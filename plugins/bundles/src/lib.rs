@@ -324,6 +324,7 @@ mod tests {
                     cmd: Some(vec!["sh".into()]),
                     ..Default::default()
                 },
+                ..Expansion::default()
             },
         };
         input.current.image.env.push("A=1".into());
@@ -470,7 +471,7 @@ mod tests {
             current: Expansion {
                 packages: vec!["shell".into()],
                 arch: "amd64".into(),
-                image: ImageSettings::default(),
+                ..Expansion::default()
             },
         })
         .unwrap();
