@@ -341,6 +341,16 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
+/// GET of an image's OCI manifest by the tag `latest`: (status, body).
+pub fn get_manifest(server: &Server, name: &str) -> (u16, Vec<u8>) {
+    let r = server
+        .get(&format!("/v2/{name}/manifests/latest"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .expect("GET manifest");
+    (r.status().as_u16(), r.bytes().expect("body").to_vec())
+}
+
 /// A client for raw requests: loopback only, bounded in time.
 pub fn http_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -23,16 +23,6 @@ fn options(storage: Option<&Path>, env: &[(&str, &str)]) -> ServerOptions {
     ServerOptions { storage: storage.map(Path::to_path_buf), env: all, ..Default::default() }
 }
 
-/// GET of a manifest by tag: (status, body).
-fn get_manifest(server: &Server, name: &str) -> (u16, Vec<u8>) {
-    let r = server
-        .get(&format!("/v2/{name}/manifests/latest"))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .expect("GET manifest");
-    (r.status().as_u16(), r.bytes().expect("body").to_vec())
-}
-
 /// What a crash may leave and what it may not: every blob under its final
 /// key holds exactly the bytes its digest names, every layer record and
 /// image record points at blobs that are there, and every blob an image's

@@ -6,15 +6,6 @@
 
 use strata_e2e::*;
 
-fn get_manifest(server: &Server, name: &str) -> (u16, Vec<u8>) {
-    let r = server
-        .get(&format!("/v2/{name}/manifests/latest"))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .expect("GET manifest");
-    (r.status().as_u16(), r.bytes().expect("body").to_vec())
-}
-
 #[test]
 fn refused_and_missing_names_are_all_reported_with_the_set_s_reasons() {
     let server = Server::start();
