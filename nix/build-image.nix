@@ -108,7 +108,9 @@ let
     else { drv = drv.drvPath; paths = map (d: d.outPath) (outputsOf drv); };
 
   status = name:
-    let tried = builtins.tryEval (builtins.deepSeq (describe name) (describe name));
+    let
+      described = describe name;
+      tried = builtins.tryEval (builtins.deepSeq described described);
     in
     if !tried.success then { inherit name; status = "unavailable"; }
     else if tried.value == null then { inherit name; status = "missing"; }

@@ -443,19 +443,17 @@ impl NixRunner {
         system: &str,
         deadline: Instant,
     ) -> Result<Lookup, NixError> {
-        let args = self.expr_args("lookup", source_json, packages, optional, system)?;
-        let log_tail = match self.instantiate(&args, deadline).await {
-            Ok(out) => return serde_json::from_slice(&out).map_err(|e| NixError::Parse(format!("lookup result: {e}"))),
-            Err(NixError::Failed { log_tail, status }) => (log_tail, status),
-            Err(other) => return Err(other),
+        let (status, log_tail) = match self.try_lookup(source_json, packages, optional, system, deadline).await? {
+            Ok(lookup) => return Ok(lookup),
+            Err(failed) => failed,
         };
         let probe = self.expr_args("loads", source_json, &[], &[], system)?;
         if self.instantiate(&probe, deadline).await.is_err() {
-            return Err(NixError::Failed { status: log_tail.1, log_tail: log_tail.0 });
+            return Err(NixError::Failed { status, log_tail });
         }
         if packages.len() + optional.len() == 1 {
             // The set loads, so the one name is the failure: Nix said why.
-            return Ok(single_failure(packages, optional, &log_tail.0));
+            return Ok(single_failure(packages, optional, &log_tail));
         }
         tracing::warn!("a package failed its lookup outside tryEval; looking each name up on its own");
         // Owned first: a stream of futures borrowing through closures trips
@@ -482,10 +480,27 @@ impl NixRunner {
         deadline: Instant,
     ) -> Result<Lookup, NixError> {
         let (p, o) = if is_optional { (vec![], vec![name]) } else { (vec![name], vec![]) };
-        let args = self.expr_args("lookup", source_json, &p, &o, system)?;
+        Ok(match self.try_lookup(source_json, &p, &o, system, deadline).await? {
+            Ok(lookup) => lookup,
+            Err((_, log_tail)) => single_failure(&p, &o, &log_tail),
+        })
+    }
+
+    /// One `-A lookup`: its answer, or (exit status, Nix's last lines) when
+    /// the evaluation failed outside `tryEval`; other failures (a timeout)
+    /// are errors.
+    async fn try_lookup(
+        &self,
+        source_json: &str,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+        deadline: Instant,
+    ) -> Result<Result<Lookup, (String, String)>, NixError> {
+        let args = self.expr_args("lookup", source_json, packages, optional, system)?;
         match self.instantiate(&args, deadline).await {
-            Ok(out) => serde_json::from_slice(&out).map_err(|e| NixError::Parse(format!("lookup result: {e}"))),
-            Err(NixError::Failed { log_tail, .. }) => Ok(single_failure(&p, &o, &log_tail)),
+            Ok(out) => serde_json::from_slice(&out).map(Ok).map_err(|e| NixError::Parse(format!("lookup result: {e}"))),
+            Err(NixError::Failed { status, log_tail }) => Ok(Err((status, log_tail))),
             Err(other) => Err(other),
         }
     }

@@ -177,10 +177,11 @@ async fn closure(paths: &[String]) -> Result<HashSet<String>> {
     Ok(query(&["--query", "--requisites"], paths).await?.into_iter().collect())
 }
 
-/// NAR size of each path.
-async fn sizes(paths: &[String]) -> Result<u64> {
+/// NAR size of each path (`--query --size` answers one line a path, in
+/// order).
+async fn sizes(paths: &[String]) -> Result<BTreeMap<String, u64>> {
     let lines = query(&["--query", "--size"], paths).await?;
-    Ok(lines.iter().filter_map(|l| l.parse::<u64>().ok()).sum())
+    Ok(paths.iter().cloned().zip(lines.iter().map(|l| l.parse().unwrap_or(0))).collect())
 }
 
 /// Everything reachable from the store's roots other than the links under
@@ -273,18 +274,12 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
 
     if !delete {
         report.paths_freed = doomed.len();
-        report.bytes_freed = if doomed.is_empty() { 0 } else { sizes(&doomed).await? };
+        report.bytes_freed = if doomed.is_empty() { 0 } else { sizes(&doomed).await?.values().sum() };
         return Ok(report);
     }
 
     // Sizes first: a deleted path has none.
-    let mut size_of: BTreeMap<String, u64> = BTreeMap::new();
-    for chunk in doomed.chunks(CHUNK) {
-        let lines = query(&["--query", "--size"], chunk).await?;
-        for (p, l) in chunk.iter().zip(lines) {
-            size_of.insert(p.clone(), l.parse().unwrap_or(0));
-        }
-    }
+    let size_of = if doomed.is_empty() { BTreeMap::new() } else { sizes(&doomed).await? };
     for dir in &released {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
