@@ -1,0 +1,233 @@
+//! containerd as a client, driven with `ctr`: `ctr image pull --plain-http`
+//! and `ctr run` of the image. A private containerd is started per test, on
+//! its own socket, root and state directories.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+use strata_e2e::*;
+
+#[test]
+fn ctr_pulls_and_runs_hello() {
+    let server = Server::start();
+    let containerd = Containerd::start();
+    let image = format!("{}/shell/hello:latest", server.host());
+
+    let pull = containerd.ctr(&["image", "pull", "--plain-http", &image], Duration::from_secs(300));
+    assert!(pull.success(), "ctr image pull: {pull}\n--- strata log ---\n{}", server.log());
+
+    let run = containerd.ctr_run(&image, "hello-1", &["hello"], Duration::from_secs(120)).assert_ok();
+    assert_eq!(run.stdout, "Hello, world!\n", "{run}");
+
+    // ctr sends one Accept line with the Docker manifest first, so the
+    // digest it resolved the tag to is that of the Docker manifest.
+    let images = containerd.ctr(&["image", "ls"], Duration::from_secs(30)).assert_ok();
+    let line = images.stdout.lines().find(|l| l.starts_with(&image)).unwrap_or_else(|| panic!("{image} not listed: {images}"));
+    let r = server
+        .get("/v2/shell/hello/manifests/latest")
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .unwrap();
+    let docker_digest = r.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[1..3], ["application/vnd.docker.distribution.manifest.v2+json", docker_digest.as_str()], "{images}");
+}
+
+/// A private containerd: its own configuration, socket, root and state
+/// directories, and only the plugins `ctr pull` and `ctr run` need;
+/// stopped on drop.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    ctr: PathBuf,
+    runc: PathBuf,
+    log: PathBuf,
+    /// Directories under /run/containerd that containerd 1.6 creates
+    /// whatever its configuration (the shims' sockets) and that did not
+    /// exist before: removed on drop if empty.
+    created: Vec<PathBuf>,
+}
+
+/// Every image and container of the test lives in this namespace.
+const NAMESPACE: &str = "strata-test";
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_root("containerd");
+        let containerd = require_tool("containerd");
+        let ctr = require_tool("ctr");
+        let runc = require_tool("runc");
+        require_tool("containerd-shim-runc-v2");
+        // Short paths: the socket's path must fit in sun_path.
+        let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").expect("temp dir");
+        let d = dir.path();
+        let socket = d.join("c.sock");
+        let log = d.join("containerd.log");
+        // Only what `ctr pull` and `ctr run` use: not CRI (Kubernetes), not
+        // `opt` (it creates /opt/containerd), no snapshotter but overlayfs
+        // and native.
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.internal.v1.opt\", \
+             \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.btrfs\", \
+             \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.zfs\", \
+             \"io.containerd.tracing.processor.v1.otlp\"]\n\
+             [grpc]\naddress = \"{}\"\n[ttrpc]\naddress = \"{}.ttrpc\"\n",
+            d.join("root").display(),
+            d.join("state").display(),
+            socket.display(),
+            socket.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let created = ["/run/containerd", "/run/containerd/s"].iter().map(PathBuf::from).filter(|p| !p.exists()).collect();
+        let log_file = File::create(&log).unwrap();
+        // The shim finds runc on PATH.
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", runc.parent().unwrap().display());
+        let child = Command::new(containerd)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .expect("start containerd");
+        let mut daemon = Containerd { child, dir, socket, ctr, runc, log, created };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("containerd exited ({status}) during start-up; log:\n{}", daemon.log());
+            }
+            if daemon.socket.exists() && daemon.ctr(&["version"], Duration::from_secs(10)).success() {
+                return daemon;
+            }
+            assert!(Instant::now() < deadline, "containerd not ready within 60 s; log:\n{}", daemon.log());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("CONTAINERD_SNAPSHOTTER")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE]);
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str], timeout: Duration) -> Output {
+        run(self.command().args(args), timeout)
+    }
+
+    /// `ctr run --rm IMAGE ID COMMAND…` with runc's state and the I/O FIFOs
+    /// in our directory instead of under /run/containerd, and the container
+    /// in a cgroup of the test's own (ctr's default parent, the namespace's
+    /// name, is never removed).
+    fn ctr_run(&self, image: &str, id: &str, command: &[&str], timeout: Duration) -> Output {
+        let d = self.dir.path();
+        let mut cmd = self.command();
+        cmd.args(["run", "--rm", "--runc-binary"])
+            .arg(&self.runc)
+            .arg("--runc-root")
+            .arg(d.join("runc"))
+            .arg("--fifo-dir")
+            .arg(d.join("fifo"))
+            .arg("--cgroup")
+            .arg(format!("{}/{id}", self.cgroup_parent()))
+            .args([image, id])
+            .args(command);
+        run(&mut cmd, timeout)
+    }
+
+    fn cgroup_parent(&self) -> String {
+        format!("/{}", self.dir.path().file_name().unwrap().to_string_lossy())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("---- containerd log ----\n{}\n---- end of containerd log ----", self.log());
+        }
+        // Containers a failed test left running: their shims are in process
+        // groups of their own, which stopping containerd would not reach.
+        let tasks = self.ctr(&["task", "ls", "--quiet"], Duration::from_secs(10));
+        for id in tasks.stdout.lines().filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["task", "delete", "--force", id], Duration::from_secs(20));
+        }
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if !exits_within(&mut self.child, Duration::from_secs(20)) {
+            eprintln!("containerd did not stop on SIGTERM within 20 s; killing it");
+        }
+        // Whatever is left that talks to our socket (a stuck shim) goes too.
+        let socket = self.socket.display().to_string();
+        for (pid, _) in processes_with(&socket) {
+            // SAFETY: kill(2) of a process started for this test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        exits_within(&mut self.child, Duration::from_secs(5));
+        unmount_under(self.dir.path());
+        remove_cgroup(&self.cgroup_parent());
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn exits_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            _ => return false,
+        }
+    }
+}
+
+/// Lazily unmounts whatever is still mounted under `dir` (deepest first), so
+/// that the directory can be removed.
+fn unmount_under(dir: &Path) {
+    let root = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in under {
+        let _ = run(Command::new("umount").args(["-l", m]), Duration::from_secs(10));
+    }
+}
+
+/// Removes a cgroup and the (empty) ones under it, in every hierarchy.
+fn remove_cgroup(name: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let hierarchies = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .map(|f| Path::new(f[1]).join(name.trim_start_matches('/')));
+    for dir in hierarchies {
+        let Ok(children) = std::fs::read_dir(&dir) else { continue };
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            let _ = std::fs::remove_dir(child.path());
+        }
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            eprintln!("cannot remove cgroup {}: {e}", dir.display());
+        }
+    }
+}
