@@ -52,6 +52,10 @@ fn podman_pulls_and_runs_hello() {
 struct Podman {
     podman: PathBuf,
     dir: tempfile::TempDir,
+    /// Directories podman 4.3 creates as root whatever its configuration
+    /// (netavark's run directory) and that did not exist before: removed on
+    /// drop if empty.
+    created: Vec<PathBuf>,
 }
 
 impl Podman {
@@ -92,7 +96,8 @@ impl Podman {
         for sub in ["t", "v", "c", "n", "h"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        Podman { podman, dir }
+        let created = ["/run/containers", "/run/containers/networks"].iter().map(PathBuf::from).filter(|p| !p.exists()).collect();
+        Podman { podman, dir, created }
     }
 
     /// A cgroup of the test's own (podman's default, `libpod_parent`, is
@@ -135,6 +140,9 @@ impl Drop for Podman {
         }
         unmount_under(self.dir.path());
         remove_cgroup(&self.cgroup_parent());
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
