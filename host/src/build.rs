@@ -107,6 +107,9 @@ pub struct Builder {
     /// plugins. Bounded in bytes; entries of mutable sources expire.
     images: moka::sync::Cache<(String, String), Arc<Image>>,
     /// Manifests by digest, for clients that re-fetch by digest (Docker).
+    /// Kept one access-mark interval, as images are: gc may remove a
+    /// manifest's blobs, and a replica that kept serving it would answer
+    /// for an image whose layers are gone.
     by_digest: moka::sync::Cache<String, Manifest>,
     /// One build per (name, tag) at a time; later requests await the first.
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
@@ -154,6 +157,7 @@ impl Builder {
         let popularity = Arc::new(load_popularity(cfg.nix.popularity_url.as_deref()).await?);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let memory = cfg.cache.memory_mib * 1024 * 1024;
+        let mark_interval = cfg.cache.access_mark_interval();
         let build_slots = Arc::new(Semaphore::new(cfg.builds.max_concurrent()));
         Ok(Arc::new(Builder {
             cfg,
@@ -165,6 +169,7 @@ impl Builder {
             by_digest: moka::sync::Cache::builder()
                 .max_capacity(memory / 2)
                 .weigher(|k: &String, m: &Manifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
+                .time_to_live(mark_interval)
                 .build(),
             inflight: Mutex::default(),
             build_slots,
@@ -193,8 +198,9 @@ impl Builder {
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
         let key = (name.to_string(), tag.to_string());
         if let Some(img) = self.images.get(&key) {
-            // Once its access mark is due (hourly), an image goes the store's
-            // way again: `strata gc` may have removed it since.
+            // Once its access mark is due (`[cache] access_mark_secs`), an
+            // image goes the store's way again: `strata gc` may have removed
+            // it since.
             if img.expires.is_none_or(|t| t > Instant::now()) && !self.storage.access_due(&img.docker.digest) {
                 crate::metrics::cache("memory");
                 return Ok(img);
@@ -230,6 +236,30 @@ impl Builder {
         let img = fut.await?;
         self.storage.mark_access(&img.docker.digest);
         Ok(img)
+    }
+
+    /// Drops from memory what gc just removed from the store (`digests`:
+    /// the removed blobs): images whose manifests went, so that their next
+    /// request rebuilds them, and manifests by digest, so that none is
+    /// served whose layers are gone.
+    pub fn forget_removed(&self, digests: &std::collections::HashSet<String>) {
+        if digests.is_empty() {
+            return;
+        }
+        let gone: Vec<(String, String)> = self
+            .images
+            .iter()
+            .filter(|(_, img)| digests.contains(&img.docker.digest) || digests.contains(&img.oci.digest))
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in gone {
+            if let Some(img) = self.images.remove(&key) {
+                self.storage.forget_access(&img.docker.digest);
+            }
+        }
+        for digest in digests {
+            self.by_digest.invalidate(digest);
+        }
     }
 
     fn remember(&self, name: String, tag: String, img: Arc<Image>) {

@@ -138,6 +138,19 @@ pub struct CacheConfig {
     pub mutable_ttl_secs: u64,
     /// Bytes of manifests and image records kept in memory, MiB.
     pub memory_mib: u64,
+    /// How often a replica writes an image's access mark and, as long, how
+    /// long it serves the image from memory before reading its record (and
+    /// a manifest by digest) from the store again. Shorter: more small
+    /// writes and reads; `strata gc` windows may be shorter too (at least
+    /// [`crate::gc::MIN_WINDOW_MARKS`] times this). Every replica and the
+    /// config `strata gc` reads must agree on it.
+    pub access_mark_secs: u64,
+}
+
+impl CacheConfig {
+    pub fn access_mark_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.access_mark_secs)
+    }
 }
 
 /// `[gc]`: the collection `strata gc --delete` does, run by `strata serve`
@@ -241,7 +254,11 @@ impl Default for LayersConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { mutable_ttl_secs: 3600, memory_mib: 64 }
+        CacheConfig {
+            mutable_ttl_secs: 3600,
+            memory_mib: 64,
+            access_mark_secs: crate::storage::MARK_INTERVAL.as_secs(),
+        }
     }
 }
 
@@ -411,8 +428,15 @@ impl Config {
         if self.max_packages == 0 {
             return Err(bad("max_packages must be at least 1"));
         }
-        crate::gc::parse_age(&self.gc.older_than).map_err(|e| bad(format!("gc.older_than={e}")))?;
+        if self.cache.access_mark_secs == 0 {
+            return Err(bad("cache.access_mark_secs must be at least 1"));
+        }
+        let older_than = crate::gc::parse_age(&self.gc.older_than).map_err(|e| bad(format!("gc.older_than={e}")))?;
         crate::gc::parse_age(&self.gc.interval).map_err(|e| bad(format!("gc.interval={e}")))?;
+        if self.gc.enabled {
+            crate::gc::check_window(older_than, self.cache.access_mark_interval())
+                .map_err(|e| bad(format!("gc.older_than={}: {e}", self.gc.older_than)))?;
+        }
         if self.gc.enabled && !self.gc.storage && !self.gc.nix {
             return Err(bad("gc.enabled is set but both gc.storage and gc.nix are off"));
         }
@@ -589,5 +613,24 @@ mod tests {
         std::fs::write(&file, "[layers]\nbudgett = 5\n").unwrap();
         let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("budgett"), "{err}");
+    }
+
+    /// A scheduled gc whose window the access marks cannot resolve would
+    /// remove images replicas are serving: `strata serve` refuses to start.
+    #[test]
+    fn scheduled_gc_window_must_span_two_access_mark_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "[gc]\nenabled = true\nolder_than = \"90m\"\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("gc.older_than=90m") && err.contains("cache.access_mark_secs"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        std::fs::write(&file, "[gc]\nolder_than = \"90m\"\n").unwrap();
+        Config::load(Some(&file), &env(&[])).expect("off: not checked");
+        std::fs::write(&file, "[cache]\naccess_mark_secs = 600\n[gc]\nenabled = true\nolder_than = \"20m\"\n").unwrap();
+        assert_eq!(Config::load(Some(&file), &env(&[])).unwrap().cache.access_mark_interval().as_secs(), 600);
+        std::fs::write(&file, "[cache]\naccess_mark_secs = 0\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("cache.access_mark_secs"), "{err}");
     }
 }

@@ -61,6 +61,16 @@ pub enum Error {
     /// Valid credentials that do not cover this name.
     #[error("access to {0} denied")]
     Denied(String),
+    /// A `strata gc` window the access marks cannot resolve (see
+    /// [`crate::gc::check_window`]); never a response.
+    #[error(
+        "a gc window of {} is shorter than {} ({} times cache.access_mark_secs = {}): replicas mark an image as requested, and serve it from memory without looking at the store, for that long, so a shorter window cannot tell images in use from unused ones",
+        humantime::format_duration(*.window),
+        humantime::format_duration(*.minimum),
+        crate::gc::MIN_WINDOW_MARKS,
+        .interval.as_secs()
+    )]
+    GcWindow { window: std::time::Duration, minimum: std::time::Duration, interval: std::time::Duration },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -150,7 +160,7 @@ impl Error {
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
-            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | Internal(_) => {
+            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | GcWindow { .. } | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }
         }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::{
     access_key, Storage, ACCESS_PREFIX, BLOB_PREFIX, IMAGE_PREFIX, LAYER_PREFIX, LEASE_PREFIX,
     STAGING_PREFIX,
@@ -26,6 +26,16 @@ use crate::storage::{
 
 /// Uploads older than this were abandoned (a crash, a killed replica).
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A gc window must span this many access-mark intervals (`[cache]
+/// access_mark_secs`). A replica writes an image's mark once an interval and
+/// serves the image from memory until the mark is due, so an image in use
+/// can carry a mark one interval old while a replica still serves it
+/// without looking at the store: one interval is the least window at which
+/// gc never removes such an image. The second is margin for what that
+/// assumes exactly: the mark's time is the store's clock, the replica's
+/// deadline its own clock, the window the gc machine's, and the mark lands
+/// a moment after the request that took it.
+pub const MIN_WINDOW_MARKS: u32 = 2;
 /// Reads of small records in flight at once.
 const READS: usize = 16;
 
@@ -93,6 +103,9 @@ pub struct Report {
     /// Images recorded during the run that named a removed blob: their
     /// records were removed so that they are rebuilt.
     pub images_repaired: usize,
+    /// Digests of the blobs removed (manifests among them), for the serving
+    /// process to drop from memory.
+    pub removed_digests: HashSet<String>,
     /// What the kept images hold in Nix (roots, store paths), for the Nix
     /// part.
     pub kept: crate::nixgc::Kept,
@@ -116,6 +129,7 @@ pub struct Parts {
 /// run it: the object store first (which decides which images stay), then
 /// the Nix roots of this machine.
 pub async fn run(cfg: &crate::config::Config, storage: &Storage, older_than: Duration, delete: bool, parts: Parts) -> Result<Report> {
+    check_window(older_than, cfg.cache.access_mark_interval())?;
     let result = run_parts(cfg, storage, older_than, delete, parts).await;
     match &result {
         Ok(r) => {
@@ -143,10 +157,22 @@ async fn run_parts(cfg: &crate::config::Config, storage: &Storage, older_than: D
     Ok(report)
 }
 
+/// Refuses a window shorter than [`MIN_WINDOW_MARKS`] access-mark
+/// intervals: within it the records cannot tell which images are in use.
+pub fn check_window(older_than: Duration, mark_interval: Duration) -> Result<()> {
+    let minimum = mark_interval * MIN_WINDOW_MARKS;
+    if older_than < minimum {
+        return Err(Error::GcWindow { window: older_than, minimum, interval: mark_interval });
+    }
+    Ok(())
+}
+
 /// `[gc] enabled`: runs [`run`] with `--delete` every `interval` in the
-/// background of `strata serve`, logging each report.
-pub fn spawn_schedule(cfg: std::sync::Arc<crate::config::Config>, storage: Storage) -> Option<tokio::task::JoinHandle<()>> {
-    let gc = cfg.gc.clone();
+/// background of `strata serve`, logging each report. What a run removed
+/// leaves this process's memory at once (other replicas look at the store
+/// again once the images' marks are due).
+pub fn spawn_schedule(builder: std::sync::Arc<crate::build::Builder>) -> Option<tokio::task::JoinHandle<()>> {
+    let gc = builder.config().gc.clone();
     if !gc.enabled {
         return None;
     }
@@ -162,8 +188,9 @@ pub fn spawn_schedule(cfg: std::sync::Arc<crate::config::Config>, storage: Stora
         let parts = Parts { storage: gc.storage, nix: gc.nix };
         loop {
             tokio::time::sleep(interval).await;
-            match run(&cfg, &storage, older_than, true, parts).await {
+            match run(builder.config(), &builder.storage, older_than, true, parts).await {
                 Ok(report) => {
+                    builder.forget_removed(&report.removed_digests);
                     let nix = report.nix.as_ref().map_or(0, |n| n.bytes_freed);
                     tracing::info!(
                         images_removed = report.images_removed.len(),
@@ -345,6 +372,7 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
         storage.delete(key).await?;
     }
     report.images_repaired = repair(storage, started, &doomed_digests).await?;
+    report.removed_digests = doomed_digests;
     Ok(report)
 }
 

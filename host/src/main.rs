@@ -294,7 +294,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => app,
     };
     let app = app.layer(axum::middleware::from_fn(strata::metrics::observe));
-    let _gc = strata::gc::spawn_schedule(Arc::new(builder.config().clone()), builder.storage.clone());
+    let _gc = strata::gc::spawn_schedule(builder.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let plugins: Vec<String> = builder.plugins.all().iter().map(|p| p.name().to_string()).collect();
     tracing::info!(

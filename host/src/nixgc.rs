@@ -21,16 +21,30 @@
 //!
 //! Then the store paths are deleted with `nix-store --delete`, never
 //! `nix-store --gc`: the host's Nix store may hold other things (profiles,
-//! other users' builds) that are not this registry's to collect. Deleted are
-//! the released roots' closure minus everything still reachable from any
-//! other root of the store (`nix-store --gc --print-roots`: kept images'
-//! roots, profiles, and the temporary roots of running Nix processes, which
-//! protect a build in flight) minus the paths of kept images. Nix 2.8
-//! refuses the whole `--delete` (deleting nothing) when one path is alive, as
-//! when a build started using it since: that path is dropped and the rest
-//! retried.
+//! other users' builds) that are not this registry's to collect. The
+//! candidates are what the released roots held and what built it: the
+//! runtime closure of their targets, the derivations that produced those
+//! paths, and the closure of the derivations (input derivations and input
+//! sources, such as the files `builtins.path` copied into the store during
+//! evaluation). Nix deletes a specific path only when nothing outside the
+//! deleted set refers to it, so a derivation left behind keeps its input
+//! sources (a build's own interpreter, say) alive for good, and so do the
+//! derivations themselves pile up.
+//!
+//! Of the candidates, deleted are those Nix's own rule for `--delete`
+//! allows (see [`plan`]): no root of the store (`nix-store --gc
+//! --print-roots`: kept images' roots, profiles, and the temporary and
+//! runtime roots of running Nix processes, which protect a build in
+//! flight) holds them, no path outside the set refers to them, a
+//! derivation's outputs go with it (`keep-derivations`), an output's
+//! derivation with it (`keep-outputs`), and no kept image's layer names
+//! them. Build-time-only outputs (a compiler built here) are not
+//! candidates: they are not the image's, and `nix-store --gc` is the
+//! store owner's to run. Nix refuses a `--delete` naming a path that turned
+//! alive since (a build started using it) and stops there: that path and
+//! what it keeps are dropped and the rest retried.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -80,14 +94,17 @@ pub struct NixReport {
     /// Directories no kept image names but young: perhaps a build under way.
     pub roots_young: usize,
     pub roots_released: Vec<PathBuf>,
-    /// Paths of released roots still reachable from other roots (or used by
-    /// kept images): they stay.
+    /// Candidates (what released roots held, and the derivations that built
+    /// it) that stay: rooted elsewhere, used by kept images, or referred to
+    /// by other store paths.
     pub paths_shared: usize,
     /// Paths deleted (or to delete), and their NAR bytes.
     pub paths_freed: usize,
     pub bytes_freed: u64,
-    /// Paths a running Nix process started using during the run (alive when
-    /// deleted): they stay.
+    /// Of `paths_freed`, derivations (`.drv` files).
+    pub drvs_freed: usize,
+    /// Paths Nix found alive when deleting them (a running Nix process
+    /// started using them during the run), with what they keep: they stay.
     pub paths_alive: usize,
 }
 
@@ -136,12 +153,16 @@ fn scan(gcroots: &Path) -> Result<Vec<RootDir>> {
 
 /// Runs `nix-store ARGS`; (success, stdout, stderr).
 async fn nix_store(args: &[OsString]) -> Result<(bool, String, String)> {
-    let mut cmd = tokio::process::Command::new("nix-store");
+    run_nix("nix-store", args).await
+}
+
+async fn run_nix(program: &str, args: &[OsString]) -> Result<(bool, String, String)> {
+    let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(NIX_STORE_TIMEOUT, cmd.output())
         .await
-        .map_err(|_| internal("nix-store", format!("no answer within {NIX_STORE_TIMEOUT:?}")))?
-        .map_err(|e| internal("running nix-store", e))?;
+        .map_err(|_| internal(program, format!("no answer within {NIX_STORE_TIMEOUT:?}")))?
+        .map_err(|e| internal(&format!("running {program}"), e))?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -149,10 +170,10 @@ async fn nix_store(args: &[OsString]) -> Result<(bool, String, String)> {
     ))
 }
 
-/// `nix-store FLAGS PATH…` over `paths` in chunks, every chunk's stdout
-/// lines in order; fails on the first failing chunk.
-async fn query(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
-    let mut lines = Vec::new();
+/// `nix-store FLAGS PATH…` over `paths` in chunks: every chunk's stdout, in
+/// order; fails on the first failing chunk.
+async fn query_raw(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
+    let mut outs = Vec::new();
     for chunk in paths.chunks(CHUNK) {
         let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
         args.extend(chunk.iter().map(OsString::from));
@@ -160,9 +181,15 @@ async fn query(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
         if !ok {
             return Err(internal(&format!("nix-store {}", flags.join(" ")), err.trim()));
         }
-        lines.extend(out.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+        outs.push(out);
     }
-    Ok(lines)
+    Ok(outs)
+}
+
+/// [`query_raw`]'s non-empty lines.
+async fn query(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
+    let outs = query_raw(flags, paths).await?;
+    Ok(outs.iter().flat_map(|o| o.lines()).map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
 /// The paths of `paths` that are valid store paths (the others were
@@ -177,36 +204,283 @@ async fn closure(paths: &[String]) -> Result<HashSet<String>> {
     Ok(query(&["--query", "--requisites"], paths).await?.into_iter().collect())
 }
 
-/// NAR size of each path (`--query --size` answers one line a path, in
-/// order).
-async fn sizes(paths: &[String]) -> Result<BTreeMap<String, u64>> {
-    let lines = query(&["--query", "--size"], paths).await?;
-    Ok(paths.iter().cloned().zip(lines.iter().map(|l| l.parse().unwrap_or(0))).collect())
+/// What Nix's database says of a valid store path.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct PathInfo {
+    nar_size: u64,
+    /// The derivation registered as having built it.
+    deriver: Option<String>,
+    references: Vec<String>,
 }
 
-/// Everything reachable from the store's roots other than the links under
-/// `released`: Nix's own view of what stays alive once they are gone
-/// (temporary roots of running builds included).
-async fn alive_without(released: &[PathBuf]) -> Result<HashSet<String>> {
+/// Each of the valid `paths`' NAR size, deriver and references: one
+/// `nix-store --dump-db` answers all three for many paths at once, the
+/// format every Nix since 1.x writes (and `--load-db` reads).
+async fn path_infos(paths: &[String]) -> Result<HashMap<String, PathInfo>> {
+    let mut infos = HashMap::new();
+    for out in query_raw(&["--dump-db"], paths).await? {
+        infos.extend(parse_dump_db(&out).map_err(|e| internal("nix-store --dump-db", e))?);
+    }
+    Ok(infos)
+}
+
+/// Nix's registration format: per path, its line, the NAR hash, the NAR
+/// size, the deriver (an empty line when none), the number of references
+/// and one line each.
+fn parse_dump_db(text: &str) -> std::result::Result<Vec<(String, PathInfo)>, String> {
+    let mut lines = text.lines();
+    let mut infos = Vec::new();
+    while let Some(path) = lines.next() {
+        if path.is_empty() {
+            continue;
+        }
+        let mut next = |what: &str| lines.next().ok_or_else(|| format!("{path}: no {what}"));
+        let _hash = next("hash")?;
+        let nar_size = next("size")?.trim().parse().map_err(|e| format!("{path}: size: {e}"))?;
+        let deriver = Some(next("deriver")?.trim()).filter(|d| !d.is_empty()).map(str::to_string);
+        let count: usize = next("reference count")?.trim().parse().map_err(|e| format!("{path}: reference count: {e}"))?;
+        let references = (0..count).map(|_| next("reference").map(|r| r.trim().to_string())).collect::<std::result::Result<_, _>>()?;
+        infos.push((path.trim().to_string(), PathInfo { nar_size, deriver, references }));
+    }
+    Ok(infos)
+}
+
+/// The output paths a `.drv` file declares (`Derive([("out","/nix/store/…",…),…],…`);
+/// `None` when it does not read as one.
+fn drv_outputs(aterm: &str) -> Option<Vec<String>> {
+    let mut rest = aterm.strip_prefix("Derive([")?;
+    let mut outputs = Vec::new();
+    // A quoted ATerm string, with its escapes undone.
+    fn string(s: &str) -> Option<(String, &str)> {
+        let mut chars = s.strip_prefix('"')?.char_indices();
+        let mut out = String::new();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return Some((out, &s[i + 2..])),
+                '\\' => out.push(chars.next()?.1),
+                c => out.push(c),
+            }
+        }
+        None
+    }
+    loop {
+        if rest.starts_with(']') {
+            return Some(outputs);
+        }
+        rest = rest.strip_prefix('(')?;
+        let mut fields = Vec::new();
+        for i in 0..4 {
+            let (field, r) = string(rest)?;
+            fields.push(field);
+            rest = if i < 3 { r.strip_prefix(',')? } else { r.strip_prefix(')')? };
+        }
+        if !fields[1].is_empty() {
+            outputs.push(fields[1].clone());
+        }
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
+/// The settings of Nix's collector that decide what `--delete` finds alive.
+#[derive(Debug, Clone, Copy)]
+struct GcSettings {
+    /// A derivation stays while an output it built does.
+    keep_derivations: bool,
+    /// An output stays while a derivation of it does.
+    keep_outputs: bool,
+}
+
+impl Default for GcSettings {
+    /// Nix's defaults.
+    fn default() -> Self {
+        GcSettings { keep_derivations: true, keep_outputs: false }
+    }
+}
+
+/// This machine's `keep-derivations` and `keep-outputs`; Nix's defaults
+/// when they cannot be read (a wrong guess only makes Nix refuse a path,
+/// which [`collect`] handles, never delete one it keeps).
+async fn gc_settings() -> GcSettings {
+    let args: Vec<OsString> =
+        ["--extra-experimental-features", "nix-command", "show-config", "--json"].iter().map(OsString::from).collect();
+    let read = match run_nix("nix", &args).await {
+        Ok((true, out, _)) => serde_json::from_str::<serde_json::Value>(&out).ok(),
+        _ => None,
+    };
+    let Some(config) = read else {
+        tracing::warn!("could not read Nix's settings (nix show-config); assuming keep-derivations = true, keep-outputs = false");
+        return GcSettings::default();
+    };
+    let flag = |name: &str, default: bool| config[name]["value"].as_bool().unwrap_or(default);
+    let d = GcSettings::default();
+    GcSettings { keep_derivations: flag("keep-derivations", d.keep_derivations), keep_outputs: flag("keep-outputs", d.keep_outputs) }
+}
+
+/// The targets of every root of the store other than the links under
+/// `released`: gc roots, profiles, and the temporary and runtime roots of
+/// running Nix processes.
+async fn root_targets_without(released: &[PathBuf]) -> Result<HashSet<String>> {
     let (ok, out, err) = nix_store(&["--gc".into(), "--print-roots".into()]).await?;
     if !ok {
         return Err(internal("nix-store --gc --print-roots", err.trim()));
     }
     let released_too: Vec<PathBuf> =
         released.iter().flat_map(|d| [d.clone(), std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())]).collect();
-    let mut targets = Vec::new();
+    let mut targets = HashSet::new();
     for line in out.lines() {
         let Some((link, target)) = line.rsplit_once(" -> ") else { continue };
         let link = Path::new(link.trim());
         if released_too.iter().any(|d| link.starts_with(d)) {
             continue;
         }
-        targets.push(target.trim().to_string());
+        targets.insert(target.trim().to_string());
     }
-    targets.sort();
-    targets.dedup();
-    let targets = valid(&targets).await?;
-    closure(&targets).await
+    Ok(targets)
+}
+
+/// What the released roots held and what built it (see the module
+/// documentation), with each path's [`PathInfo`].
+async fn candidates(targets: &[String]) -> Result<HashMap<String, PathInfo>> {
+    let outputs: Vec<String> = closure(targets).await?.into_iter().collect();
+    let mut infos = path_infos(&outputs).await?;
+    let mut derivers: Vec<String> =
+        infos.values().filter_map(|i| i.deriver.clone()).filter(|d| !infos.contains_key(d)).collect();
+    derivers.sort();
+    derivers.dedup();
+    let derivers = valid(&derivers).await?;
+    if !derivers.is_empty() {
+        let built_by: Vec<String> = closure(&derivers).await?.into_iter().filter(|p| !infos.contains_key(p)).collect();
+        infos.extend(path_infos(&built_by).await?);
+    }
+    Ok(infos)
+}
+
+/// The store graph around the candidates that [`plan`] reasons over.
+#[derive(Debug, Default)]
+struct Graph {
+    /// The candidates.
+    infos: HashMap<String, PathInfo>,
+    /// Each candidate derivation's outputs (all of them, valid or not).
+    outputs: HashMap<String, Vec<String>>,
+    /// Candidate derivations whose file did not read as one: their outputs
+    /// are unknown, so they stay.
+    opaque: HashSet<String>,
+    settings: GcSettings,
+}
+
+impl Graph {
+    /// Marks `seeds` (those that are candidates) as staying, with what
+    /// Nix then keeps too: what a staying path refers to, the derivation
+    /// that built it (keep-derivations), a staying derivation's outputs
+    /// (keep-outputs). Returns the paths newly kept.
+    fn keep(&self, kept: &mut HashSet<String>, seeds: impl IntoIterator<Item = String>) -> usize {
+        let before = kept.len();
+        let mut todo: Vec<String> = Vec::new();
+        let add = |p: &String, kept: &mut HashSet<String>, todo: &mut Vec<String>| {
+            if self.infos.contains_key(p) && kept.insert(p.clone()) {
+                todo.push(p.clone());
+            }
+        };
+        for s in seeds {
+            add(&s, kept, &mut todo);
+        }
+        while let Some(p) = todo.pop() {
+            let info = &self.infos[&p];
+            for r in &info.references {
+                add(r, kept, &mut todo);
+            }
+            if self.settings.keep_derivations {
+                if let Some(d) = &info.deriver {
+                    add(d, kept, &mut todo);
+                }
+            }
+            if self.settings.keep_outputs {
+                for o in self.outputs.get(&p).into_iter().flatten() {
+                    add(o, kept, &mut todo);
+                }
+            }
+        }
+        kept.len() - before
+    }
+
+    /// `doomed` in the order `nix-store --delete` can take them a chunk at
+    /// a time: every path no earlier than all its referrers among them (Nix
+    /// keeps a path whose referrer is neither deleted before it nor with
+    /// it), a derivation together with the outputs it built (under
+    /// keep-derivations and keep-outputs each keeps the other). One unit per
+    /// derivation and its outputs; a unit is never split across chunks.
+    fn deletion_units(&self, doomed: &HashSet<String>) -> Vec<Vec<String>> {
+        let doomed: BTreeSet<&String> = doomed.iter().filter(|p| self.infos.contains_key(*p)).collect();
+        // A path's unit is its deriver's when that goes too.
+        let unit_of = |p: &String| -> String {
+            match &self.infos[p].deriver {
+                Some(d) if doomed.contains(d) => d.clone(),
+                _ => p.clone(),
+            }
+        };
+        let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in &doomed {
+            members.entry(unit_of(p)).or_default().push((*p).clone());
+        }
+        // Edges referrer unit → referenced unit; Kahn's order, starting from
+        // the units nothing doomed refers to.
+        let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut indegree: BTreeMap<String, usize> = members.keys().map(|u| (u.clone(), 0)).collect();
+        for p in &doomed {
+            let from = unit_of(p);
+            for r in self.infos[*p].references.iter().filter(|r| doomed.contains(r)) {
+                let to = unit_of(r);
+                if to != from && edges.entry(from.clone()).or_default().insert(to.clone()) {
+                    *indegree.get_mut(&to).expect("a unit") += 1;
+                }
+            }
+        }
+        let mut ready: Vec<String> = indegree.iter().filter(|(_, n)| **n == 0).map(|(u, _)| u.clone()).rev().collect();
+        let mut order = Vec::new();
+        while let Some(u) = ready.pop() {
+            for to in edges.get(&u).into_iter().flatten() {
+                let n = indegree.get_mut(to).expect("a unit");
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(to.clone());
+                }
+            }
+            order.push(u);
+        }
+        // A cycle (none in a sound store): the rest in any order; Nix
+        // refuses what it must and the retry drops that.
+        let placed: HashSet<String> = order.iter().cloned().collect();
+        order.extend(members.keys().filter(|u| !placed.contains(*u)).cloned().collect::<Vec<_>>());
+        order.into_iter().map(|u| members.remove(&u).unwrap_or_default()).collect()
+    }
+}
+
+/// Which candidates stay, by Nix's rule for `nix-store --delete` of
+/// specific paths: one stays when it is a root (`roots`: the targets of
+/// the store's other roots), a kept image's (`kept_paths`), referred to by
+/// a path outside the candidates (`outside_referrers`, each with its
+/// references), a derivation that built a valid path outside the
+/// candidates (`outside_derivers`, under keep-derivations) or one whose
+/// outputs are unknown; and with each, what [`Graph::keep`] keeps. The
+/// rest can go together.
+fn plan(
+    graph: &Graph,
+    roots: &HashSet<String>,
+    kept_paths: &HashSet<String>,
+    outside_referrers: &HashMap<String, PathInfo>,
+    outside_derivers: &HashSet<String>,
+) -> HashSet<String> {
+    let seeds = graph
+        .infos
+        .keys()
+        .filter(|p| roots.contains(*p) || kept_paths.contains(*p))
+        .chain(outside_referrers.values().flat_map(|i| &i.references))
+        .chain(outside_derivers)
+        .chain(&graph.opaque)
+        .cloned();
+    let mut staying = HashSet::new();
+    graph.keep(&mut staying, seeds);
+    staying
 }
 
 /// The path Nix 2.8 names in `Cannot delete path '…' since it is still alive`.
@@ -215,6 +489,36 @@ fn alive_path(stderr: &str) -> Option<String> {
     let rest = &stderr[start..];
     let end = rest.find('\'')?;
     rest[end..].contains("still alive").then(|| rest[..end].to_string())
+}
+
+/// The facts [`plan`] needs from outside the candidates. Read for the
+/// candidates not already `staying` (by roots and kept images): only
+/// those's referrers can change the answer, and this spares asking for the
+/// thousands of referrers of a path every image shares.
+async fn outside_facts(graph: &Graph, staying: &HashSet<String>) -> Result<(HashMap<String, PathInfo>, HashSet<String>)> {
+    let rest: Vec<String> = graph.infos.keys().filter(|p| !staying.contains(*p)).cloned().collect();
+    // Paths outside the candidates referring to one of the rest.
+    let mut referrers: Vec<String> =
+        query(&["--query", "--referrers"], &rest).await?.into_iter().filter(|r| !graph.infos.contains_key(r)).collect();
+    referrers.sort();
+    referrers.dedup();
+    let outside_referrers = path_infos(&valid(&referrers).await?).await?;
+    // Derivations among the rest that built a valid path outside them.
+    let mut outside_derivers = HashSet::new();
+    if graph.settings.keep_derivations {
+        let mut outputs: Vec<String> = rest
+            .iter()
+            .flat_map(|d| graph.outputs.get(d).into_iter().flatten())
+            .filter(|o| !graph.infos.contains_key(*o))
+            .cloned()
+            .collect();
+        outputs.sort();
+        outputs.dedup();
+        for info in path_infos(&valid(&outputs).await?).await?.into_values() {
+            outside_derivers.extend(info.deriver.filter(|d| graph.infos.contains_key(d)));
+        }
+    }
+    Ok((outside_referrers, outside_derivers))
 }
 
 /// One collection of this machine's roots; removes them and deletes the
@@ -256,30 +560,44 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
     }
     released_targets.sort();
     released_targets.dedup();
-
-    let mut doomed: Vec<String> = Vec::new();
-    if !released_targets.is_empty() {
-        let reachable = closure(&released_targets).await?;
-        let alive = alive_without(&released).await?;
-        for p in reachable {
-            if alive.contains(&p) || kept.paths.contains(&p) {
-                report.paths_shared += 1;
-            } else {
-                doomed.push(p);
-            }
-        }
-        doomed.sort();
-    }
     report.roots_released = released.clone();
 
+    let mut graph = Graph::default();
+    let mut staying = HashSet::new();
+    if !released_targets.is_empty() {
+        graph.infos = candidates(&released_targets).await?;
+        graph.settings = gc_settings().await;
+        for drv in graph.infos.keys().filter(|p| p.ends_with(".drv")) {
+            match std::fs::read_to_string(drv).ok().as_deref().and_then(drv_outputs) {
+                Some(outputs) => {
+                    graph.outputs.insert(drv.clone(), outputs);
+                }
+                None => {
+                    graph.opaque.insert(drv.clone());
+                }
+            }
+        }
+        let roots = root_targets_without(&released).await?;
+        let (none, nothing) = (HashMap::new(), HashSet::new());
+        let first = plan(&graph, &roots, &kept.paths, &none, &nothing);
+        let (outside_referrers, outside_derivers) = outside_facts(&graph, &first).await?;
+        staying = plan(&graph, &roots, &kept.paths, &outside_referrers, &outside_derivers);
+    }
+    report.paths_shared = staying.len();
+    let doomed: HashSet<String> = graph.infos.keys().filter(|p| !staying.contains(*p)).cloned().collect();
+    let count = |freed: &mut dyn Iterator<Item = &String>, report: &mut NixReport| {
+        for p in freed {
+            report.paths_freed += 1;
+            report.bytes_freed += graph.infos[p].nar_size;
+            report.drvs_freed += usize::from(p.ends_with(".drv"));
+        }
+    };
+
     if !delete {
-        report.paths_freed = doomed.len();
-        report.bytes_freed = if doomed.is_empty() { 0 } else { sizes(&doomed).await?.values().sum() };
+        count(&mut doomed.iter(), &mut report);
         return Ok(report);
     }
 
-    // Sizes first: a deleted path has none.
-    let size_of = if doomed.is_empty() { BTreeMap::new() } else { sizes(&doomed).await? };
     for dir in &released {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -294,7 +612,7 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
             break;
         }
         let mut failed = None;
-        for chunk in left.chunks(CHUNK) {
+        for chunk in chunks(graph.deletion_units(&left)) {
             let mut args: Vec<OsString> = vec!["--delete".into()];
             args.extend(chunk.iter().map(OsString::from));
             let (ok, _, err) = nix_store(&args).await?;
@@ -304,25 +622,38 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
             }
         }
         let Some(err) = failed else { break };
-        // Nix deleted nothing of that chunk: drop what it found alive.
-        let still = valid(&left).await?;
+        // Nix stopped at a path it found alive (deleting what it had
+        // taken before): it stays, with what it keeps; the rest is retried.
+        let still: HashSet<String> = valid(&left.iter().cloned().collect::<Vec<_>>()).await?.into_iter().collect();
         match alive_path(&err) {
             Some(p) if still.contains(&p) => {
-                tracing::info!(path = %p, "a store path gc released is in use again; it stays");
-                report.paths_alive += 1;
-                left = still.into_iter().filter(|s| *s != p).collect();
+                let mut alive = HashSet::new();
+                graph.keep(&mut alive, [p.clone()]);
+                let alive: HashSet<String> = alive.intersection(&still).cloned().collect();
+                tracing::info!(path = %p, with = alive.len() - 1, "a store path gc released is in use again; it stays, with what it keeps");
+                report.paths_alive += alive.len();
+                left = still.difference(&alive).cloned().collect();
             }
             _ => return Err(internal("nix-store --delete", err.trim())),
         }
     }
+    let mut doomed: Vec<String> = doomed.into_iter().collect();
+    doomed.sort();
     let still: HashSet<String> = valid(&doomed).await?.into_iter().collect();
-    for (p, size) in &size_of {
-        if !still.contains(p) {
-            report.paths_freed += 1;
-            report.bytes_freed += size;
+    count(&mut doomed.iter().filter(|p| !still.contains(*p)), &mut report);
+    Ok(report)
+}
+
+/// Deletion units packed into chunks of about [`CHUNK`] paths, in order.
+fn chunks(units: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    for unit in units {
+        match chunks.last_mut() {
+            Some(last) if last.len() + unit.len() <= CHUNK => last.extend(unit),
+            _ => chunks.push(unit),
         }
     }
-    Ok(report)
+    chunks
 }
 
 impl fmt::Display for NixReport {
@@ -341,8 +672,9 @@ impl fmt::Display for NixReport {
         )?;
         write!(
             f,
-            "nix store:     {} paths {freed}, {} freed ({} bytes, NAR size); {} still used by other roots or kept images",
+            "nix store:     {} paths {freed} ({} derivations), {} freed ({} bytes, NAR size); {} stay (rooted elsewhere, used by kept images or by other store paths)",
             self.paths_freed,
+            self.drvs_freed,
             indicatif::HumanBytes(self.bytes_freed),
             self.bytes_freed,
             self.paths_shared
@@ -363,5 +695,124 @@ mod tests {
         let err = "finding garbage collector roots...\nerror: Cannot delete path '/nix/store/79xs-a' since it is still alive. To find out why, use: nix-store --query --roots\n";
         assert_eq!(alive_path(err).as_deref(), Some("/nix/store/79xs-a"));
         assert_eq!(alive_path("error: something else"), None);
+    }
+
+    /// As Nix 2.8 prints it: the second path has no deriver (an empty line).
+    #[test]
+    fn reads_nix_registrations() {
+        let dump = "/nix/store/f840-gca\n6147ba\n525424\n/nix/store/12ch-gca.drv\n2\n/nix/store/mxss-busybox\n/nix/store/zf27-shared\n\
+                    /nix/store/mxss-busybox\n2f3ec9\n1168\n\n0\n";
+        let infos: HashMap<String, PathInfo> = parse_dump_db(dump).unwrap().into_iter().collect();
+        assert_eq!(
+            infos["/nix/store/f840-gca"],
+            PathInfo {
+                nar_size: 525424,
+                deriver: Some("/nix/store/12ch-gca.drv".into()),
+                references: vec!["/nix/store/mxss-busybox".into(), "/nix/store/zf27-shared".into()],
+            }
+        );
+        assert_eq!(infos["/nix/store/mxss-busybox"], PathInfo { nar_size: 1168, deriver: None, references: vec![] });
+        assert!(parse_dump_db("/nix/store/x\nhash\n12\n\n3\n/nix/store/y\n").is_err(), "a cut-off answer is an error");
+    }
+
+    #[test]
+    fn reads_the_outputs_of_a_derivation() {
+        let drv = r#"Derive([("dev","/nix/store/aa-x-dev","",""),("out","/nix/store/bb-x","","")],[("/nix/store/cc-y.drv",["out"])],["/nix/store/dd-src"],"x86_64-linux","/bin/sh",["-c","echo \"a\\b\""],[("out","/nix/store/bb-x")])"#;
+        assert_eq!(drv_outputs(drv).unwrap(), ["/nix/store/aa-x-dev", "/nix/store/bb-x"]);
+        let fixed = r#"Derive([("out","/nix/store/ee-src.tar.gz","sha256","0abc")],[],[],"builtin","builtin:fetchurl",[],[])"#;
+        assert_eq!(drv_outputs(fixed).unwrap(), ["/nix/store/ee-src.tar.gz"]);
+        assert_eq!(drv_outputs("not a derivation"), None);
+        assert_eq!(drv_outputs(r#"Derive([("out","/nix/store/"#), None);
+    }
+
+    fn info(size: u64, deriver: Option<&str>, refs: &[&str]) -> PathInfo {
+        PathInfo { nar_size: size, deriver: deriver.map(str::to_string), references: refs.iter().map(|r| r.to_string()).collect() }
+    }
+
+    fn set(paths: &[&str]) -> HashSet<String> {
+        paths.iter().map(|p| p.to_string()).collect()
+    }
+
+    /// The test package set's shape: `gca` runs a script whose interpreter
+    /// is a source `builtins.path` copied (`bb`), and uses `shared`; each was
+    /// built by a derivation, and `gca.drv` names `bb` as an input source.
+    fn graph(settings: GcSettings) -> Graph {
+        let infos = [
+            ("gca", info(500, Some("gca.drv"), &["bb", "shared"])),
+            ("shared", info(60, Some("shared.drv"), &[])),
+            ("bb", info(2000, None, &[])),
+            ("gca.drv", info(1, None, &["bb", "shared.drv"])),
+            ("shared.drv", info(1, None, &[])),
+        ];
+        Graph {
+            infos: infos.into_iter().map(|(p, i)| (p.to_string(), i)).collect(),
+            outputs: [("gca.drv", vec!["gca".to_string()]), ("shared.drv", vec!["shared".to_string()])]
+                .into_iter()
+                .map(|(d, o)| (d.to_string(), o))
+                .collect(),
+            opaque: HashSet::new(),
+            settings,
+        }
+    }
+
+    /// With its derivations among the candidates, the whole image goes: the
+    /// interpreter's only other referrer is `gca.drv`, which goes too (the
+    /// defect was leaving it, and so the interpreter, behind).
+    #[test]
+    fn an_image_goes_with_its_derivations() {
+        let g = graph(GcSettings::default());
+        let none = (HashMap::new(), HashSet::new());
+        let staying = plan(&g, &HashSet::new(), &HashSet::new(), &none.0, &none.1);
+        assert!(staying.is_empty(), "{staying:?}");
+        let units = g.deletion_units(&g.infos.keys().cloned().collect());
+        let position = |p: &str| units.iter().position(|u| u.iter().any(|m| m == p)).unwrap();
+        assert_eq!(position("gca"), position("gca.drv"), "a derivation goes with its output: {units:?}");
+        assert!(position("gca") < position("shared") && position("gca.drv") < position("bb"), "referrers first: {units:?}");
+        assert!(position("gca.drv") < position("shared.drv"), "{units:?}");
+    }
+
+    /// A kept image's derivation refers to the interpreter and to
+    /// `shared.drv`, and its output to `shared`: those stay, and so does
+    /// `shared.drv` (keep-derivations: its output stays).
+    #[test]
+    fn what_another_path_refers_to_stays() {
+        let g = graph(GcSettings::default());
+        let outside = HashMap::from([
+            ("gcb".to_string(), info(100, Some("gcb.drv"), &["bb", "shared"])),
+            ("gcb.drv".to_string(), info(1, None, &["bb", "shared.drv"])),
+        ]);
+        let staying = plan(&g, &HashSet::new(), &HashSet::new(), &outside, &HashSet::new());
+        assert_eq!(staying, set(&["bb", "shared", "shared.drv"]));
+        let without_keep_derivations = GcSettings { keep_derivations: false, keep_outputs: false };
+        let g = graph(without_keep_derivations);
+        let outside = HashMap::from([("gcb".to_string(), info(100, None, &["shared"]))]);
+        assert_eq!(plan(&g, &HashSet::new(), &HashSet::new(), &outside, &HashSet::new()), set(&["shared"]));
+    }
+
+    #[test]
+    fn roots_kept_images_and_outside_outputs_keep_their_paths() {
+        let g = graph(GcSettings::default());
+        let none = HashMap::new();
+        // A root on `gca` keeps the runtime closure and, with it, gca.drv and
+        // what gca.drv refers to.
+        let staying = plan(&g, &set(&["gca"]), &HashSet::new(), &none, &HashSet::new());
+        assert_eq!(staying, set(&["gca", "bb", "shared", "gca.drv", "shared.drv"]));
+        assert_eq!(plan(&g, &HashSet::new(), &set(&["shared"]), &none, &HashSet::new()), set(&["shared", "shared.drv"]));
+        // shared.drv also built a valid output no candidate is.
+        assert_eq!(plan(&g, &HashSet::new(), &HashSet::new(), &none, &set(&["shared.drv"])), set(&["shared.drv"]));
+        // keep-outputs: a staying derivation keeps its outputs.
+        let g = graph(GcSettings { keep_derivations: true, keep_outputs: true });
+        assert_eq!(plan(&g, &HashSet::new(), &HashSet::new(), &none, &set(&["shared.drv"])), set(&["shared.drv", "shared"]));
+        // A derivation that does not read as one stays, with its closure.
+        let mut g = graph(GcSettings::default());
+        g.opaque.insert("gca.drv".into());
+        assert_eq!(plan(&g, &HashSet::new(), &HashSet::new(), &none, &HashSet::new()), set(&["gca.drv", "bb", "shared.drv"]));
+    }
+
+    #[test]
+    fn chunks_never_split_a_unit() {
+        let unit = |n: usize, tag: &str| (0..n).map(|i| format!("{tag}{i}")).collect::<Vec<_>>();
+        let packed = chunks(vec![unit(CHUNK - 1, "a"), unit(2, "b"), unit(3, "c")]);
+        assert_eq!(packed.iter().map(Vec::len).collect::<Vec<_>>(), [CHUNK - 1, 5]);
     }
 }

@@ -107,7 +107,7 @@ impl Storage {
             store: opened.store,
             redirect,
             description: opened.description,
-            marks: access::Marks::new(),
+            marks: access::Marks::new(cfg.cache.access_mark_interval()),
             leases: crate::lease::Leases::new(Duration::from_secs(st.lease_secs), Duration::from_secs(st.lease_wait_secs)),
         })
     }
@@ -121,7 +121,7 @@ impl Storage {
             store,
             redirect: None,
             description: description.to_string(),
-            marks: access::Marks::new(),
+            marks: access::Marks::new(MARK_INTERVAL),
             leases: crate::lease::Leases::new(
                 Duration::from_secs(defaults.lease_secs),
                 Duration::from_secs(defaults.lease_wait_secs),
@@ -231,13 +231,23 @@ impl Storage {
     }
 
     /// Whether this process has not marked the image (by its Docker
-    /// manifest digest) as requested within the last hour.
+    /// manifest digest) as requested within the last interval.
     pub fn access_due(&self, digest: &str) -> bool {
         self.marks.due(digest)
     }
 
-    /// Records that the image was requested, at most once an hour, without
-    /// making the caller wait for the store.
+    /// `[cache] access_mark_secs` of this handle.
+    pub fn mark_interval(&self) -> Duration {
+        self.marks.interval()
+    }
+
+    /// Makes the image's mark due at once: gc removed it.
+    pub fn forget_access(&self, digest: &str) {
+        self.marks.forget(digest);
+    }
+
+    /// Records that the image was requested, at most once an interval,
+    /// without making the caller wait for the store.
     pub fn mark_access(&self, digest: &str) {
         if !self.marks.take(digest) {
             return;

@@ -28,6 +28,17 @@ fn server(store: &Store, prefix: &str, storage_toml: &str, env: &[(&str, String)
     })
 }
 
+/// [`server`] marking image accesses every second, so that `strata gc`
+/// accepts windows of seconds (it refuses one below two intervals).
+fn server_marking_every_second(store: &Store, prefix: &str) -> Server {
+    Server::start_with(ServerOptions {
+        storage_url: Some(store.url(prefix)),
+        extra_toml: "[cache]\naccess_mark_secs = 1\n".into(),
+        env: store.env(),
+        ..Default::default()
+    })
+}
+
 /// The same store, opened in this process, to look at what the server left.
 fn inspect_store(store: &Store, prefix: &str) -> (tokio::runtime::Runtime, Storage) {
     let options = store.options();
@@ -384,7 +395,7 @@ fn gc(server: &Server, store: &Store, args: &[&str]) -> Output {
 #[test]
 fn gc_keeps_what_remaining_manifests_name() {
     let store = Store::start(Kind::Moto);
-    let s = server(&store, "gc", "", &[]);
+    let s = server_marking_every_second(&store, "gc");
     let x = image_blobs(&s, "git");
     thread::sleep(Duration::from_secs(5));
     let y = image_blobs(&s, "git/hello");
@@ -411,7 +422,7 @@ fn gc_keeps_what_remaining_manifests_name() {
     drop(s);
 
     // A fresh replica serves Y from the store as it is, and rebuilds X.
-    let fresh = server(&store, "gc", "", &[]);
+    let fresh = server_marking_every_second(&store, "gc");
     let work = tempfile::tempdir().unwrap();
     pull(&fresh, "git/hello", work.path());
     assert_eq!(builds(&fresh), 0, "Y was served from the store");

@@ -1,17 +1,20 @@
 //! When an image was last requested, for `strata gc`: a small object
 //! `meta/access/<manifest hex>` whose modification time is the answer.
 //!
-//! Written at most once an hour per image and process, from a spawned task:
-//! a warm pull pays one in-memory lookup, never a store round trip. The same
-//! hour bounds how long a replica serves an image from memory without
-//! looking at the store: once its mark is due, the request goes the store's
-//! way again, so an image `gc` removed is rebuilt instead of served with
-//! missing blobs.
+//! Written at most once an interval (`[cache] access_mark_secs`, an hour by
+//! default) per image and process, from a spawned task: a warm pull pays one
+//! in-memory lookup, never a store round trip. The same interval bounds how
+//! long a replica serves an image from memory without looking at the store:
+//! once its mark is due, the request goes the store's way again, so an image
+//! `gc` removed is rebuilt instead of served with missing blobs. That is
+//! why gc refuses windows shorter than [`crate::gc::MIN_WINDOW_MARKS`]
+//! intervals: an image requested all along may carry a mark one interval
+//! old, and the replica serving it trusts its memory that long.
 
 use std::time::Duration;
 
-/// How often one process marks one image, and so the resolution of
-/// `strata gc --older-than`.
+/// The default of `[cache] access_mark_secs`: how often one process marks
+/// one image, and so the resolution of `strata gc --older-than`.
 pub const MARK_INTERVAL: Duration = Duration::from_secs(3600);
 
 pub const ACCESS_PREFIX: &str = "meta/access/";
@@ -21,15 +24,21 @@ pub fn access_key(digest: &str) -> String {
     format!("{ACCESS_PREFIX}{}", digest.trim_start_matches("sha256:"))
 }
 
-/// Images this process marked within the last [`MARK_INTERVAL`].
+/// Images this process marked within the last interval.
 #[derive(Clone)]
 pub(super) struct Marks {
     recent: moka::sync::Cache<String, ()>,
+    interval: Duration,
 }
 
 impl Marks {
-    pub fn new() -> Marks {
-        Marks { recent: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(MARK_INTERVAL).build() }
+    pub fn new(interval: Duration) -> Marks {
+        let recent = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(interval).build();
+        Marks { recent, interval }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     pub fn due(&self, digest: &str) -> bool {
@@ -42,7 +51,8 @@ impl Marks {
         self.recent.entry(digest.to_string()).or_insert(()).is_fresh()
     }
 
-    /// A marker that could not be written is retried by the next request.
+    /// A marker that could not be written is retried by the next request;
+    /// one of an image gc removed is written afresh when it is rebuilt.
     pub fn forget(&self, digest: &str) {
         self.recent.invalidate(digest);
     }
