@@ -13,6 +13,9 @@ PACKAGES=(
   nix-bin nix-setup-systemd busybox-static
   # registry clients the end-to-end tests drive
   skopeo umoci docker.io docker-registry
+  # podman (with runc: crun fails on this machine's cgroups) and containerd's
+  # own daemon and ctr, the other two clients the end-to-end tests drive
+  podman runc containerd
   # Debian's Rust (the build itself uses rustup's cargo, see scripts/test.sh)
   rustc-web rust-web-src cargo-web
   # the C++ compiler libfuzzer-sys builds libFuzzer with (cargo fuzz, fuzz/)
