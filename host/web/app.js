@@ -231,9 +231,29 @@
     $("r-source").textContent =
       data.source + (data.immutable ? " (immutable: built once, kept)" : " (mutable: rebuilt when the cached image expires)");
     $("r-grouping").textContent = "plugin " + data.grouping_plugin + ", strategy “" + data.strategy + "”";
+    renderSbom(data);
     renderLayers(data);
     renderClosure();
     $("result").hidden = false;
+  }
+
+  // The SPDX document of the built image (the registry writes one per
+  // image, served as an OCI artifact referring to the image manifest).
+  function renderSbom(data) {
+    const dd = $("r-sbom");
+    const built = data.built;
+    if (built && built.sbom) {
+      const s = built.sbom;
+      dd.replaceChildren(
+        el("a", { id: "r-sbom-link", href: s.blob_url, type: "application/spdx+json", title: s.digest, text: "SPDX document" }),
+        " (" + human(s.size) + ", SPDX 2.3 JSON) · ",
+        el("a", { id: "r-referrers-link", href: s.referrers_url, title: "OCI referrers of " + built.manifest, text: "referrers of the image manifest" }),
+      );
+    } else if (built) {
+      dd.textContent = "None: this server writes no SBOM ([sbom] enabled = false).";
+    } else {
+      dd.textContent = "Not built yet: the SBOM appears once the image is pulled.";
+    }
   }
 
   function renderLayers(data) {

@@ -3,7 +3,10 @@
 // inspector and submitted with Enter yields a layer chart with one bar per
 // store-path layer of /api/inspect (the host's symlink layer is drawn too,
 // as a separate `.layer-final` row without data-layer-index); a bad name
-// shows the API's error message. Saves artifacts/inspector.png.
+// shows the API's error message. The SBOM row says the document comes with
+// the pull; after the image manifest is fetched, inspecting again shows
+// links to the SPDX document and the referrers index, and both answer.
+// Saves artifacts/inspector.png.
 //
 //   node inspect.mjs http://127.0.0.1:8080 [--image shell/hello] [--timeout 240]
 //
@@ -128,6 +131,61 @@ async function main() {
       check("every bar labelled with its size", labelled);
       const status = (await page.locator("#inspect-status").textContent()) || "";
       check("result announced", status.startsWith("Inspected"), status);
+
+      // 2b. The SBOM row: a promise before the image is pulled, links after.
+      const sbomText = ((await page.locator("#r-sbom").textContent()) || "").trim();
+      if (data.built === null) {
+        check("SBOM row says it comes with the pull", sbomText.includes("once the image is pulled") && (await page.locator("#r-sbom a").count()) === 0, sbomText);
+      } else {
+        check("image was already built before this run (no not-built row to check)", data.built !== undefined, JSON.stringify(data.built));
+      }
+      const pulled = await fetch(`${opts.url}/v2/${opts.image}/manifests/latest`, {
+        headers: { Accept: "application/vnd.oci.image.manifest.v1+json" },
+        signal: AbortSignal.timeout(left()),
+      });
+      check("image pulled (GET manifest by tag)", pulled.status === 200, String(pulled.status));
+      const manifestDigest = pulled.headers.get("docker-content-digest");
+      await pulled.arrayBuffer();
+      await input.fill(opts.image);
+      await input.press("Enter");
+      const linked = await page
+        .waitForFunction(
+          () => document.getElementById("r-sbom-link") || !document.getElementById("inspect-error").hidden,
+          null,
+          { timeout: Math.min(left(), 120000), polling: 250 },
+        )
+        .then(() => true, () => false);
+      check("SBOM links shown after the pull", linked && (await page.locator("#r-sbom-link").count()) === 1, ((await page.locator("#r-sbom").textContent()) || "").trim());
+      const after = await (await fetch(`${opts.url}/api/inspect/${opts.image}`, { signal: AbortSignal.timeout(left()) })).json();
+      const sbom = after.built && after.built.sbom;
+      check("/api/inspect names the built image and its SBOM", !!sbom && after.built.manifest === manifestDigest, JSON.stringify(after.built));
+      const attr = async (id) => ((await page.locator(id).count()) === 1 ? page.locator(id).getAttribute("href") : null);
+      const sbomHref = await attr("#r-sbom-link");
+      const refHref = await attr("#r-referrers-link");
+      check("SBOM link is the API's blob_url", !!sbom && sbomHref === sbom.blob_url, `${sbomHref}`);
+      check("referrers link is the API's referrers_url", !!sbom && refHref === sbom.referrers_url, `${refHref}`);
+      if (sbomHref) {
+        const r = await fetch(new URL(sbomHref, page.url()), { signal: AbortSignal.timeout(left()) });
+        const doc = r.status === 200 ? await r.json() : {};
+        check(
+          "SBOM link serves an SPDX 2.3 document of the image",
+          r.status === 200 && doc.spdxVersion === "SPDX-2.3" && doc.name === opts.image && Array.isArray(doc.packages) && doc.packages.length === after.closure.length,
+          `${r.status} ${doc.spdxVersion} ${doc.name} ${doc.packages && doc.packages.length} packages, ${after.closure.length} paths`,
+        );
+      }
+      if (refHref) {
+        const r = await fetch(new URL(refHref, page.url()), { signal: AbortSignal.timeout(left()) });
+        const index = r.status === 200 ? await r.json() : {};
+        const listed = Array.isArray(index.manifests) ? index.manifests : [];
+        check(
+          "referrers link serves an OCI index listing the SBOM",
+          r.status === 200 &&
+            (r.headers.get("content-type") || "").startsWith("application/vnd.oci.image.index.v1+json") &&
+            listed.length === 1 &&
+            listed[0].artifactType === "application/spdx+json",
+          `${r.status} ${r.headers.get("content-type")} ${JSON.stringify(listed)}`,
+        );
+      }
     }
     mkdirSync(dirname(opts.out), { recursive: true });
     await page.screenshot({ path: opts.out, fullPage: true });
