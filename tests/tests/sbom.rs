@@ -371,12 +371,7 @@ fn shell_hello_has_an_spdx_sbom_through_the_referrers_api() {
     for (path, p) in &packages {
         let id = spdx_id(path);
         assert_eq!(p["SPDXID"], id.as_str(), "{p}");
-        let store_name = &path["/nix/store/".len() + 33..];
-        let pname = p["name"].as_str().unwrap_or_else(|| panic!("name of {p}"));
-        match p.get("versionInfo").and_then(Value::as_str) {
-            Some(v) => assert_eq!(format!("{pname}-{v}"), store_name, "name and version make the store name: {p}"),
-            None => assert_eq!(pname, store_name, "without a version, the name is the store name: {p}"),
-        }
+        check_name_and_version(path, p);
         assert_eq!(p["downloadLocation"], "NOASSERTION", "{p}");
         assert_eq!(p["filesAnalyzed"], false, "{p}");
         assert_eq!(p["licenseConcluded"], "NOASSERTION", "{p}");
@@ -476,36 +471,90 @@ fn shell_hello_has_an_spdx_sbom_through_the_referrers_api() {
 }
 
 #[test]
-fn adding_a_package_changes_the_sbom() {
+fn adding_packages_changes_the_sbom() {
     let server = Server::start();
+    let names = ["shell/hello", "shell/hello/jq", "shell/hello/jq/gmp/libxml2"];
     let mut docs = Vec::new();
-    for name in ["shell/hello", "shell/hello/jq"] {
+    for name in names {
         let image = pull(&server, name, OCI);
         let (_, _, sbom) = sbom_manifest(&server, name, &image, OCI);
         let (digest, bytes, doc) = spdx_of(&server, name, &sbom);
-        assert_eq!(doc["name"], name);
-        docs.push((digest, bytes, doc));
+        // The described packages are this name's roots, whatever else is in it.
+        let inspect = get_json(&server, &format!("/api/inspect/{name}"));
+        let roots: BTreeSet<String> =
+            inspect["roots"].as_array().unwrap().iter().map(|r| spdx_id(r.as_str().unwrap())).collect();
+        let describes: BTreeSet<String> =
+            doc["documentDescribes"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+        assert_eq!(describes, roots, "{name}: documentDescribes = the roots");
+        let closure: BTreeSet<String> =
+            inspect["closure"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
+        let packages = packages_by_path(&doc);
+        assert_eq!(packages.keys().cloned().collect::<BTreeSet<_>>(), closure, "{name}: one package per closure path");
+        for (path, p) in &packages {
+            check_name_and_version(path, p);
+        }
+        docs.push((digest, bytes, packages, doc));
     }
-    let (small, big) = (&docs[0], &docs[1]);
-    assert_ne!(small.0, big.0, "a different image, a different SBOM");
-    let small_paths: BTreeSet<String> = packages_by_path(&small.2).into_keys().collect();
-    let big_packages = packages_by_path(&big.2);
-    let big_paths: BTreeSet<String> = big_packages.keys().cloned().collect();
-    assert!(small_paths.is_subset(&big_paths), "shell/hello's paths are all in shell/hello/jq's");
-    assert!(big_paths.len() > small_paths.len(), "{} vs {} packages", big_paths.len(), small_paths.len());
-    let added: Vec<&Value> = big_packages.iter().filter(|(p, _)| !small_paths.contains(*p)).map(|(_, v)| v).collect();
-    let jq = added.iter().find(|p| p["name"] == "jq").unwrap_or_else(|| panic!("jq among the added packages: {added:?}"));
-    assert_eq!(jq["licenseDeclared"], demo_meta("jq.meta.license.spdxId"), "{jq}");
-    assert_eq!(jq["homepage"], demo_meta("jq.meta.homepage"), "{jq}");
-    // glibc came with jq; its meta.license is a list: both its ids appear.
-    let glibc = added.iter().find(|p| p["name"] == "glibc").unwrap_or_else(|| panic!("glibc among the added packages: {added:?}"));
-    let licence = glibc["licenseDeclared"].as_str().unwrap_or_default();
-    assert!(licence.contains("LGPL-2.1-or-later") && licence.contains("GPL-2.0-or-later"), "glibc: {glibc}");
-    assert_eq!(big.2["documentDescribes"].as_array().unwrap().len(), small.2["documentDescribes"].as_array().unwrap().len() + 1);
-    assert!(big.2["documentDescribes"].as_array().unwrap().contains(&jq["SPDXID"]), "jq is described");
+    for pair in docs.windows(2) {
+        let (small, big) = (&pair[0], &pair[1]);
+        assert_ne!(small.0, big.0, "a different image, a different SBOM");
+        let small_paths: BTreeSet<&String> = small.2.keys().collect();
+        let big_paths: BTreeSet<&String> = big.2.keys().collect();
+        assert!(small_paths.is_subset(&big_paths), "the smaller image's paths are all in the bigger one's");
+        assert!(big_paths.len() > small_paths.len(), "{} vs {} packages", big_paths.len(), small_paths.len());
+    }
+    let by_name = |doc: usize, n: &str| -> Vec<Value> { docs[doc].2.values().filter(|p| p["name"] == n).cloned().collect() };
+
+    // jq: requested, its meta is there; glibc came with it, as a dependency
+    // only: no meta read for it.
+    let jq = by_name(1, "jq");
+    assert_eq!(jq.len(), 1, "{jq:?}");
+    assert_eq!(jq[0]["licenseDeclared"], demo_meta("jq.meta.license.spdxId"), "{}", jq[0]);
+    assert_eq!(jq[0]["homepage"], demo_meta("jq.meta.homepage"), "{}", jq[0]);
+    assert!(!docs[0].2.values().any(|p| p["name"] == "jq" || p["name"] == "glibc"), "neither in shell/hello");
+    let glibc = by_name(1, "glibc");
+    assert_eq!(glibc.len(), 1, "{glibc:?}");
+    assert_eq!(glibc[0]["licenseDeclared"], "NOASSERTION", "a dependency that was not requested: {}", glibc[0]);
+    assert!(glibc[0].get("homepage").is_none(), "{}", glibc[0]);
+
+    // gmp's meta.license is a list of two: both ids, joined.
+    let gmp = by_name(2, "gmp");
+    assert_eq!(gmp.len(), 1, "{gmp:?}");
+    let licence = gmp[0]["licenseDeclared"].as_str().unwrap_or_default();
+    assert!(
+        licence.contains("LGPL-3.0-or-later") && licence.contains("GPL-2.0-or-later") && licence.contains(" AND "),
+        "gmp: {}",
+        gmp[0]
+    );
+    // libxml2 installs its bin and man outputs (meta.outputsToInstall), and
+    // out comes with them: three store paths, one name and version.
+    let xml = by_name(2, "libxml2");
+    assert_eq!(xml.len(), 3, "libxml2's out, bin and man: {xml:?}");
+    assert!(xml.iter().all(|p| p["versionInfo"] == "2.11.5"), "{xml:?}");
+    let described: Vec<&Value> = xml.iter().filter(|p| docs[2].3["documentDescribes"].as_array().unwrap().contains(&p["SPDXID"])).collect();
+    assert_eq!(described.len(), 2, "bin and man are described, out is their dependency: {xml:?}");
+    assert!(described.iter().all(|p| p["licenseDeclared"] == "MIT"), "{described:?}");
 
     let work = tempfile::tempdir().unwrap();
-    pyspdxtools(work.path(), "big", &big.1).unwrap_or_else(|e| panic!("pyspdxtools rejects shell/hello/jq's SBOM:\n{e}"));
+    let last = names.len() - 1;
+    pyspdxtools(work.path(), "big", &docs[last].1)
+        .unwrap_or_else(|e| panic!("pyspdxtools rejects {}'s SBOM:\n{e}", names[last]));
+}
+
+/// The package's name and version make its store name, as Nix's
+/// `parseDrvName` splits it, with an output name (`-bin`, `-man`) after.
+fn check_name_and_version(path: &str, p: &Value) {
+    let store_name = &path["/nix/store/".len() + 33..];
+    let pname = p["name"].as_str().unwrap_or_else(|| panic!("name of {p}"));
+    let whole = match p.get("versionInfo").and_then(Value::as_str) {
+        Some(v) => format!("{pname}-{v}"),
+        None => pname.to_string(),
+    };
+    let output = store_name.strip_prefix(whole.as_str()).unwrap_or_else(|| panic!("{store_name} starts with {whole}: {p}"));
+    assert!(
+        output.is_empty() || (output.starts_with('-') && output[1..].chars().all(|c| c.is_ascii_lowercase())),
+        "{store_name} = {whole} and an output name: {p}"
+    );
 }
 
 /// `strata --config <dir>/strata.toml ARGS` on the demo set (as in cli.rs).
