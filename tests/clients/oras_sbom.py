@@ -19,6 +19,7 @@ on any failure (an HTTP error, a schema violation, no SPDX referrer).
 import json
 import os
 import sys
+import urllib.parse
 
 import jsonschema
 import oras.client
@@ -37,7 +38,9 @@ def main() -> int:
     host, name, subject, out_dir = sys.argv[1:]
     client = oras.client.OrasClient(hostname=host, insecure=True)
 
-    url = f"http://{host}/v2/{name}/referrers/{subject}?artifactType={SPDX}"
+    # Percent-encoded: in a query string `+` stands for a space.
+    query = urllib.parse.urlencode({"artifactType": SPDX})
+    url = f"http://{host}/v2/{name}/referrers/{subject}?{query}"
     resp = client.do_request(url, "GET", headers={"Accept": INDEX})
     if resp.status_code != 200:
         print(f"GET {url}: {resp.status_code} {resp.text[:500]}", file=sys.stderr)

@@ -72,7 +72,15 @@ impl Referrers {
 fn referrers(server: &Server, name: &str, digest: &str, artifact_type: Option<&str>) -> Referrers {
     let mut path = format!("/v2/{name}/referrers/{digest}");
     if let Some(t) = artifact_type {
-        path.push_str(&format!("?artifactType={t}"));
+        // Percent-encoded, as clients send it: in a query `+` means a space.
+        let encoded: String = t
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        path.push_str(&format!("?artifactType={encoded}"));
     }
     let r = server.get(&path).send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
     Referrers {
