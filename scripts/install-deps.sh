@@ -59,9 +59,11 @@ fi
 # Object-store stand-ins for tests/tests/{storage,scale_out}.rs (see
 # tests/src/stores.rs): S3 (moto's server; s3s-fs, which checks signatures),
 # Azure Blob (azurite, plus Microsoft's Python SDK to create its container)
-# and GCS (gcp-storage-emulator). Pinned; installed only when the pinned
-# version is not already there.
-PIP_PINS=("moto[server]==5.2.1" "gcp-storage-emulator==2026.7.19" "azure-storage-blob==12.26.0")
+# and GCS (gcp-storage-emulator); for tests/tests/sbom.rs, spdx-tools
+# (pyspdxtools, the SPDX validator) and the oras SDK (reads the referrer).
+# Pinned; installed only when the pinned version is not already there.
+PIP_PINS=("moto[server]==5.2.1" "gcp-storage-emulator==2026.7.19" "azure-storage-blob==12.26.0"
+          "spdx-tools==0.8.5" "oras==0.2.43")
 pip_missing=()
 for pin in "${PIP_PINS[@]}"; do
   name=${pin%%==*}; name=${name%%\[*}; want=${pin##*==}
