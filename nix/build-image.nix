@@ -18,7 +18,9 @@
 #        --argstr source S --argstr packages P --argstr optional O --argstr system X
 #    prints one entry per name, in request order, for `packages` and `optional`:
 #      {"packages":[{"name":"git","status":"found","drv":"/nix/store/…-git-2.42.0.drv",
-#                    "paths":["/nix/store/…-git-2.42.0"]},
+#                    "paths":["/nix/store/…-git-2.42.0"],
+#                    "meta":{"pname":"git","version":"2.42.0","homepage":"https://git-scm.com/",
+#                            "licenses":[{"spdxId":"GPL-2.0-or-later","name":"gpl2Plus"}]}},
 #                   {"name":"nope","status":"missing"},
 #                   {"name":"oldpkg","status":"unavailable"}],
 #       "optional":[…]}
@@ -107,6 +109,39 @@ let
     if drv == null then null
     else { drv = drv.drvPath; paths = map (d: d.outPath) (outputsOf drv); };
 
+  # A field the SBOM can use as text: anything else (a list of homepages,
+  # a derivation) is left out rather than guessed at.
+  stringOrNull = v: if builtins.isString v then v else null;
+
+  # One entry of `meta.license`: nixpkgs' attribute set (with `spdxId`
+  # where SPDX knows the licence), or a bare string in old packages.
+  licenseOf = l:
+    if builtins.isString l then { spdxId = null; name = l; }
+    else if builtins.isAttrs l then {
+      spdxId = stringOrNull (l.spdxId or null);
+      name = stringOrNull (l.shortName or l.fullName or null);
+    }
+    else null;
+
+  # What the SBOM tells of a requested package, read here because this
+  # lookup runs anyway (a second evaluation per request would cost as much
+  # as the lookup). Only these fields are forced, each under its own
+  # tryEval: a meta field that throws costs the SBOM that field, never the
+  # package its place in the image.
+  sbomMeta = drv:
+    let
+      safe = v: let t = builtins.tryEval (builtins.deepSeq v v); in if t.success then t.value else null;
+      meta = let t = builtins.tryEval (drv.meta or { }); in
+        if t.success && builtins.isAttrs t.value then t.value else { };
+      licenses = l: if builtins.isList l then l else if l == null then [ ] else [ l ];
+    in
+    {
+      pname = safe (stringOrNull (drv.pname or null));
+      version = safe (stringOrNull (drv.version or null));
+      homepage = safe (stringOrNull (meta.homepage or null));
+      licenses = safe (builtins.filter (x: x != null) (map licenseOf (licenses (meta.license or null))));
+    };
+
   status = name:
     let
       described = describe name;
@@ -114,7 +149,7 @@ let
     in
     if !tried.success then { inherit name; status = "unavailable"; }
     else if tried.value == null then { inherit name; status = "missing"; }
-    else { inherit name; status = "found"; } // tried.value;
+    else { inherit name; status = "found"; meta = sbomMeta (find name); } // tried.value;
 
   names = builtins.fromJSON packages;
 in

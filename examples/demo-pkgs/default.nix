@@ -55,6 +55,23 @@ let
     }
   '';
 
+  # A few of nixpkgs' `lib.licenses`, shaped as there: most have an SPDX
+  # identifier, some (`free`, `unfreeRedistributable`) have none. Strata's
+  # SBOM reads `spdxId` where there is one and names the others by
+  # `shortName`; `meta.license` may be one of these or a list of them.
+  licenses = {
+    gpl2Plus = { spdxId = "GPL-2.0-or-later"; shortName = "gpl2Plus"; fullName = "GNU General Public License v2.0 or later"; free = true; };
+    gpl3Plus = { spdxId = "GPL-3.0-or-later"; shortName = "gpl3Plus"; fullName = "GNU General Public License v3.0 or later"; free = true; };
+    lgpl21Plus = { spdxId = "LGPL-2.1-or-later"; shortName = "lgpl21Plus"; fullName = "GNU Lesser General Public License v2.1 or later"; free = true; };
+    lgpl3Plus = { spdxId = "LGPL-3.0-or-later"; shortName = "lgpl3Plus"; fullName = "GNU Lesser General Public License v3.0 or later"; free = true; };
+    mit = { spdxId = "MIT"; shortName = "mit"; fullName = "MIT License"; free = true; };
+    mpl20 = { spdxId = "MPL-2.0"; shortName = "mpl20"; fullName = "Mozilla Public License 2.0"; free = true; };
+    zlib = { spdxId = "Zlib"; shortName = "zlib"; fullName = "zlib License"; free = true; };
+    curl = { spdxId = "curl"; shortName = "curl"; fullName = "curl License"; free = true; };
+    psfl = { spdxId = "Python-2.0"; shortName = "psfl"; fullName = "Python Software Foundation License version 2"; free = true; };
+    free = { shortName = "free"; fullName = "Unspecified free software license"; free = true; };
+  };
+
   # The one builder. Attributes other than `script` and `meta` become
   # environment variables of the build, as with stdenv; `meta` stays an
   # attribute of the result, checked as nixpkgs' check-meta.nix does.
@@ -77,10 +94,13 @@ let
   # default (`config.allowUnfree` is false).
   checkMeta = { pname, version, meta, pos }: drv:
     let
+      # `meta.license` is one licence or a list of them, as in nixpkgs.
+      unfree = builtins.filter (l: !(l.free or true))
+        (if builtins.isList (meta.license or [ ]) then meta.license or [ ] else [ meta.license ]);
       where = if pos == null then "«unknown-file»" else "${pos.file}:${toString pos.line}";
       problem =
         if meta.broken or false then "is marked as broken"
-        else if !(meta.license.free or true) then "has an unfree license (‘${meta.license.shortName or "unfree"}’)"
+        else if unfree != [ ] then "has an unfree license (‘${(builtins.head unfree).shortName or "unfree"}’)"
         else if (meta.knownVulnerabilities or [ ]) != [ ] then "is marked as insecure"
         else null;
       refuse = throw (
@@ -120,6 +140,7 @@ let
     bashInteractive = mkPkg {
       pname = "bash-interactive";
       version = "5.2-p15";
+      meta = { license = licenses.gpl3Plus; homepage = "https://www.gnu.org/software/bash/"; };
       script = ''
         mkdir -p $out/bin
         ln -s ${bb} $out/bin/sh
@@ -140,6 +161,7 @@ let
     cacert = mkPkg {
       pname = "nss-cacert";
       version = "3.95";
+      meta = { license = licenses.mpl20; homepage = "https://curl.se/docs/caextract.html"; };
       script = ''
         d=$out/etc/ssl/certs
         mkdir -p $d
@@ -156,6 +178,7 @@ let
     iana-etc = mkPkg {
       pname = "iana-etc";
       version = "20231227";
+      meta = { license = licenses.mit; homepage = "https://github.com/Mic92/iana-etc"; };
       script = ''
         mkdir -p $out/etc
         cat > $out/etc/services <<'EOF'
@@ -178,6 +201,7 @@ let
     moreutils = mkPkg {
       pname = "moreutils";
       version = "0.69";
+      meta = { license = licenses.free; homepage = "https://joeyh.name/code/moreutils/"; };
       script = ''
         mkscript $out/bin/sponge <<'EOF'
         # Soak up stdin, then write it to the file named, or to stdout.
@@ -211,6 +235,7 @@ let
     hello = mkPkg {
       pname = "hello";
       version = "2.12.1";
+      meta = { license = licenses.gpl3Plus; homepage = "https://www.gnu.org/software/hello/manual/"; };
       script = ''
         mkscript $out/bin/hello <<'EOF'
         echo 'Hello, world!'
@@ -224,6 +249,7 @@ let
     glibc = mkPkg {
       pname = "glibc";
       version = "2.38-27";
+      meta = { license = [ licenses.lgpl21Plus licenses.gpl2Plus ]; homepage = "https://www.gnu.org/software/libc/"; };
       script = ''
         mkblob $out/lib/libc.so.6 glibc-libc 24
         mkblob $out/lib/ld-linux-x86-64.so.2 glibc-ld 4
@@ -235,6 +261,7 @@ let
     zlib = mkPkg {
       pname = "zlib";
       version = "1.3";
+      meta = { license = licenses.zlib; homepage = "https://zlib.net"; };
       glibc = self.glibc;
       script = ''
         mkblob $out/lib/libz.so.1.3 zlib 2
@@ -263,6 +290,7 @@ let
     curl = mkPkg {
       pname = "curl";
       version = "8.4.0";
+      meta = { license = licenses.curl; homepage = "https://curl.se/"; };
       inherit (self) zlib openssl;
       script = ''
         mkblob $out/lib/libcurl.so.4 curl 5
@@ -281,6 +309,7 @@ let
     git = mkPkg {
       pname = "git";
       version = "2.42.0";
+      meta = { license = licenses.gpl2Plus; homepage = "https://git-scm.com/"; };
       inherit (self) zlib openssl curl;
       script = ''
         mkscript $out/bin/git <<EOF
@@ -306,6 +335,7 @@ let
     jq = mkPkg {
       pname = "jq";
       version = "1.7";
+      meta = { license = licenses.mit; homepage = "https://jqlang.github.io/jq/"; };
       inherit (self) glibc;
       script = ''
         mkblob $out/lib/libjq.so.1 jq 3
@@ -320,6 +350,7 @@ let
     pythonFull = mkPkg {
       pname = "python3";
       version = "3.11.6";
+      meta = { license = licenses.psfl; homepage = "https://www.python.org"; };
       inherit (self) zlib openssl;
       script = ''
         mkscript $out/bin/python3 <<EOF
@@ -337,6 +368,7 @@ let
     gmp = mkPkg {
       pname = "gmp";
       version = "6.3.0";
+      meta = { license = [ licenses.lgpl3Plus licenses.gpl2Plus ]; homepage = "https://gmplib.org/"; };
       inherit (self) glibc;
       script = ''
         mkblob $out/lib/libgmp.so.10 gmp 4
@@ -364,7 +396,11 @@ let
         mkdir -p $man/share/man/man1
         echo '.TH XMLLINT 1' > $man/share/man/man1/xmllint.1
       '';
-      meta.outputsToInstall = [ "bin" "man" ];
+      meta = {
+        outputsToInstall = [ "bin" "man" ];
+        license = licenses.mit;
+        homepage = "https://gitlab.gnome.org/GNOME/libxml2";
+      };
     };
 
     # A removed alias, as nixpkgs' aliases.nix keeps them.
