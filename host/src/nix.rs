@@ -63,6 +63,45 @@ pub struct Resolved {
     /// `work_dir/gcroots`; images record it so that `strata gc` can release
     /// exactly the roots of the images it removes. `None` for no packages.
     pub gc_root: Option<PathBuf>,
+    /// Each package that went into the image, with what its package set
+    /// says of it: the SBOM's described packages.
+    pub described: Vec<Described>,
+    /// Store path → its NAR hash (SHA-256, hex), as Nix recorded it.
+    pub nar_hashes: BTreeMap<String, String>,
+}
+
+/// A package that went into an image: its name in the request, the paths
+/// it installed and its `meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Described {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub meta: PackageMeta,
+}
+
+/// The part of a package's `meta` an SBOM uses; each field is absent when
+/// the set does not have it as text (see `sbomMeta` in build-image.nix).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageMeta {
+    #[serde(default)]
+    pub pname: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub homepage: Option<String>,
+    /// `None`: unreadable; empty: the set names none.
+    #[serde(default)]
+    pub licenses: Option<Vec<License>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct License {
+    /// nixpkgs' `spdxId`, where SPDX has an identifier for the licence.
+    #[serde(rename = "spdxId", default)]
+    pub spdx_id: Option<String>,
+    /// nixpkgs' `shortName` (or `fullName`, or the bare string).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Requested names the package set cannot give: all of them at once.
@@ -177,6 +216,8 @@ struct Status {
     drv: Option<String>,
     #[serde(default)]
     paths: Vec<String>,
+    #[serde(default)]
+    meta: Option<PackageMeta>,
     /// Not from Nix: the reason, when already known without `explain`.
     #[serde(skip)]
     reason: Option<String>,
@@ -254,7 +295,14 @@ impl NixRunner {
     ) -> Result<Resolved, NixError> {
         let deadline = Instant::now() + self.opts.timeout;
         if packages.is_empty() {
-            return Ok(Resolved { packages: Vec::new(), roots: Vec::new(), graph: ClosureGraph::default(), gc_root: None });
+            return Ok(Resolved {
+                packages: Vec::new(),
+                roots: Vec::new(),
+                graph: ClosureGraph::default(),
+                gc_root: None,
+                described: Vec::new(),
+                nar_hashes: BTreeMap::new(),
+            });
         }
         let source_json = serde_json::to_string(&absolute_source(source)?)
             .map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
@@ -265,6 +313,7 @@ impl NixRunner {
         let mut names = Vec::new();
         let mut roots = Vec::new();
         let mut drvs = Vec::new();
+        let mut described = Vec::new();
         for status in found {
             for path in &status.paths {
                 if !roots.contains(path) {
@@ -274,6 +323,11 @@ impl NixRunner {
             if let Some(drv) = status.drv {
                 drvs.push((drv, status.name.clone()));
             }
+            described.push(Described {
+                name: status.name.clone(),
+                paths: status.paths.clone(),
+                meta: status.meta.unwrap_or_default(),
+            });
             names.push(status.name);
         }
         if roots.is_empty() {
@@ -309,11 +363,11 @@ impl NixRunner {
         args.extend(roots.iter().map(OsString::from));
         let out = self.run("nix", &args, deadline).await?;
         let store_dir = Path::new(&roots[0]).parent().and_then(Path::to_str).unwrap_or("/nix/store");
-        let paths = parse_path_info(&out, store_dir)?;
+        let (paths, nar_hashes) = parse_path_info(&out, store_dir)?;
         // Plugins are promised a closed graph containing the roots; a Nix
         // that printed less is caught here rather than as a broken image.
         let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
-        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root) })
+        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root), described, nar_hashes })
     }
 
     /// The arguments asking `build-image.nix` for `attr`, for `nix-build`
@@ -620,6 +674,7 @@ fn single_failure(packages: &[String], optional: &[String], log_tail: &str) -> L
         status: StatusKind::Unavailable,
         drv: None,
         paths: vec![],
+        meta: None,
         reason: Some(public_reason(log_tail)),
     };
     Lookup { packages: packages.iter().map(status).collect(), optional: optional.iter().map(status).collect() }
@@ -907,6 +962,8 @@ struct PathInfoJson {
     valid: Option<bool>,
     #[serde(default)]
     store_dir: Option<String>,
+    #[serde(default)]
+    nar_hash: Option<Value>,
 }
 
 /// Parses `nix path-info --json` into graph entries (references by path).
@@ -915,8 +972,12 @@ struct PathInfoJson {
 /// 2.18), an object keyed by full path (2.19 on), and an object keyed by
 /// base name, with base-name references and structured hashes (the "v2"
 /// format of later versions). Base names are completed with `store_dir`
-/// (the entry's own `storeDir` when it has one).
-pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<NamedPath>, NixError> {
+/// (the entry's own `storeDir` when it has one). Also returns each path's
+/// NAR hash as hex (see [`nar_hash_hex`]).
+pub(crate) fn parse_path_info(
+    json: &[u8],
+    store_dir: &str,
+) -> Result<(Vec<NamedPath>, BTreeMap<String, String>), NixError> {
     let value: Value =
         serde_json::from_slice(json).map_err(|e| NixError::Parse(format!("path-info output: {e}")))?;
     let entries: Vec<(Option<String>, Value)> = match value {
@@ -925,6 +986,7 @@ pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<NamedP
         other => return Err(NixError::Parse(format!("path-info output is neither list nor map: {other}"))),
     };
     let mut paths = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
     for (key, value) in entries {
         if value.is_null() {
             let key = key.unwrap_or_default();
@@ -944,9 +1006,42 @@ pub(crate) fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<NamedP
             .nar_size
             .ok_or_else(|| NixError::Parse(format!("path-info gives no narSize for {path}")))?;
         let references = info.references.iter().map(|r| full_path(dir, r)).collect();
+        let hash = info
+            .nar_hash
+            .as_ref()
+            .and_then(nar_hash_hex)
+            .ok_or_else(|| NixError::Parse(format!("path-info gives no SHA-256 narHash for {path}")))?;
+        hashes.insert(path.clone(), hash);
         paths.insert(path.clone(), NamedPath { path, nar_size, references });
     }
-    Ok(paths.into_values().collect())
+    Ok((paths.into_values().collect(), hashes))
+}
+
+/// A NAR hash as Nix prints it, any version, as hex SHA-256: SRI
+/// (`sha256-<base64>`, 2.4 on), `sha256:<nix32>` (older), `sha256:<hex>`,
+/// or the v2 object `{"algorithm","format","hash"}`. `None` for another
+/// algorithm or a malformed hash.
+pub(crate) fn nar_hash_hex(value: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let (algorithm, format, hash) = match value {
+        Value::String(s) => match (s.split_once('-'), s.split_once(':')) {
+            (_, Some((a, h))) => (a, if h.len() == 64 { "base16" } else { "nix32" }, h),
+            (Some((a, h)), None) => (a, "base64", h),
+            _ => return None,
+        },
+        Value::Object(o) => (o.get("algorithm")?.as_str()?, o.get("format")?.as_str()?, o.get("hash")?.as_str()?),
+        _ => return None,
+    };
+    if algorithm != "sha256" {
+        return None;
+    }
+    let bytes = match format {
+        "base64" => base64::engine::general_purpose::STANDARD.decode(hash).ok()?,
+        "nix32" => nix_base32::from_nix_base32(hash)?,
+        "base16" => hex::decode(hash).ok()?,
+        _ => return None,
+    };
+    (bytes.len() == 32).then(|| hex::encode(bytes))
 }
 
 fn full_path(store_dir: &str, path: &str) -> String {
@@ -978,7 +1073,7 @@ mod tests {
             r#"[{{"path":"{BUSYBOX}","narHash":"sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=","narSize":1982512,"references":[],"registrationTime":1795434700,"ultimate":true}},
                {{"path":"{HELLO}","narHash":"sha256-2bOfe7UMqd2tlJgsFXyWAlXJgnD87PdDOay32ARHY3o=","narSize":1280,"references":["{BUSYBOX}"],"deriver":"/nix/store/g37rz126y6rx634b05cdas0i879nnzhq-hello-2.12.1.drv","registrationTime":1795434718,"ultimate":true}}]"#
         );
-        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap(), expected());
+        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap().0, expected());
     }
 
     #[test]
@@ -987,14 +1082,33 @@ mod tests {
             r#"{{"{HELLO}":{{"ca":null,"deriver":"/nix/store/g37rz126y6rx634b05cdas0i879nnzhq-hello-2.12.1.drv","narHash":"sha256-2bOfe7UMqd2tlJgsFXyWAlXJgnD87PdDOay32ARHY3o=","narSize":1280,"references":["{BUSYBOX}"],"registrationTime":1795434718,"signatures":[],"ultimate":true}},
                 "{BUSYBOX}":{{"ca":"fixed:r:sha256:1aaa","deriver":null,"narHash":"sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=","narSize":1982512,"references":[],"registrationTime":1795434700,"signatures":[],"ultimate":false}}}}"#
         );
-        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap(), expected());
+        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap().0, expected());
     }
 
     #[test]
     fn parses_base_names_of_the_v2_format() {
         let json = r#"{"5423hxkw5pa6pncpm7xn2b6qi36z1fvj-hello-2.12.1":{"version":2,"storeDir":"/nix/store","narHash":{"algorithm":"sha256","format":"base64","hash":"2bOfe7UMqd2tlJgsFXyWAlXJgnD87PdDOay32ARHY3o="},"narSize":1280,"references":["r9zgkzc5zab416qddj283jlsvp18ydzr-busybox-static"]},
                        "r9zgkzc5zab416qddj283jlsvp18ydzr-busybox-static":{"version":2,"narHash":"sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=","narSize":1982512,"references":[]}}"#;
-        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap(), expected());
+        assert_eq!(parse_path_info(json.as_bytes(), "/nix/store").unwrap().0, expected());
+    }
+
+    #[test]
+    fn nar_hashes_in_every_format_give_the_same_hex() {
+        // busybox's hash as this machine's Nix prints it, and converted with
+        // `nix-hash --type sha256 --to-base32 / --to-base16`.
+        let hex = "77765f0711a75598809a749ef304f48139f6750c66fcc9750af7d4d05a2a5e81";
+        let sri = Value::from("sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=");
+        assert_eq!(nar_hash_hex(&sri).as_deref(), Some(hex));
+        let nix32 = nix_base32::to_nix_base32(&::hex::decode(hex).unwrap());
+        assert_eq!(nar_hash_hex(&Value::from(format!("sha256:{nix32}"))).as_deref(), Some(hex));
+        assert_eq!(nar_hash_hex(&Value::from(format!("sha256:{hex}"))).as_deref(), Some(hex));
+        let v2 = serde_json::json!({"algorithm": "sha256", "format": "base64", "hash": "d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE="});
+        assert_eq!(nar_hash_hex(&v2).as_deref(), Some(hex));
+        assert_eq!(nar_hash_hex(&Value::from("sha512-AAAA")), None);
+        assert_eq!(nar_hash_hex(&Value::from("sha256-AAAA")), None);
+        let json = format!(r#"[{{"path":"{BUSYBOX}","narHash":"sha256-d3ZfBxGnVZiAmnSe8wT0gTn2dQxm/Ml1CvfU0FoqXoE=","narSize":1982512,"references":[]}}]"#);
+        let (_, hashes) = parse_path_info(json.as_bytes(), "/nix/store").unwrap();
+        assert_eq!(hashes.get(BUSYBOX).map(String::as_str), Some(hex));
     }
 
     #[test]
