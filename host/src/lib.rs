@@ -22,6 +22,7 @@ pub mod nix;
 pub mod nixgc;
 pub mod plugins;
 pub mod reference;
+pub mod sbom;
 pub mod registry;
 pub mod storage;
 pub mod web;

@@ -7,7 +7,7 @@
 //! the same on every replica.
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, Digest, HistoryBuilder, ImageConfigurationBuilder,
+    Arch, ConfigBuilder, Descriptor, Digest, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
     ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use std::str::FromStr;
@@ -19,6 +19,10 @@ use strata_plugin_sdk::ImageSettings;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// The empty JSON object `{}`, the config of an artifact manifest as the
+/// image spec's artifact guidance has it.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
@@ -162,6 +166,53 @@ pub fn manifest_json(format: Format, config: (&str, u64), layers: &[LayerBlob]) 
     to_canonical_json(&manifest)
 }
 
+/// An artifact (the SBOM) as an OCI image manifest: `artifactType`, the
+/// empty config, the one blob as its layer, and `subject` naming the image
+/// manifest it describes, which is what makes it a referrer of that
+/// manifest (distribution-spec 1.1).
+pub fn artifact_manifest_json(
+    artifact_type: &str,
+    blob: (&str, u64),
+    subject: (&str, &str, u64),
+) -> Result<Vec<u8>> {
+    let (subject_type, subject_digest, subject_size) = subject;
+    let empty = Descriptor::new(MediaType::EmptyJSON, EMPTY_CONFIG.len() as u64, digest(&crate::layers::sha256_digest(EMPTY_CONFIG))?);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::Other(artifact_type.into()))
+        .config(empty)
+        .layers(vec![Descriptor::new(MediaType::Other(artifact_type.into()), blob.1, digest(blob.0)?)])
+        .subject(Descriptor::new(MediaType::Other(subject_type.into()), subject_size, digest(subject_digest)?))
+        .build()
+        .map_err(internal)?;
+    to_canonical_json(&manifest)
+}
+
+/// A referrer as the referrers API lists it: the artifact manifest's
+/// descriptor, with its `artifactType`.
+pub fn referrer_descriptor(artifact_type: &str, manifest_digest: &str, size: u64) -> Result<serde_json::Value> {
+    let mut d = Descriptor::new(MediaType::ImageManifest, size, digest(manifest_digest)?);
+    d.set_artifact_type(Some(MediaType::Other(artifact_type.into())));
+    serde_json::to_value(d).map_err(internal)
+}
+
+/// The referrers API's answer: an image index of the referrers' descriptors
+/// (empty when there are none, as the spec asks, never a 404).
+pub fn referrers_index_json(referrers: Vec<serde_json::Value>) -> Result<Vec<u8>> {
+    let manifests = referrers
+        .into_iter()
+        .map(|v| serde_json::from_value::<Descriptor>(v).map_err(internal))
+        .collect::<Result<Vec<_>>>()?;
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(internal)?;
+    to_canonical_json(&index)
+}
+
 /// The media type a stored manifest declares, for serving it by digest.
 pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -209,5 +260,26 @@ mod tests {
         let oci = manifest_json(Format::Oci, (&cfg, 5), std::slice::from_ref(&zstd)).unwrap();
         assert!(String::from_utf8(oci).unwrap().contains("application/vnd.oci.image.layer.v1.tar+zstd"));
         assert!(manifest_json(Format::Docker, (&cfg, 5), &[zstd]).is_err());
+    }
+
+    #[test]
+    fn artifact_manifests_name_their_subject_and_list_as_referrers() {
+        let blob = format!("sha256:{}", "d".repeat(64));
+        let subject = format!("sha256:{}", "e".repeat(64));
+        let bytes = artifact_manifest_json("application/spdx+json", (&blob, 42), (DOCKER_MANIFEST, &subject, 7)).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(declared_media_type(&bytes).as_deref(), Some(OCI_MANIFEST));
+        assert_eq!(m["artifactType"], "application/spdx+json");
+        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
+        assert_eq!(m["config"]["digest"], "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
+        assert_eq!(m["config"]["size"], 2);
+        assert_eq!((&m["layers"][0]["digest"], &m["layers"][0]["size"]), (&serde_json::json!(blob), &serde_json::json!(42)));
+        assert_eq!(m["subject"], serde_json::json!({"mediaType": DOCKER_MANIFEST, "digest": subject, "size": 7}));
+        let d = referrer_descriptor("application/spdx+json", &blob, 9).unwrap();
+        let index: serde_json::Value = serde_json::from_slice(&referrers_index_json(vec![d]).unwrap()).unwrap();
+        assert_eq!(index["mediaType"], OCI_INDEX);
+        assert_eq!(index["manifests"][0]["artifactType"], "application/spdx+json");
+        let empty: serde_json::Value = serde_json::from_slice(&referrers_index_json(vec![]).unwrap()).unwrap();
+        assert_eq!(empty["manifests"], serde_json::json!([]));
     }
 }
