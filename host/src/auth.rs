@@ -173,7 +173,7 @@ fn protected(path: &str) -> Option<Option<&str>> {
         return Some(None);
     }
     if let Some(rest) = path.strip_prefix("/v2/") {
-        let name = ["/manifests/", "/blobs/", "/tags/"].iter().filter_map(|m| rest.rsplit_once(m).map(|(n, _)| n)).next();
+        let name = ["/manifests/", "/blobs/", "/tags/", "/referrers/"].iter().filter_map(|m| rest.rsplit_once(m).map(|(n, _)| n)).next();
         return Some(Some(name.unwrap_or(rest)));
     }
     path.strip_prefix("/api/inspect/").map(Some)
@@ -265,6 +265,7 @@ mod tests {
         assert_eq!(protected("/v2/a/b/manifests/latest"), Some(Some("a/b")));
         assert_eq!(protected("/v2/a/blobs/sha256:00"), Some(Some("a")));
         assert_eq!(protected("/v2/a/tags/list"), Some(Some("a")));
+        assert_eq!(protected("/v2/a/b/referrers/sha256:00"), Some(Some("a/b")));
         assert_eq!(protected("/api/inspect/shell/git"), Some(Some("shell/git")));
         assert_eq!(protected("/"), None);
         assert_eq!(protected("/metrics"), None);

@@ -19,7 +19,8 @@ use crate::layers::{self, FinalLayer, LayerBlob};
 use crate::manifest::{self, Format, LayerDescription};
 use crate::nix::{NixOptions, NixRunner, Resolved};
 use crate::plugins::{Plugin, PluginSet};
-use crate::storage::Storage;
+use crate::sbom;
+use crate::storage::{referrer_key, Storage};
 use strata_plugin_sdk::{store_name, ClosureGraph, Expansion, GroupInput, Layers, SourceInput, SourceOutput, StorePath};
 
 /// A manifest as served: its bytes and their digest.
@@ -62,12 +63,25 @@ struct ImageRecord {
     /// (`strata gc` releases it with the last image naming it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gc_root: Option<std::path::PathBuf>,
+    /// The image's SBOM, when `[sbom]` was on for its build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sbom: Option<SbomRef>,
+}
+
+/// An image's SPDX document and the artifact manifests that make it a
+/// referrer of the image's manifests (Docker's, then OCI's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SbomRef {
+    pub digest: String,
+    pub size: u64,
+    pub manifests: Vec<String>,
 }
 
 pub struct Image {
     pub docker: Manifest,
     pub oci: Manifest,
     pub summary: ImageSummary,
+    pub sbom: Option<SbomRef>,
     /// When a mutable-source image must be rebuilt; `None`: never.
     expires: Option<Instant>,
 }
@@ -369,7 +383,7 @@ impl Builder {
     async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
         // 1. Plugins: which packages, for which architecture, from where.
         let plan = self.plan(name, tag).await?;
-        let record_key = format!("meta/images/{}.json", plan.cache_key);
+        let record_key = record_key(&plan.cache_key);
         if let Some(img) = self.load_record(&record_key).await? {
             crate::metrics::cache("store");
             return Ok(img);
@@ -465,6 +479,12 @@ impl Builder {
             manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
         }
 
+        // 6. The SBOM, before the record: a recorded image has one.
+        let sbom = match self.cfg.sbom.enabled {
+            true => Some(self.store_sbom(plan, &resolved, &manifests).await?),
+            false => None,
+        };
+
         let mut layer_summaries: Vec<LayerSummary> = packed
             .iter()
             .zip(layer_paths.iter().zip(&layer_nars))
@@ -487,6 +507,7 @@ impl Builder {
             built_at: now_unix(),
             immutable: plan.source.immutable,
             gc_root: resolved.gc_root.clone(),
+            sbom,
             summary: ImageSummary {
                 packages: resolved.packages.clone(),
                 arch: plan.expansion.arch.clone(),
@@ -501,7 +522,59 @@ impl Builder {
         tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.docker, "image built");
         let oci = manifests.pop().expect("two manifests");
         let docker = manifests.pop().expect("two manifests");
-        Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary }))
+        Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary, sbom: record.sbom }))
+    }
+
+    /// Writes the SBOM of a build: the document, the empty config, and for
+    /// each image manifest an artifact manifest naming it as `subject`,
+    /// recorded as that manifest's referrer.
+    async fn store_sbom(&self, plan: &Plan, resolved: &Resolved, manifests: &[Manifest]) -> Result<SbomRef> {
+        let doc = sbom::document(&sbom::SbomInput {
+            described: &resolved.described,
+            graph: &resolved.graph,
+            nar_hashes: &resolved.nar_hashes,
+            arch: &plan.expansion.arch,
+            source: &plan.source.identity,
+            plugins: &self.plugin_names(plan),
+        })?;
+        let size = doc.len() as u64;
+        let digest = self.storage.put_blob(Bytes::from(doc)).await?;
+        self.storage.put_blob(Bytes::from_static(manifest::EMPTY_CONFIG)).await?;
+        let mut artifacts = Vec::new();
+        for m in manifests {
+            let subject = (m.media_type, m.digest.as_str(), m.bytes.len() as u64);
+            let bytes = manifest::artifact_manifest_json(sbom::MEDIA_TYPE, (&digest, size), subject)?;
+            let len = bytes.len() as u64;
+            let artifact = self.storage.put_blob(Bytes::from(bytes)).await?;
+            let descriptor = manifest::referrer_descriptor(sbom::MEDIA_TYPE, &artifact, len)?;
+            let record = serde_json::to_vec(&descriptor).map_err(|e| Error::Internal(e.to_string()))?;
+            self.storage.put_bytes(&referrer_key(&m.digest, &artifact), Bytes::from(record)).await?;
+            artifacts.push(artifact);
+        }
+        Ok(SbomRef { digest, size, manifests: artifacts })
+    }
+
+    /// The plugins that decided an image, for its SBOM's creation info.
+    fn plugin_names(&self, plan: &Plan) -> Vec<String> {
+        let mut names: Vec<String> = self.plugins.expand.iter().map(|p| format!("expand: {}", p.name())).collect();
+        names.push(format!("source: {}", self.plugins.source.name()));
+        names.push(format!("group: {}", plan.grouper.name()));
+        names
+    }
+
+    /// The referrers API's answer for a manifest digest: an image index of
+    /// the artifacts naming it, those of `artifact_type` when given. A
+    /// digest nothing refers to (or that Strata never served) gets an empty
+    /// index, as distribution-spec 1.1 asks.
+    pub async fn referrers(&self, digest: &str, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+        let mut found = match self.cfg.sbom.enabled {
+            true => self.storage.referrers_of(digest).await?,
+            false => Vec::new(),
+        };
+        if let Some(t) = artifact_type {
+            found.retain(|d| d.get("artifactType").and_then(|v| v.as_str()) == Some(t));
+        }
+        manifest::referrers_index_json(found)
     }
 
     /// Nix, then the grouping plugin: shared by builds and by `inspect`,
@@ -527,7 +600,9 @@ impl Builder {
             .zip(nar_sizes(&resolved.graph, &grouping))
             .map(|(paths, nar_size)| InspectedLayer { nar_size, paths })
             .collect();
+        let built = self.built(name, &plan.cache_key).await?;
         Ok(Inspection {
+            built,
             name: name.to_string(),
             tag: tag.to_string(),
             packages: resolved.packages,
@@ -540,6 +615,19 @@ impl Builder {
             closure: resolved.graph.paths,
             layers,
         })
+    }
+
+    /// What the store holds of an inspected image, if it was built.
+    async fn built(&self, name: &str, cache_key: &str) -> Result<Option<Built>> {
+        let Some(bytes) = self.storage.get_bytes(&record_key(cache_key)).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else { return Ok(None) };
+        let sbom = record.sbom.filter(|_| self.cfg.sbom.enabled).map(|s| BuiltSbom {
+            blob_url: format!("/v2/{name}/blobs/{}", s.digest),
+            referrers_url: format!("/v2/{name}/referrers/{}", record.oci),
+            digest: s.digest,
+            size: s.size,
+        });
+        Ok(Some(Built { manifest: record.oci, docker_manifest: record.docker, sbom }))
     }
 
     fn expiry(&self, record: &ImageRecord) -> Option<Instant> {
@@ -556,6 +644,11 @@ impl Builder {
     async fn load_record(&self, key: &str) -> Result<Option<Arc<Image>>> {
         let Some(bytes) = self.storage.get_bytes(key).await? else { return Ok(None) };
         let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else { return Ok(None) };
+        // Built before the SBOM was on: built again, so that every image
+        // served has one (its layers are reused, only the SBOM is new).
+        if self.cfg.sbom.enabled && record.sbom.is_none() {
+            return Ok(None);
+        }
         let expires = self.expiry(&record);
         if expires.is_some_and(|t| t <= Instant::now()) {
             return Ok(None);
@@ -566,7 +659,7 @@ impl Builder {
         ) else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary })))
+        Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary, sbom: record.sbom })))
     }
 
     /// Packs one group of store paths in every configured encoding, unless
@@ -673,6 +766,27 @@ pub struct Inspection {
     pub closure: Vec<StorePath>,
     /// The store-path layers; the host's symlink layer comes after them.
     pub layers: Vec<InspectedLayer>,
+    /// `None` until the image was built (pulled) once.
+    pub built: Option<Built>,
+}
+
+/// An inspected image as stored: its manifests and where its SBOM is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Built {
+    /// The OCI manifest's digest.
+    pub manifest: String,
+    pub docker_manifest: String,
+    pub sbom: Option<BuiltSbom>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltSbom {
+    pub digest: String,
+    pub size: u64,
+    /// The document, through the registry API.
+    pub blob_url: String,
+    /// The referrers of the OCI manifest, the SBOM's manifest among them.
+    pub referrers_url: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -688,6 +802,11 @@ pub struct Plan {
     pub source: SourceOutput,
     pub grouper: Arc<Plugin>,
     pub cache_key: String,
+}
+
+/// Where an image's record lives, by its cache key.
+fn record_key(cache_key: &str) -> String {
+    format!("{}{cache_key}.json", crate::storage::IMAGE_PREFIX)
 }
 
 /// Times a plugin call into the metrics.
@@ -782,6 +901,7 @@ mod tests {
                 grouping_plugin: "test".into(),
                 layers: vec![],
             },
+            sbom: None,
             expires: None,
         })
     }

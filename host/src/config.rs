@@ -25,6 +25,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// `strata gc` on a schedule inside `strata serve`; off by default.
     pub gc: GcConfig,
+    /// Each image's SPDX document, served through the referrers API.
+    pub sbom: SbomConfig,
     /// Directory of web assets replacing the embedded page (`WEB_DIR`).
     pub web_dir: Option<PathBuf>,
     /// Largest number of packages one image may name.
@@ -190,6 +192,20 @@ impl GcConfig {
     }
 }
 
+/// `[sbom]`: whether builds write an SPDX document and serve it as a
+/// referrer of the image's manifests (docs/sbom.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SbomConfig {
+    pub enabled: bool,
+}
+
+impl Default for SbomConfig {
+    fn default() -> Self {
+        SbomConfig { enabled: true }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BuildsConfig {
@@ -227,6 +243,7 @@ impl Default for Config {
             limits: Default::default(),
             auth: Default::default(),
             gc: GcConfig::default(),
+            sbom: SbomConfig::default(),
             web_dir: None,
             max_packages: 64,
             log_format: LogFormat::Text,

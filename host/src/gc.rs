@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, Result};
 use crate::storage::{
     access_key, Storage, ACCESS_PREFIX, BLOB_PREFIX, IMAGE_PREFIX, LAYER_PREFIX, LEASE_PREFIX,
-    STAGING_PREFIX,
+    REFERRER_PREFIX, STAGING_PREFIX,
 };
 
 /// Uploads older than this were abandoned (a crash, a killed replica).
@@ -50,6 +50,15 @@ struct ImageRecord {
     /// (older records have none).
     #[serde(default)]
     gc_root: Option<std::path::PathBuf>,
+    #[serde(default)]
+    sbom: Option<SbomRef>,
+}
+
+/// An image's SBOM: the artifact manifests naming its document.
+#[derive(Deserialize)]
+struct SbomRef {
+    #[serde(default)]
+    manifests: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +106,8 @@ pub struct Report {
     /// Unreferenced but newer than the window: perhaps a build in progress.
     pub blobs_young: usize,
     pub layer_records_removed: usize,
+    /// Referrer records whose subject or artifact manifest is gone.
+    pub referrer_records_removed: usize,
     pub access_marks_removed: usize,
     pub staging_removed: usize,
     pub leases_removed: usize,
@@ -240,8 +251,9 @@ async fn manifest_blobs(storage: &Storage, digest: &str) -> Result<Option<Vec<St
     Ok(Some(all))
 }
 
-/// Blobs an image record names, or `None` when one of its manifests is
-/// missing.
+/// Blobs an image record names (its SBOM's among them), or `None` when one
+/// of its image manifests is missing. A missing SBOM manifest only loses
+/// its referrer record (step 3): the image itself still serves.
 async fn record_blobs(storage: &Storage, rec: &ImageRecord) -> Result<Option<Vec<String>>> {
     let mut all = Vec::new();
     for m in [&rec.docker, &rec.oci] {
@@ -250,7 +262,17 @@ async fn record_blobs(storage: &Storage, rec: &ImageRecord) -> Result<Option<Vec
             None => return Ok(None),
         }
     }
+    for m in rec.sbom.iter().flat_map(|s| &s.manifests) {
+        all.extend(manifest_blobs(storage, m).await?.unwrap_or_default());
+    }
     Ok(Some(all))
+}
+
+/// (subject, referrer) digests of a `meta/referrers/<subject>/<referrer>.json` key.
+fn referrer_pair(key: &Path) -> Option<(String, String)> {
+    let rest = key.as_ref().strip_prefix(REFERRER_PREFIX)?;
+    let (subject, file) = rest.split_once('/')?;
+    Some((format!("sha256:{subject}"), format!("sha256:{}", file.strip_suffix(".json")?)))
 }
 
 /// One collection over `storage`: images not requested within `older_than`
@@ -349,6 +371,25 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
         }
     }
     report.layer_records_removed = doomed_layer_records.len();
+    // Referrer records: the referrers API must not list an artifact whose
+    // manifest, or whose subject, is gone.
+    let mut doomed_referrers = Vec::new();
+    for meta in storage.list(REFERRER_PREFIX).await? {
+        let gone = match referrer_pair(&meta.location) {
+            Some((subject, referrer)) => {
+                let mut gone = false;
+                for d in [&subject, &referrer] {
+                    gone = gone || doomed_digests.contains(d) || storage.blob_size(d).await?.is_none();
+                }
+                gone
+            }
+            None => true,
+        };
+        if gone {
+            doomed_referrers.push(meta.location);
+        }
+    }
+    report.referrer_records_removed = doomed_referrers.len();
     report.access_marks_removed = stale_marks.len();
 
     // 4. Debris: uploads abandoned mid-way, leases of replicas that died
@@ -365,7 +406,7 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     }
     // Records first: from here no replica loads these images from the
     // store, so nothing serves a manifest whose blobs are going.
-    for key in stale.iter().chain(&stale_marks).chain(&doomed_layer_records) {
+    for key in stale.iter().chain(&stale_marks).chain(&doomed_layer_records).chain(&doomed_referrers) {
         storage.delete(key).await?;
     }
     for key in doomed_blobs.iter().chain(&staging).chain(&leases) {
@@ -446,7 +487,11 @@ impl fmt::Display for Report {
         if self.blobs_young > 0 {
             writeln!(f, "               {} unreferenced but newer than the window, kept (a build may be using them)", self.blobs_young)?;
         }
-        writeln!(f, "records:       {} layer records, {} access marks {verb}", self.layer_records_removed, self.access_marks_removed)?;
+        writeln!(
+            f,
+            "records:       {} layer records, {} referrer records, {} access marks {verb}",
+            self.layer_records_removed, self.referrer_records_removed, self.access_marks_removed
+        )?;
         writeln!(f, "debris:        {} staged uploads, {} leases older than a day {verb}", self.staging_removed, self.leases_removed)?;
         if self.images_repaired > 0 {
             writeln!(f, "repaired:      {} images built during gc reused a removed blob; they will be rebuilt", self.images_repaired)?;
@@ -464,6 +509,14 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn referrer_keys_name_subject_and_referrer() {
+        let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let key = Path::from(crate::storage::referrer_key(&a, &b));
+        assert_eq!(referrer_pair(&key), Some((a, b)));
+        assert_eq!(referrer_pair(&Path::from("meta/referrers/x")), None);
+    }
 
     #[test]
     fn ages() {

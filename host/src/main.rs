@@ -40,6 +40,10 @@ enum Command {
         /// `oci:DIR[:tag]` or `docker-archive:FILE[:name:tag]`.
         #[arg(long, short)]
         output: strata::export::Output,
+        /// Also write the image's SPDX document (the SBOM the registry
+        /// serves as a referrer) to this file.
+        #[arg(long, value_name = "FILE")]
+        sbom: Option<PathBuf>,
         /// No progress bars (they are off anyway when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
@@ -184,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_json || cfg.log_format == config::LogFormat::Json);
     match cli.command {
         Command::Serve => serve(cfg).await,
-        Command::Build { name, tag, output, quiet } => build(cfg, &name, &tag, &output, quiet).await,
+        Command::Build { name, tag, output, sbom, quiet } => build(cfg, &name, &tag, &output, sbom.as_deref(), quiet).await,
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
         Command::Gc { older_than, delete, no_nix, no_storage } => {
             let storage = strata::storage::Storage::from_config(&cfg)?;
@@ -223,14 +227,30 @@ fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
 
-async fn build(cfg: Config, name: &str, tag: &str, output: &strata::export::Output, quiet: bool) -> anyhow::Result<()> {
+async fn build(
+    cfg: Config,
+    name: &str,
+    tag: &str,
+    output: &strata::export::Output,
+    sbom: Option<&std::path::Path>,
+    quiet: bool,
+) -> anyhow::Result<()> {
     check_name(&cfg, name, tag)?;
+    if sbom.is_some() && !cfg.sbom.enabled {
+        anyhow::bail!("--sbom: SBOMs are off in this configuration ([sbom] enabled = false)");
+    }
     let builder = Builder::new(Arc::new(cfg)).await?;
     if !quiet {
         builder.set_progress(Arc::new(progress::Bars::new()));
     }
     let image = builder.image(name, tag).await?;
     strata::export::write(&builder.storage, &image, output, name).await?;
+    if let Some(file) = sbom {
+        let doc = image.sbom.as_ref().context("the image was recorded without an SBOM")?;
+        let bytes = builder.storage.get_blob_bytes(&doc.digest).await?.context("the SBOM blob is missing from the store")?;
+        std::fs::write(file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+        println!("SBOM {} ({}) written to {}", doc.digest, human(doc.size), file.display());
+    }
     let s = &image.summary;
     println!("{name}:{tag}  {} packages, {} layers, strategy {} (plugin {})", s.packages.len(), s.layers.len(), s.strategy, s.grouping_plugin);
     println!("{:>3}  {:>10}  {:>10}  {:<71}  first path", "#", "size", "nar size", "digest");

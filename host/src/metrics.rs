@@ -110,6 +110,8 @@ pub fn route_class(path: &str) -> &'static str {
             "manifest"
         } else if path.contains("/blobs/") {
             "blob"
+        } else if path.contains("/referrers/") {
+            "referrers"
         } else {
             "v2_other"
         }
@@ -225,5 +227,6 @@ mod tests {
         assert!(text.contains("strata_plugin_failures_total{plugin=\"size\",hook=\"group_layers\"} 1"), "{text}");
         assert_eq!(route_class("/v2/shell/manifests/latest"), "manifest");
         assert_eq!(route_class("/v2/a/blobs/sha256:00"), "blob");
+        assert_eq!(route_class("/v2/a/referrers/sha256:00"), "referrers");
     }
 }

@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
@@ -40,6 +40,8 @@ enum Route<'a> {
     Manifest(&'a str, &'a str),
     Blob(&'a str, &'a str),
     Tags(&'a str),
+    /// distribution-spec 1.1: the artifacts whose `subject` is a manifest.
+    Referrers(&'a str, &'a str),
     Upload,
 }
 
@@ -50,6 +52,9 @@ fn route(path: &str) -> Option<Route<'_>> {
     if let Some((name, r)) = path.rsplit_once("/manifests/") {
         return Some(Route::Manifest(name, r));
     }
+    if let Some((name, d)) = path.rsplit_once("/referrers/") {
+        return Some(Route::Referrers(name, d));
+    }
     if let Some((name, d)) = path.rsplit_once("/blobs/") {
         return Some(Route::Blob(name, d));
     }
@@ -57,14 +62,14 @@ fn route(path: &str) -> Option<Route<'_>> {
 }
 
 async fn dispatch(State(builder): State<Arc<Builder>>, req: Request) -> Response {
-    let result = handle(&builder, req.method().clone(), req.uri().path(), req.headers()).await;
+    let result = handle(&builder, req.method().clone(), req.uri(), req.headers()).await;
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     resp
 }
 
-async fn handle(builder: &Arc<Builder>, method: Method, path: &str, headers: &HeaderMap) -> Result<Response> {
-    let rest = path.strip_prefix("/v2/").unwrap_or("");
+async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &HeaderMap) -> Result<Response> {
+    let rest = uri.path().strip_prefix("/v2/").unwrap_or("");
     let route = route(rest).ok_or_else(|| Error::NotFound(format!("/v2/{rest}")))?;
     let read = method == Method::GET || method == Method::HEAD;
     let max_segments = builder.config().max_packages;
@@ -87,12 +92,33 @@ async fn handle(builder: &Arc<Builder>, method: Method, path: &str, headers: &He
             };
             Ok(manifest_response(&method, headers, &manifest))
         }
+        Route::Referrers(name, d) => {
+            reference::parse_name(name, max_segments)?;
+            let digest = reference::parse_digest(d)?;
+            let artifact_type = query_value(uri, "artifactType");
+            let body = builder.referrers(digest, artifact_type.as_deref()).await?;
+            let mut resp = if method == Method::HEAD { Response::new(Body::empty()) } else { Response::new(Body::from(body.clone())) };
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::manifest::OCI_INDEX));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            // The index changes when an image is (re)built: not cacheable.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if artifact_type.is_some() {
+                h.insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+            }
+            Ok(resp)
+        }
         Route::Blob(name, d) => {
             reference::parse_name(name, max_segments)?;
             let digest = reference::parse_digest(d)?;
             blob_response(builder, &method, headers, digest).await
         }
     }
+}
+
+/// The first value of `key` in the query string, percent-decoded.
+fn query_value(uri: &Uri, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 fn manifest_response(method: &Method, headers: &HeaderMap, m: &Manifest) -> Response {
@@ -297,6 +323,10 @@ mod tests {
         assert!(matches!(route("a/blobs/sha256:00"), Some(Route::Blob("a", "sha256:00"))));
         assert!(matches!(route("a/blobs/uploads/"), Some(Route::Upload)));
         assert!(matches!(route("a/tags/list"), Some(Route::Tags("a"))));
+        assert!(matches!(route("a/b/referrers/sha256:00"), Some(Route::Referrers("a/b", "sha256:00"))));
+        let uri: Uri = "/v2/a/referrers/sha256:00?n=1&artifactType=application%2Fspdx%2Bjson".parse().unwrap();
+        assert_eq!(query_value(&uri, "artifactType").as_deref(), Some("application/spdx+json"));
+        assert_eq!(query_value(&"/v2/a/referrers/x".parse().unwrap(), "artifactType"), None);
         assert!(route("a/other").is_none());
     }
 }

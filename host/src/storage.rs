@@ -34,6 +34,10 @@ pub const IMAGE_PREFIX: &str = "meta/images/";
 pub const LAYER_PREFIX: &str = "meta/layers/";
 pub const STAGING_PREFIX: &str = "staging/";
 pub const LEASE_PREFIX: &str = "leases/";
+/// `meta/referrers/<subject>/<referrer>.json`: the referrers API's index,
+/// one descriptor per object, so that answering it is one list under the
+/// subject and adding a referrer never rewrites a shared object.
+pub const REFERRER_PREFIX: &str = "meta/referrers/";
 
 #[derive(Clone)]
 pub struct Storage {
@@ -55,6 +59,12 @@ struct Redirect {
 
 pub fn blob_key(digest: &str) -> Path {
     Path::from(format!("{BLOB_PREFIX}{}", digest.trim_start_matches("sha256:")))
+}
+
+/// Where the referrer `referrer` of the manifest `subject` is recorded.
+pub fn referrer_key(subject: &str, referrer: &str) -> String {
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    format!("{REFERRER_PREFIX}{}/{}.json", hex(subject), hex(referrer))
 }
 
 /// Whether a conditional create made the object or found it there.
@@ -277,6 +287,24 @@ impl Storage {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = Path::from(prefix);
         Ok(self.store.list(Some(&prefix)).try_collect().await?)
+    }
+
+    /// The recorded referrers of the manifest `subject` (descriptors, as
+    /// the referrers API lists them), in key order; unreadable records are
+    /// skipped.
+    pub async fn referrers_of(&self, subject: &str) -> Result<Vec<serde_json::Value>> {
+        let prefix = format!("{REFERRER_PREFIX}{}/", subject.trim_start_matches("sha256:"));
+        let mut keys: Vec<Path> = self.list(&prefix).await?.into_iter().map(|m| m.location).collect();
+        keys.sort();
+        let mut found = Vec::new();
+        for key in keys {
+            if let Some(bytes) = self.get_bytes(key.as_ref()).await? {
+                if let Ok(v) = serde_json::from_slice(&bytes) {
+                    found.push(v);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes one object; one already gone is not an error.
