@@ -16,6 +16,8 @@
 //! - P6 Strata's peak RSS (VmHWM) over its start and that cold build.
 //! - P7 50 concurrent first pulls of one new image on a fresh store vs one
 //!   first pull of the same image on another fresh store.
+//! - P8 the SBOM's cost: the big image's cold build on fresh stores with
+//!   `[sbom] enabled` on and off, alternating, best of two each.
 
 use crate::bench_layering::pulls::{manifest_blobs, Blob};
 use anyhow::{bail, Context, Result};
@@ -115,6 +117,8 @@ struct Report {
     p7_single_secs: f64,
     p7_last_secs: f64,
     p7_first_secs: f64,
+    p8_on_secs: f64,
+    p8_off_secs: f64,
     /// /proc/loadavg at the start and the end: other work on the machine
     /// takes cores from the parallel packer first.
     load: (String, String),
@@ -156,7 +160,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
 
     // P3, P6: a fresh server, the big image cold.
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1800)).build()?;
-    let one = Server::strata(work, "one", &pkgs, &http).await?;
+    let one = Server::strata(work, "one", &pkgs, &http, "").await?;
     r.p6_idle_kib = one.peak_rss_kib()?;
     eprintln!("P3/P6: cold build of {BIG}…");
     let t = Instant::now();
@@ -211,7 +215,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     drop(one);
 
     // P7: 50 concurrent first pulls of the same image on a fresh store.
-    let two = Server::strata(work, "two", &pkgs, &http).await?;
+    let two = Server::strata(work, "two", &pkgs, &http, "").await?;
     eprintln!("P7: 50 concurrent first pulls of {FRESH}…");
     let builds_before = two.builds(&http).await?;
     let started = Instant::now();
@@ -229,6 +233,24 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     r.p7_last_secs = pulls.iter().cloned().fold(0.0, f64::max);
     r.p7_first_secs = pulls.iter().cloned().fold(f64::MAX, f64::min);
     drop(two);
+
+    // P8: the SBOM's cost on the cold build. Alternating, so that a slow
+    // moment of the machine does not land on one side only.
+    eprintln!("P8: cold builds of {BIG} with and without the SBOM, best of 2…");
+    (r.p8_on_secs, r.p8_off_secs) = (f64::MAX, f64::MAX);
+    for round in 0..2 {
+        for sbom in [true, false] {
+            let name = format!("p8-{round}-{sbom}");
+            let server = Server::strata(work, &name, &pkgs, &http, &format!("\n[sbom]\nenabled = {sbom}\n")).await?;
+            let t = Instant::now();
+            get_manifest(&http, &server.base, BIG).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let best = if sbom { &mut r.p8_on_secs } else { &mut r.p8_off_secs };
+            *best = best.min(secs);
+            drop(server);
+            std::fs::remove_dir_all(work.join(format!("strata-{name}")))?;
+        }
+    }
 
     if !args.no_plugin_bench {
         eprintln!("P5: cargo bench -p strata --bench plugin_overhead…");
@@ -311,6 +333,14 @@ impl Report {
             self.p7_single_secs,
             ratio(self.p7_last_secs, self.p7_single_secs),
             verdict(self.p7_builds == 1)
+        );
+        let p8 = ratio(self.p8_on_secs, self.p8_off_secs);
+        let _ = writeln!(
+            s,
+            "| P8 cold build of the big image with the SBOM (best of 2, alternating) | {:.2} s | without: {:.2} s | {p8:.3}× | ≤ 1.03× | {} |",
+            self.p8_on_secs,
+            self.p8_off_secs,
+            verdict(p8 <= 1.03)
         );
         match &self.p5 {
             Some(p5) => {
@@ -409,15 +439,16 @@ impl Server {
         Ok(Server { child, host, base })
     }
 
-    /// `strata serve` with a store of its own.
-    async fn strata(work: &Path, name: &str, pkgs: &Path, http: &reqwest::Client) -> Result<Server> {
+    /// `strata serve` with a store of its own; `extra_toml` is appended to
+    /// its config.
+    async fn strata(work: &Path, name: &str, pkgs: &Path, http: &reqwest::Client, extra_toml: &str) -> Result<Server> {
         let dir = work.join(format!("strata-{name}"));
         Server::start(http, &dir, "strata serve", |host| {
             let config = dir.join("strata.toml");
             std::fs::write(
                 &config,
                 format!(
-                    "listen = \"{host}\"\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\ntimeout_secs = 1800\n",
+                    "listen = \"{host}\"\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\ntimeout_secs = 1800\n{extra_toml}",
                     dir.join("storage").display(),
                     dir.join("nix").display()
                 ),
