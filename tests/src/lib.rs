@@ -793,3 +793,64 @@ impl Drop for Dockerd {
         }
     }
 }
+
+/// `strata --config <dir>/strata.toml ARGS` on the demo set, storage and
+/// Nix work files under `dir` (the config is written on first use).
+pub fn strata_cli(dir: &Path, args: &[&str]) -> Output {
+    let config = dir.join("strata.toml");
+    if !config.exists() {
+        let toml = format!(
+            "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
+            dir.join("storage").display(),
+            dir.join("nix").display()
+        );
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        std::fs::write(&config, toml).unwrap();
+    }
+    let mut cmd = Command::new(strata_bin());
+    for var in ["PORT", "NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_STORAGE_BACKEND", "STORAGE_PATH", "STRATA_CONFIG"] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
+        .env("STRATA_NIX_OFFLINE", "1")
+        .env("NIX_CONFIG", "substituters =")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir);
+    run(&mut cmd, Duration::from_secs(300))
+}
+
+/// Removes a cgroup and the (empty) ones under it, in every hierarchy:
+/// container runtimes leave `conmon` and the container's parent behind.
+pub fn remove_cgroup(name: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let hierarchies = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .map(|f| Path::new(f[1]).join(name.trim_start_matches('/')));
+    for dir in hierarchies {
+        let Ok(children) = std::fs::read_dir(&dir) else { continue };
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            let _ = std::fs::remove_dir(child.path());
+        }
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            eprintln!("cannot remove cgroup {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Lazily unmounts whatever is still mounted under `dir` (deepest first), so
+/// that the directory can be removed.
+pub fn unmount_under(dir: &Path) {
+    let root = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in under {
+        let _ = run(Command::new("umount").args(["-l", m]), Duration::from_secs(10));
+    }
+}

@@ -4,37 +4,9 @@
 //! built offline is the image the server serves, digest for digest.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use strata_e2e::*;
 
-/// `strata --config <dir>/strata.toml ARGS` on the demo set, storage and
-/// Nix work files under `dir`.
-fn strata(dir: &Path, args: &[&str]) -> Output {
-    let config = dir.join("strata.toml");
-    if !config.exists() {
-        let toml = format!(
-            "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
-            dir.join("storage").display(),
-            dir.join("nix").display()
-        );
-        std::fs::create_dir_all(dir.join("storage")).unwrap();
-        std::fs::write(&config, toml).unwrap();
-    }
-    let mut cmd = Command::new(strata_bin());
-    for var in ["PORT", "NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_STORAGE_BACKEND", "STORAGE_PATH", "STRATA_CONFIG"] {
-        cmd.env_remove(var);
-    }
-    cmd.arg("--config")
-        .arg(&config)
-        .args(args)
-        .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
-        .env("STRATA_NIX_OFFLINE", "1")
-        .env("NIX_CONFIG", "substituters =")
-        .env("RUST_LOG", "warn")
-        .current_dir(dir);
-    run(&mut cmd, Duration::from_secs(300))
-}
 
 fn index_manifest_digest(layout: &Path) -> String {
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).unwrap();
@@ -45,7 +17,7 @@ fn index_manifest_digest(layout: &Path) -> String {
 fn build_to_an_oci_layout_runs_and_matches_the_served_image() {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("out");
-    let out = strata(work.path(), &["build", "shell/hello", "--output", &format!("oci:{}:v1", layout.display())]).assert_ok();
+    let out = strata_cli(work.path(), &["build", "shell/hello", "--output", &format!("oci:{}:v1", layout.display())]).assert_ok();
     // The summary table: one row per layer, with digests and the strategy.
     assert!(out.stdout.contains("strategy size"), "{out}");
     let rows = out.stdout.lines().filter(|l| l.contains("sha256:")).count();
@@ -76,7 +48,7 @@ fn build_to_an_oci_layout_runs_and_matches_the_served_image() {
 fn build_to_a_docker_archive_loads_with_skopeo() {
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("hello.tar");
-    strata(
+    strata_cli(
         work.path(),
         &["build", "shell/hello", "--quiet", "--output", &format!("docker-archive:{}:shell/hello:latest", archive.display())],
     )
@@ -105,7 +77,7 @@ fn build_to_a_docker_archive_loads_with_skopeo() {
 #[test]
 fn inspect_shows_packages_closure_and_layers_without_packing() {
     let work = tempfile::tempdir().unwrap();
-    let out = strata(work.path(), &["inspect", "shell/git", "--json"]).assert_ok();
+    let out = strata_cli(work.path(), &["inspect", "shell/git", "--json"]).assert_ok();
     let i: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}:\n{out}"));
     let packages: Vec<&str> = i["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     for p in ["bashInteractive", "coreutils", "git"] {
@@ -119,11 +91,11 @@ fn inspect_shows_packages_closure_and_layers_without_packing() {
     let blobs = walk_files(&work.path().join("storage"));
     assert!(blobs.iter().all(|p| !p.contains("blobs/sha256")), "inspect stored blobs: {blobs:?}");
 
-    let human = strata(work.path(), &["inspect", "shell/git"]).assert_ok();
+    let human = strata_cli(work.path(), &["inspect", "shell/git"]).assert_ok();
     assert!(human.stdout.contains("closure") && human.stdout.contains("layers"), "{human}");
 
     // Names the set refuses or lacks: one line each, with the set's reason.
-    let refused = strata(work.path(), &["inspect", "hello/unrar/nope"]);
+    let refused = strata_cli(work.path(), &["inspect", "hello/unrar/nope"]);
     assert!(!refused.success(), "{refused}");
     assert!(refused.stderr.contains("  unrar: Package ‘unrar-6.2.12’ in … has an unfree license"), "{refused}");
     assert!(refused.stderr.contains("  nope: not in the package set"), "{refused}");
@@ -147,22 +119,22 @@ fn walk_files(dir: &Path) -> Vec<String> {
 #[test]
 fn help_and_exit_codes() {
     let work = tempfile::tempdir().unwrap();
-    let help = strata(work.path(), &["--help"]).assert_ok();
+    let help = strata_cli(work.path(), &["--help"]).assert_ok();
     for cmd in ["serve", "build", "inspect", "plugin", "gc", "bench"] {
         assert!(help.stdout.contains(cmd), "--help lists {cmd}:\n{help}");
     }
-    let build_help = strata(work.path(), &["build", "--help"]).assert_ok();
+    let build_help = strata_cli(work.path(), &["build", "--help"]).assert_ok();
     assert!(build_help.stdout.contains("docker-archive"), "{build_help}");
 
     // A usage mistake: clap's exit code 2 and a message on stderr.
-    let usage = strata(work.path(), &["build"]);
+    let usage = strata_cli(work.path(), &["build"]);
     assert_eq!(usage.status.and_then(|s| s.code()), Some(2), "{usage}");
     // A bad name: exit 1, one clear line, nothing built.
-    let bad = strata(work.path(), &["build", "Shell/../x", "--output", "oci:out"]);
+    let bad = strata_cli(work.path(), &["build", "Shell/../x", "--output", "oci:out"]);
     assert_eq!(bad.status.and_then(|s| s.code()), Some(1), "{bad}");
     assert!(bad.stderr.starts_with("strata: ") && bad.stderr.trim().lines().count() == 1, "{bad}");
     // A missing package names itself.
-    let missing = strata(work.path(), &["inspect", "hello/no-such-package"]);
+    let missing = strata_cli(work.path(), &["inspect", "hello/no-such-package"]);
     assert_eq!(missing.status.and_then(|s| s.code()), Some(1), "{missing}");
     assert!(missing.stderr.contains("no-such-package"), "{missing}");
 }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -196,38 +196,6 @@ fn exits_within(child: &mut Child, limit: Duration) -> bool {
             Ok(Some(_)) => return true,
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
             _ => return false,
-        }
-    }
-}
-
-/// Lazily unmounts whatever is still mounted under `dir` (deepest first), so
-/// that the directory can be removed.
-fn unmount_under(dir: &Path) {
-    let root = dir.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut under: Vec<&str> =
-        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
-    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in under {
-        let _ = run(Command::new("umount").args(["-l", m]), Duration::from_secs(10));
-    }
-}
-
-/// Removes a cgroup and the (empty) ones under it, in every hierarchy.
-fn remove_cgroup(name: &str) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let hierarchies = mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
-        .map(|f| Path::new(f[1]).join(name.trim_start_matches('/')));
-    for dir in hierarchies {
-        let Ok(children) = std::fs::read_dir(&dir) else { continue };
-        for child in children.flatten().filter(|c| c.path().is_dir()) {
-            let _ = std::fs::remove_dir(child.path());
-        }
-        if let Err(e) = std::fs::remove_dir(&dir) {
-            eprintln!("cannot remove cgroup {}: {e}", dir.display());
         }
     }
 }
