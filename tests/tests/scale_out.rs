@@ -63,15 +63,25 @@ fn manifest(server: &Server, name: &str, accept: &str) -> (u16, String, Vec<u8>)
 /// Every blob an image's two manifests name, the manifests included.
 fn image_blobs(server: &Server, name: &str) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
-    for accept in [OCI, DOCKER] {
-        let (status, digest, body) = manifest(server, name, accept);
-        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
-        let m: Value = serde_json::from_slice(&body).expect("manifest JSON");
-        all.insert(digest);
+    let named = |m: &Value, all: &mut BTreeSet<String>| {
         all.insert(m["config"]["digest"].as_str().expect("config digest").to_string());
         for l in m["layers"].as_array().expect("layers") {
             all.insert(l["digest"].as_str().expect("layer digest").to_string());
         }
+    };
+    for accept in [OCI, DOCKER] {
+        let (status, digest, body) = manifest(server, name, accept);
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        named(&serde_json::from_slice(&body).expect("manifest JSON"), &mut all);
+        // The SBOM's artifact manifest and blobs belong to the image too.
+        let index: Value = server.get(&format!("/v2/{name}/referrers/{digest}")).send().unwrap().json().unwrap();
+        for r in index["manifests"].as_array().expect("referrers index") {
+            let d = r["digest"].as_str().expect("referrer digest");
+            let m: Value = server.get(&format!("/v2/{name}/manifests/{d}")).send().unwrap().json().unwrap();
+            named(&m, &mut all);
+            all.insert(d.to_string());
+        }
+        all.insert(digest);
     }
     all
 }
