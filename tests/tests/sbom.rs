@@ -588,31 +588,6 @@ fn check_name_and_version(path: &str, p: &Value) {
     );
 }
 
-/// `strata --config <dir>/strata.toml ARGS` on the demo set (as in cli.rs).
-fn strata_cli(dir: &Path, args: &[&str]) -> Output {
-    let config = dir.join("strata.toml");
-    let toml = format!(
-        "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
-        dir.join("storage").display(),
-        dir.join("nix").display()
-    );
-    std::fs::create_dir_all(dir.join("storage")).unwrap();
-    std::fs::write(&config, toml).unwrap();
-    let mut cmd = Command::new(strata_bin());
-    for var in ["PORT", "NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_STORAGE_BACKEND", "STORAGE_PATH", "STRATA_CONFIG"] {
-        cmd.env_remove(var);
-    }
-    cmd.arg("--config")
-        .arg(&config)
-        .args(args)
-        .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
-        .env("STRATA_NIX_OFFLINE", "1")
-        .env("NIX_CONFIG", "substituters =")
-        .env("RUST_LOG", "warn")
-        .current_dir(dir);
-    run(&mut cmd, Duration::from_secs(300))
-}
-
 #[test]
 fn same_image_same_sbom_on_two_stores_and_from_the_cli_and_off_when_disabled() {
     let name = "shell/hello";
