@@ -263,6 +263,23 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A fresh STRATA_FAULT_NONCE for tests/fixtures/faulty-pkgs: its `slow`
+/// and `sleepy` become derivations of the calling test alone, so no other
+/// test (in this binary or one running beside it, see
+/// scripts/test-binaries.sh) shares their build, their Nix lock or their
+/// builder's marker.
+pub fn fault_nonce() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{now:x}-{:x}-{n}", std::process::id())
+}
+
+/// The marker (`$0`) of faulty-pkgs' `package` builder under `nonce`.
+pub fn fault_marker(package: &str, nonce: &str) -> String {
+    format!("strata-e2e-{package}-marker-{nonce}")
+}
+
 /// Live processes (not zombies) whose command line contains `marker`:
 /// (pid, command line). Fixture builders carry a marker as their `$0`.
 pub fn processes_with(marker: &str) -> Vec<(i32, String)> {

@@ -89,8 +89,9 @@ fn nix_failing_is_a_clean_500_with_nix_s_words_in_the_log_only() {
 
 #[test]
 fn nix_past_its_timeout_is_killed_and_answered_504() {
-    const MARKER: &str = "strata-e2e-sleepy-marker";
-    let server = Server::start_with(options(None, &[("NIX_TIMEOUT", "3")]));
+    let nonce = fault_nonce();
+    let marker = fault_marker("sleepy", &nonce);
+    let server = Server::start_with(options(None, &[("NIX_TIMEOUT", "3"), ("STRATA_FAULT_NONCE", &nonce)]));
     let started = Instant::now();
     let (status, body) = get_manifest(&server, "sleepy");
     let took = started.elapsed();
@@ -101,7 +102,7 @@ fn nix_past_its_timeout_is_killed_and_answered_504() {
     // The timeout, plus at most the grace Nix gets to stop its builders.
     assert!(took < Duration::from_secs(3 + 5 + 5), "answered after {took:?}");
     // The builder (and its `sleep`) is gone, not orphaned.
-    wait_until(Duration::from_secs(10), "the sleeping builder to be killed", || processes_with(MARKER).is_empty());
+    wait_until(Duration::from_secs(10), "the sleeping builder to be killed", || processes_with(&marker).is_empty());
     assert!(server.log().contains("nix timed out"), "no timeout in the log:\n{}", server.log());
 
     let (status, body) = get_manifest(&server, "hello");
@@ -110,9 +111,9 @@ fn nix_past_its_timeout_is_killed_and_answered_504() {
 
 #[test]
 fn kill_9_mid_build_leaves_a_consistent_store_and_a_restart_builds_the_image() {
-    const MARKER: &str = "strata-e2e-slow-marker";
     let storage = tempfile::tempdir().unwrap();
-    let nonce = format!("{:x}", rand_seed() ^ u128::from(std::process::id()));
+    let nonce = fault_nonce();
+    let marker = fault_marker("slow", &nonce);
     let opts = options(Some(storage.path()), &[("STRATA_FAULT_NONCE", &nonce)]);
 
     // 1. Killed while Nix builds.
@@ -121,7 +122,7 @@ fn kill_9_mid_build_leaves_a_consistent_store_and_a_restart_builds_the_image() {
     skopeo_copy(&first, "shell/hello", "latest", &layout.path().join("oci"), "warm").assert_ok();
     let url = first.url("/v2/slow/manifests/latest");
     let pending = thread::spawn(move || http_client().get(url).send().map(|r| r.status().as_u16()));
-    wait_until(Duration::from_secs(120), "the slow build to start", || !processes_with(MARKER).is_empty());
+    wait_until(Duration::from_secs(120), "the slow build to start", || !processes_with(&marker).is_empty());
     first.signal(libc::SIGKILL);
     assert!(first.wait_exit(Duration::from_secs(10)).is_some(), "the server survived SIGKILL");
     assert!(pending.join().unwrap().is_err(), "the killed server answered");
@@ -149,10 +150,6 @@ fn kill_9_mid_build_leaves_a_consistent_store_and_a_restart_builds_the_image() {
     skopeo_copy(&third, "slow", "latest", &layout.path().join("oci"), "slow").assert_ok();
     skopeo_copy(&third, "shell/hello", "latest", &layout.path().join("oci"), "hello").assert_ok();
     assert_store_consistent(storage.path());
-}
-
-fn rand_seed() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.

@@ -135,11 +135,12 @@ fn packages_per_image_are_capped_by_name_and_by_expansion() {
 
 #[test]
 fn builds_past_the_cap_are_told_to_retry_later() {
-    const MARKER: &str = "strata-e2e-sleepy-marker";
-    let server = Server::start_with(with("[builds]\nmax_concurrent = 1\nqueue_limit = 0\n", &[("NIX_TIMEOUT", "4")]));
+    let nonce = fault_nonce();
+    let marker = fault_marker("sleepy", &nonce);
+    let server = Server::start_with(with("[builds]\nmax_concurrent = 1\nqueue_limit = 0\n", &[("NIX_TIMEOUT", "4"), ("STRATA_FAULT_NONCE", &nonce)]));
     let url = server.url("/v2/sleepy/manifests/latest");
     let first = thread::spawn(move || http_client().get(url).send().map(|r| r.status().as_u16()).unwrap());
-    wait_until(Duration::from_secs(60), "the first build to start", || !processes_with(MARKER).is_empty());
+    wait_until(Duration::from_secs(60), "the first build to start", || !processes_with(&marker).is_empty());
     let (status, body, retry) = manifest(&server, "hello");
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert_eq!(spec_error(&body).0, "TOOMANYREQUESTS");
@@ -151,8 +152,8 @@ fn builds_past_the_cap_are_told_to_retry_later() {
 
 #[test]
 fn sigterm_finishes_the_response_under_way_and_refuses_new_connections() {
-    const MARKER: &str = "strata-e2e-slow-marker";
-    let nonce = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let nonce = fault_nonce();
+    let marker = fault_marker("slow", &nonce);
     let mut server = Server::start_with(with("", &[("STRATA_FAULT_NONCE", &nonce)]));
     let url = server.url("/v2/slow/manifests/latest");
     let pending = thread::spawn(move || {
@@ -163,11 +164,11 @@ fn sigterm_finishes_the_response_under_way_and_refuses_new_connections() {
             .expect("the response under way is finished");
         (r.status().as_u16(), r.bytes().unwrap().to_vec())
     });
-    wait_until(Duration::from_secs(60), "the slow build to start", || !processes_with(MARKER).is_empty());
+    wait_until(Duration::from_secs(60), "the slow build to start", || !processes_with(&marker).is_empty());
     server.signal(libc::SIGTERM);
     // New connections are refused while the build goes on.
     wait_until(Duration::from_secs(5), "new connections to be refused", || TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_err());
-    assert!(!processes_with(MARKER).is_empty() || !pending.is_finished(), "nothing was under way when the server stopped accepting");
+    assert!(!processes_with(&marker).is_empty() || !pending.is_finished(), "nothing was under way when the server stopped accepting");
     let (status, body) = pending.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let m: Value = serde_json::from_slice(&body).unwrap();
