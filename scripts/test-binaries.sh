@@ -14,7 +14,7 @@
 # fixture builds a test waits for are marked with that test's own nonce.
 #
 # STRATA_TEST_LANES binaries run at once (default 3). The slowest binaries
-# start first (the order below is from docs/ci.md's timing table), so the
+# start first (the order below is from docs/testing.md's timing table), so the
 # short ones fill the lanes around them. Each binary's output is printed
 # whole when it ends (never interleaved); LOG_DIR/times lists
 # "seconds<TAB>exit status<TAB>binary", slowest first. Exits non-zero when
@@ -39,7 +39,7 @@ cargo test --workspace --release --no-run --message-format=json-render-diagnosti
               (.manifest_path | rtrimstr("/Cargo.toml")), .executable] | @tsv' \
   >"$out/binaries"
 
-# Measured slowest first (docs/ci.md); anything not named runs after these.
+# Measured slowest first (docs/testing.md); anything not named runs after these.
 slow_first=(faults custom_plugin storage nix_gc scale_out limits browser layering docker sbom caching)
 {
   for name in "${slow_first[@]}"; do awk -F'\t' -v n="$name" '$2 == n' "$out/binaries"; done
