@@ -95,7 +95,7 @@ async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &Hea
         Route::Referrers(name, d) => {
             reference::parse_name(name, max_segments)?;
             let digest = reference::parse_digest(d)?;
-            let artifact_type = query_value(uri, "artifactType");
+            let artifact_type = artifact_type_filter(uri);
             let body = builder.referrers(digest, artifact_type.as_deref()).await?;
             let mut resp = if method == Method::HEAD { Response::new(Body::empty()) } else { Response::new(Body::from(body.clone())) };
             let h = resp.headers_mut();
@@ -119,6 +119,14 @@ async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &Hea
 /// The first value of `key` in the query string, percent-decoded.
 fn query_value(uri: &Uri, key: &str) -> Option<String> {
     url::form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+/// The referrers route's `artifactType`. A media type has no spaces (RFC
+/// 6838), so a space here is a `+` sent unencoded
+/// (`?artifactType=application/spdx+json` typed into curl) that form
+/// decoding turned into a space; it is read as the `+` it was.
+fn artifact_type_filter(uri: &Uri) -> Option<String> {
+    query_value(uri, "artifactType").map(|t| t.replace(' ', "+"))
 }
 
 fn manifest_response(method: &Method, headers: &HeaderMap, m: &Manifest) -> Response {
@@ -327,6 +335,10 @@ mod tests {
         let uri: Uri = "/v2/a/referrers/sha256:00?n=1&artifactType=application%2Fspdx%2Bjson".parse().unwrap();
         assert_eq!(query_value(&uri, "artifactType").as_deref(), Some("application/spdx+json"));
         assert_eq!(query_value(&"/v2/a/referrers/x".parse().unwrap(), "artifactType"), None);
+        for raw in ["application%2Fspdx%2Bjson", "application/spdx+json", "application/spdx%20json"] {
+            let uri: Uri = format!("/v2/a/referrers/sha256:00?artifactType={raw}").parse().unwrap();
+            assert_eq!(artifact_type_filter(&uri).as_deref(), Some("application/spdx+json"), "{raw}");
+        }
         assert!(route("a/other").is_none());
     }
 }

@@ -107,6 +107,11 @@ fn sbom_manifest(server: &Server, name: &str, subject: &Pulled, subject_type: &s
     let filtered = referrers(server, name, &subject.digest, Some(SPDX));
     assert_eq!(filtered.filters.as_deref(), Some("artifactType"), "OCI-Filters-Applied");
     assert_eq!(filtered.manifests(), listed, "artifactType={SPDX}");
+    // The same type typed unencoded, as into curl: its `+` is not a space.
+    let r = server.get(&format!("/v2/{name}/referrers/{}?artifactType={SPDX}", subject.digest)).send().unwrap();
+    assert_eq!(header(&r, "oci-filters-applied").as_deref(), Some("artifactType"));
+    let raw: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    assert_eq!(raw["manifests"].as_array().cloned().unwrap_or_default(), listed, "artifactType={SPDX}, unencoded");
     // Filtered on another type: nothing, and still the header.
     let other = referrers(server, name, &subject.digest, Some("application/vnd.example.signature.v1+json"));
     assert_eq!(other.filters.as_deref(), Some("artifactType"), "OCI-Filters-Applied");
