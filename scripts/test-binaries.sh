@@ -25,6 +25,7 @@ out=${1:?usage: test-binaries.sh LOG_DIR}
 lanes=${STRATA_TEST_LANES:-3}
 case $lanes in '' | *[!0-9]* | 0) echo "test-binaries.sh: STRATA_TEST_LANES must be a whole number from 1, not '$lanes'" >&2; exit 2 ;; esac
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 : >"$out/results"
 
 # The test binaries cargo built (`--no-run` builds whatever is missing):
@@ -50,36 +51,23 @@ if [ ! -s "$out/queue" ]; then
   exit 1
 fi
 
-# One binary: run from its package directory like cargo test does, log kept
-# apart, then printed whole under a lock.
-run_one() {
-  local package=$1 target=$2 dir=$3 exe=$4
-  local label="$package/$target" log="$out/$package.$target.log" t0 t1 status=0
+# Runs COMMAND... with its output kept apart in LOG, records its seconds
+# and exit status under LABEL, then prints the log whole under a lock.
+timed() {
+  local label=$1 log=$2 t0 t1 secs status=0
+  shift 2
   t0=$(date +%s%N)
-  (cd "$dir" && CARGO_MANIFEST_DIR="$dir" CARGO_PKG_NAME="$package" CARGO="$(command -v cargo)" "$exe") \
-    >"$log" 2>&1 </dev/null || status=$?
+  "$@" >"$log" 2>&1 </dev/null || status=$?
   t1=$(date +%s%N)
-  local secs
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
   printf '%s\t%s\t%s\n' "$secs" "$status" "$label" >>"$out/results"
-  {
-    flock 9
-    printf '\n     Running %s (%s, %ss, exit %s)\n' "$label" "${exe#"$PWD"/}" "$secs" "$status"
-    cat "$log"
-  } 9>"$out/print.lock"
+  { flock 9; printf '\n     Running %s (%ss, exit %s)\n' "$label" "$secs" "$status"; cat "$log"; } 9>"$out/print.lock"
 }
 
-# The doc tests are one more job in the queue; the run-time variables are
-# cargo's own here.
-run_doc_tests() {
-  local log="$out/doc-tests.log" t0 t1 status=0
-  t0=$(date +%s%N)
-  cargo test --workspace --release --doc >"$log" 2>&1 </dev/null || status=$?
-  t1=$(date +%s%N)
-  local secs
-  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
-  printf '%s\t%s\t%s\n' "$secs" "$status" "doc tests" >>"$out/results"
-  { flock 9; printf '\n     Running doc tests (%ss, exit %s)\n' "$secs" "$status"; cat "$log"; } 9>"$out/print.lock"
+# One test binary, from its package directory as cargo test runs it.
+run_binary() {
+  local package=$1 dir=$2 exe=$3
+  (cd "$dir" && CARGO_MANIFEST_DIR="$dir" CARGO_PKG_NAME="$package" CARGO="$(command -v cargo)" "$exe")
 }
 
 wait_for_lane() {
@@ -88,10 +76,11 @@ wait_for_lane() {
 
 while IFS=$'\t' read -r package target dir exe; do
   wait_for_lane
-  run_one "$package" "$target" "$dir" "$exe" &
+  timed "$package/$target" "$out/$package.$target.log" run_binary "$package" "$dir" "$exe" &
 done <"$out/queue"
 wait_for_lane
-run_doc_tests &
+# The doc tests are one more job in the queue (cargo runs them itself).
+timed "doc tests" "$out/doc-tests.log" cargo test --workspace --release --doc &
 wait
 
 sort -t$'\t' -k1,1 -rn "$out/results" >"$out/times"
