@@ -109,14 +109,21 @@ let
     if drv == null then null
     else { drv = drv.drvPath; paths = map (d: d.outPath) (outputsOf drv); };
 
-  # A field the SBOM can use as text: anything else (a list of homepages,
-  # a derivation) is left out rather than guessed at.
+  # A field the SBOM can use as text: anything else (a derivation, a
+  # number) is left out rather than guessed at.
   stringOrNull = v: if builtins.isString v then v else null;
 
+  # nixpkgs' `meta.homepage` is a URL or a list of them: the first.
+  homepageOf = v:
+    if builtins.isList v then (if v == [ ] then null else stringOrNull (builtins.head v))
+    else stringOrNull v;
+
   # One entry of `meta.license`: nixpkgs' attribute set (with `spdxId`
-  # where SPDX knows the licence), or a bare string in old packages.
+  # where SPDX knows the licence), or a bare string in old packages, which
+  # is offered as an SPDX id too (the host keeps it as one only if SPDX
+  # knows it, as for "MIT"; "Public Domain" stays a named licence).
   licenseOf = l:
-    if builtins.isString l then { spdxId = null; name = l; }
+    if builtins.isString l then { spdxId = l; name = l; }
     else if builtins.isAttrs l then {
       spdxId = stringOrNull (l.spdxId or null);
       name = stringOrNull (l.shortName or l.fullName or null);
@@ -126,20 +133,25 @@ let
   # What the SBOM tells of a requested package, read here because this
   # lookup runs anyway (a second evaluation per request would cost as much
   # as the lookup). Only these fields are forced, each under its own
-  # tryEval: a meta field that throws costs the SBOM that field, never the
+  # tryEval, and each licence of a list under its own: a meta field that
+  # throws costs the SBOM that field (or that one licence), never the
   # package its place in the image.
   sbomMeta = drv:
     let
       safe = v: let t = builtins.tryEval (builtins.deepSeq v v); in if t.success then t.value else null;
       meta = let t = builtins.tryEval (drv.meta or { }); in
         if t.success && builtins.isAttrs t.value then t.value else { };
-      licenses = l: if builtins.isList l then l else if l == null then [ ] else [ l ];
+      licenseList =
+        let t = builtins.tryEval (meta.license or null); in
+        if !t.success || t.value == null then [ ]
+        else if builtins.isList t.value then t.value
+        else [ t.value ];
     in
     {
       pname = safe (stringOrNull (drv.pname or null));
       version = safe (stringOrNull (drv.version or null));
-      homepage = safe (stringOrNull (meta.homepage or null));
-      licenses = safe (builtins.filter (x: x != null) (map licenseOf (licenses (meta.license or null))));
+      homepage = safe (homepageOf (meta.homepage or null));
+      licenses = builtins.filter (x: x != null) (map (l: safe (licenseOf l)) licenseList);
     };
 
   status = name:

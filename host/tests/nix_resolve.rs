@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use strata::nix::{NixError, NixOptions, NixRunner};
+use strata::nix::{License, NixError, NixOptions, NixRunner};
 use strata_plugin_sdk::NixSource;
 
 const MARKER: &str = "strata-sleepy-fixture-marker";
@@ -267,6 +267,39 @@ async fn outputs_to_install_are_the_roots_of_a_multi_output_package() {
     assert!(bin.references.contains(&(lib as u32)));
     let out = std::process::Command::new(format!("{}/bin/xmllint", r.roots[0])).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "xmllint: using libxml version 21105\n");
+}
+
+/// `meta` as nixpkgs may have it: the SBOM's fields make the most of each
+/// shape, a field (or one licence of a list) that throws costs only itself,
+/// and no shape keeps the package out of the image.
+#[tokio::test]
+async fn odd_meta_shapes_give_what_they_can_and_never_fail_the_package() {
+    offline();
+    let work = tempfile::tempdir().unwrap();
+    let nix = runner(work.path(), Duration::from_secs(300));
+    let source = path_source(&repo().join("host/tests/fixtures/odd-meta"));
+    let requested = ["string-licence", "named-string-licence", "one-licence-throws", "licence-throws"];
+    let r = nix.resolve(&source, &names(&requested), &system()).await.unwrap();
+    let meta = |name: &str| r.described.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("{name} described")).meta.clone();
+    let licence = |id: Option<&str>, name: &str| License { spdx_id: id.map(str::to_string), name: Some(name.to_string()) };
+
+    let m = meta("string-licence");
+    // A bare string is offered as an SPDX id; sbom.rs keeps it only if SPDX knows it.
+    assert_eq!(m.licenses, Some(vec![licence(Some("MIT"), "MIT")]));
+    assert_eq!(m.homepage.as_deref(), Some("https://one.example/"), "the first of a list of homepages");
+    assert_eq!((m.pname.as_deref(), m.version.as_deref()), (Some("hello"), Some("2.12.1")));
+
+    let m = meta("named-string-licence");
+    assert_eq!(m.licenses, Some(vec![licence(Some("Public Domain"), "Public Domain")]));
+    assert_eq!(m.homepage, None, "an empty list of homepages");
+
+    let m = meta("one-licence-throws");
+    assert_eq!(m.licenses, Some(vec![licence(Some("Apache-2.0"), "asl20")]), "the licence that does not throw stays");
+    assert_eq!(m.homepage, None);
+
+    let m = meta("licence-throws");
+    assert_eq!(m.licenses, Some(vec![]));
+    assert_eq!(m.homepage.as_deref(), Some("https://ok.example/"));
 }
 
 #[tokio::test]
