@@ -154,6 +154,7 @@ pub async fn run(cfg: &crate::config::Config, storage: &Storage, older_than: Dur
 }
 
 async fn run_parts(cfg: &crate::config::Config, storage: &Storage, older_than: Duration, delete: bool, parts: Parts) -> Result<Report> {
+    let records_read_at = std::time::SystemTime::now();
     let mut report = collect(storage, older_than, delete && parts.storage).await?;
     report.deleted = delete;
     report.storage_part = parts.storage;
@@ -162,6 +163,7 @@ async fn run_parts(cfg: &crate::config::Config, storage: &Storage, older_than: D
             work_dir: cfg.nix_work_dir(),
             older_than,
             nix_timeout: Duration::from_secs(cfg.nix.timeout_secs),
+            records_read_at,
         };
         report.nix = Some(crate::nixgc::collect(&opts, &report.kept, delete).await?);
     }

@@ -68,6 +68,10 @@ pub struct Resolved {
     pub described: Vec<Described>,
     /// Store path → its NAR hash (SHA-256, hex), as Nix recorded it.
     pub nar_hashes: BTreeMap<String, String>,
+    /// This build's claim on `gc_root`: keep it until the image record
+    /// naming the directory is written, so that `strata gc` leaves the
+    /// directory alone meanwhile.
+    pub claim: Option<crate::nixgc::RootsClaim>,
 }
 
 /// A package that went into an image: its name in the request, the paths
@@ -302,6 +306,7 @@ impl NixRunner {
                 gc_root: None,
                 described: Vec::new(),
                 nar_hashes: BTreeMap::new(),
+                claim: None,
             });
         }
         let source_json = serde_json::to_string(&absolute_source(source)?)
@@ -338,6 +343,7 @@ impl NixRunner {
         //    so the same image reuses (rather than piles up) its roots, and
         //    two concurrent builds of it write the same links.
         let gc_root = self.gc_roots.join(roots_key(&roots));
+        let claim = crate::nixgc::RootsClaim::take(&gc_root).await?;
         let link = gc_root.join("result");
         let mut args = self.expr_args("contents", &source_json, &names, &[], system)?;
         args.extend(["--out-link".into(), link.into()]);
@@ -367,7 +373,7 @@ impl NixRunner {
         // Plugins are promised a closed graph containing the roots; a Nix
         // that printed less is caught here rather than as a broken image.
         let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
-        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root), described, nar_hashes })
+        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root), described, nar_hashes, claim: Some(claim) })
     }
 
     /// The arguments asking `build-image.nix` for `attr`, for `nix-build`

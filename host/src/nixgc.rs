@@ -10,11 +10,18 @@
 //! A root directory is released when
 //! - no kept image record names it (one directory serves every image with the
 //!   same top-level paths: two tags, two grouping plugins),
-//! - its links are older than the window *and* than the Nix timeout plus
-//!   [`IN_FLIGHT_MARGIN`]: a build writes its record only after `nix-build`,
-//!   the closure query, packing and uploading, so a young directory no record
-//!   names may be a build under way (an old one is a failed build, a
-//!   `strata inspect`, or an image gc removed),
+//! - no build holds its claim: a build writes its record only after
+//!   `nix-build`, the closure query, packing and uploading, so it holds a
+//!   shared lock on `<key>.lock` beside the directory ([`RootsClaim`]) from
+//!   before `nix-build` until the record is written, and stamps the lock
+//!   file's time when it lets go. A held claim, or one let go after gc
+//!   started reading the records (that build's record may be one gc did not
+//!   see), keeps the directory; gc takes the lock itself while it removes
+//!   one, so no build starts on that directory meanwhile,
+//! - its links are older than the window (a `strata inspect` just run, say,
+//!   stays). A directory without a lock file (written before builds took
+//!   claims) must also be older than the Nix timeout plus
+//!   [`IN_FLIGHT_MARGIN`], as its age is all there is to go by,
 //! - and not every path it roots belongs to a kept image (records written
 //!   before images recorded their roots name none; their layers list their
 //!   paths).
@@ -53,7 +60,8 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, Result};
 
 /// Time a build may take between `nix-build` and writing its image record
-/// (closure query, packing, uploading), beyond the Nix timeout.
+/// (closure query, packing, uploading), beyond the Nix timeout: how long a
+/// root directory without a claim file stays.
 pub const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(3600);
 /// Store paths per `nix-store` invocation (keeps argument lists short).
 const CHUNK: usize = 500;
@@ -79,6 +87,9 @@ pub struct Options {
     pub older_than: Duration,
     /// The Nix timeout (`[nix] timeout_secs`).
     pub nix_timeout: Duration,
+    /// When gc began reading the image records: a build that let go of its
+    /// claim after this may have written a record gc did not read.
+    pub records_read_at: SystemTime,
 }
 
 /// What the Nix part found, and removed unless it was a dry run.
@@ -106,6 +117,78 @@ pub struct NixReport {
     /// Paths Nix found alive when deleting them (a running Nix process
     /// started using them during the run), with what they keep: they stay.
     pub paths_alive: usize,
+}
+
+/// A build's claim on its root directory `<gcroots>/<key>`: a shared lock on
+/// `<gcroots>/<key>.lock`, held from before `nix-build` until the image
+/// record naming the directory is written (the [`crate::nix::Resolved`]
+/// holding it is dropped). Shared, so that builds of the same image on two
+/// servers of one machine can both hold it; when the last copy goes, the
+/// lock file's time is set to that moment (see [`collect`]). The lock file
+/// stays when gc removes the directory: a build waiting on the lock must
+/// get it on the file gc locked, not on one gc unlinked.
+#[derive(Debug, Clone)]
+pub struct RootsClaim {
+    _held: std::sync::Arc<ClaimFile>,
+}
+
+#[derive(Debug)]
+struct ClaimFile(std::fs::File);
+
+impl Drop for ClaimFile {
+    fn drop(&mut self) {
+        // Before the lock goes (with the file): gc compares this time with
+        // when it read the records.
+        let _ = self.0.set_modified(SystemTime::now());
+    }
+}
+
+/// Claims are not part of what a resolution says.
+impl PartialEq for RootsClaim {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for RootsClaim {}
+
+fn claim_file(dir: &Path) -> PathBuf {
+    dir.with_extension("lock")
+}
+
+impl RootsClaim {
+    /// Takes the claim on `dir`, waiting while a gc removes that directory.
+    pub async fn take(dir: &Path) -> std::io::Result<RootsClaim> {
+        let path = claim_file(dir);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            file.lock_shared()?;
+            Ok(RootsClaim { _held: std::sync::Arc::new(ClaimFile(file)) })
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// What a root directory's claim file says when gc looks.
+enum Claim {
+    /// No lock file: a directory from before builds took claims.
+    Unknown,
+    /// A build holds it.
+    Held,
+    /// Nobody holds it; gc does now (the lock goes with the file) and the
+    /// last build let go at this time.
+    Free(std::fs::File, SystemTime),
+}
+
+fn check_claim(dir: &Path) -> Claim {
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(claim_file(dir)) else { return Claim::Unknown };
+    match file.try_lock() {
+        Ok(()) => {
+            let at = file.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+            Claim::Free(file, at)
+        }
+        Err(_) => Claim::Held,
+    }
 }
 
 struct RootDir {
@@ -533,8 +616,9 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
     report.present = true;
     let kept_here: HashSet<&std::ffi::OsStr> =
         kept.roots.iter().filter(|r| r.parent() == Some(gcroots.as_path())).filter_map(|r| r.file_name()).collect();
-    let grace = opts.older_than.max(opts.nix_timeout + IN_FLIGHT_MARGIN);
-    let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let now = SystemTime::now();
+    let window_cutoff = now.checked_sub(opts.older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+    let unclaimed_cutoff = now.checked_sub(opts.older_than.max(opts.nix_timeout + IN_FLIGHT_MARGIN)).unwrap_or(SystemTime::UNIX_EPOCH);
 
     let dirs = scan(&gcroots)?;
     let all_targets: Vec<String> = {
@@ -546,12 +630,28 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
     let valid_targets: HashSet<String> = valid(&all_targets).await?.into_iter().collect();
     let mut released = Vec::new();
     let mut released_targets = Vec::new();
+    // The locks of the directories to release, held until they are gone.
+    let mut locks = Vec::new();
     for d in dirs {
         let named = d.dir.file_name().is_some_and(|n| kept_here.contains(n));
         let held_by_images = !d.targets.is_empty() && d.targets.iter().all(|t| kept.paths.contains(t));
         if named || held_by_images {
             report.roots_kept += 1;
-        } else if d.newest >= cutoff {
+            continue;
+        }
+        let young = match check_claim(&d.dir) {
+            Claim::Held => true,
+            Claim::Free(_, let_go) if let_go >= opts.records_read_at => true,
+            Claim::Free(lock, _) => {
+                let young = d.newest >= window_cutoff;
+                if !young {
+                    locks.push(lock);
+                }
+                young
+            }
+            Claim::Unknown => d.newest >= unclaimed_cutoff,
+        };
+        if young {
             report.roots_young += 1;
         } else {
             released_targets.extend(d.targets.iter().filter(|t| valid_targets.contains(*t)).cloned());
@@ -606,6 +706,9 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
         }
         tracing::info!(root = %dir.display(), "released Nix GC root");
     }
+    // A build of one of these may start now: it makes its links anew, and
+    // Nix refuses to delete what they root (handled below).
+    drop(locks);
     let mut left = doomed.clone();
     for _ in 0..DELETE_ATTEMPTS {
         if left.is_empty() {
@@ -689,6 +792,37 @@ impl fmt::Display for NixReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claim is seen as held while any copy of it lives (also from this
+    /// process: flock locks belong to the open file), then as free with the
+    /// time it was let go; gc's own lock keeps a build waiting.
+    #[tokio::test]
+    async fn claims_are_held_until_the_last_copy_goes_then_dated() {
+        let gcroots = tempfile::tempdir().unwrap();
+        let dir = gcroots.path().join("abc123");
+        assert!(matches!(check_claim(&dir), Claim::Unknown), "no claim file yet");
+
+        let claim = RootsClaim::take(&dir).await.unwrap();
+        let copy = claim.clone();
+        drop(claim);
+        assert!(matches!(check_claim(&dir), Claim::Held));
+        let before = SystemTime::now() - Duration::from_millis(10);
+        drop(copy);
+        let Claim::Free(lock, let_go) = check_claim(&dir) else { panic!("free once the last copy went") };
+        assert!(let_go >= before, "dated when let go: {let_go:?} < {before:?}");
+
+        // While gc holds the lock, a build waits for it.
+        let waiting = tokio::spawn({
+            let dir = dir.clone();
+            async move { RootsClaim::take(&dir).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "a build took a claim gc holds");
+        drop(lock);
+        let taken = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the build gets it").unwrap();
+        assert!(matches!(check_claim(&dir), Claim::Held));
+        drop(taken);
+    }
 
     #[test]
     fn reads_the_path_nix_found_alive() {
