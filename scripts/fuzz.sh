@@ -37,21 +37,22 @@ export RUSTC_BOOTSTRAP=1
 # them, stay built). STRATA_FUZZ_CACHE moves the cache.
 cache=${STRATA_FUZZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/strata/fuzz}
 mkdir -p "$cache"
+sources=(fuzz/Cargo.toml fuzz/Cargo.lock fuzz/src fuzz/fuzz_targets host/reference plugin-sdk)
+toolchain=$(rustc -vV)
 sources_key() {
   {
-    rustc -vV
+    echo "$toolchain"
     cargo fuzz --version
-    if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -z "$(git status --porcelain -- fuzz/Cargo.toml fuzz/Cargo.lock fuzz/src fuzz/fuzz_targets host/reference plugin-sdk)" ]; then
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -z "$(git status --porcelain -- "${sources[@]}")" ]; then
       # Committed and clean: git's blob ids name the contents.
-      git ls-files -s -- fuzz/Cargo.toml fuzz/Cargo.lock fuzz/src fuzz/fuzz_targets host/reference plugin-sdk
+      git ls-files -s -- "${sources[@]}"
     else
-      find fuzz/Cargo.toml fuzz/Cargo.lock fuzz/src fuzz/fuzz_targets host/reference plugin-sdk -type f -not -path '*/target/*' -print0 \
-        | sort -z | xargs -0 sha256sum
+      find "${sources[@]}" -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum
     fi
   } | sha256sum | cut -c1-16
 }
 key=$(sources_key)
-bin_dir="$cache/target/$(rustc -vV | sed -n 's/^host: //p')/release"
+bin_dir="$cache/target/$(sed -n 's/^host: //p' <<<"$toolchain")/release"
 cd fuzz
 
 built() {

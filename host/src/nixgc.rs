@@ -617,8 +617,9 @@ pub async fn collect(opts: &Options, kept: &Kept, delete: bool) -> Result<NixRep
     let kept_here: HashSet<&std::ffi::OsStr> =
         kept.roots.iter().filter(|r| r.parent() == Some(gcroots.as_path())).filter_map(|r| r.file_name()).collect();
     let now = SystemTime::now();
-    let window_cutoff = now.checked_sub(opts.older_than).unwrap_or(SystemTime::UNIX_EPOCH);
-    let unclaimed_cutoff = now.checked_sub(opts.older_than.max(opts.nix_timeout + IN_FLIGHT_MARGIN)).unwrap_or(SystemTime::UNIX_EPOCH);
+    let ago = |d: Duration| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH);
+    let window_cutoff = ago(opts.older_than);
+    let unclaimed_cutoff = ago(opts.older_than.max(opts.nix_timeout + IN_FLIGHT_MARGIN));
 
     let dirs = scan(&gcroots)?;
     let all_targets: Vec<String> = {

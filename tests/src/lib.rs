@@ -263,12 +263,13 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A fresh STRATA_FAULT_NONCE for tests/fixtures/faulty-pkgs: its `slow`
-/// and `sleepy` become derivations of the calling test alone, so no other
-/// test (in this binary or one running beside it, see
-/// scripts/test-binaries.sh) shares their build, their Nix lock or their
-/// builder's marker.
-pub fn fault_nonce() -> String {
+/// A value no other call makes, in this process, another one running beside
+/// it (scripts/test-binaries.sh) or an earlier run: for names that must be
+/// new to the Nix store, and for STRATA_FAULT_NONCE, which makes
+/// tests/fixtures/faulty-pkgs' `slow` and `sleepy` derivations of the
+/// calling test alone (no other test shares their build, their Nix lock or
+/// their builder's marker). Letters, digits and `-` only.
+pub fn unique_suffix() -> String {
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

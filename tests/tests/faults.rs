@@ -89,7 +89,7 @@ fn nix_failing_is_a_clean_500_with_nix_s_words_in_the_log_only() {
 
 #[test]
 fn nix_past_its_timeout_is_killed_and_answered_504() {
-    let nonce = fault_nonce();
+    let nonce = unique_suffix();
     let marker = fault_marker("sleepy", &nonce);
     let server = Server::start_with(options(None, &[("NIX_TIMEOUT", "3"), ("STRATA_FAULT_NONCE", &nonce)]));
     let started = Instant::now();
@@ -112,7 +112,7 @@ fn nix_past_its_timeout_is_killed_and_answered_504() {
 #[test]
 fn kill_9_mid_build_leaves_a_consistent_store_and_a_restart_builds_the_image() {
     let storage = tempfile::tempdir().unwrap();
-    let nonce = fault_nonce();
+    let nonce = unique_suffix();
     let marker = fault_marker("slow", &nonce);
     let opts = options(Some(storage.path()), &[("STRATA_FAULT_NONCE", &nonce)]);
 

@@ -135,7 +135,7 @@ fn packages_per_image_are_capped_by_name_and_by_expansion() {
 
 #[test]
 fn builds_past_the_cap_are_told_to_retry_later() {
-    let nonce = fault_nonce();
+    let nonce = unique_suffix();
     let marker = fault_marker("sleepy", &nonce);
     let server = Server::start_with(with("[builds]\nmax_concurrent = 1\nqueue_limit = 0\n", &[("NIX_TIMEOUT", "4"), ("STRATA_FAULT_NONCE", &nonce)]));
     let url = server.url("/v2/sleepy/manifests/latest");
@@ -152,7 +152,7 @@ fn builds_past_the_cap_are_told_to_retry_later() {
 
 #[test]
 fn sigterm_finishes_the_response_under_way_and_refuses_new_connections() {
-    let nonce = fault_nonce();
+    let nonce = unique_suffix();
     let marker = fault_marker("slow", &nonce);
     let mut server = Server::start_with(with("", &[("STRATA_FAULT_NONCE", &nonce)]));
     let url = server.url("/v2/slow/manifests/latest");

@@ -17,12 +17,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use strata_e2e::*;
 
 fn nonce() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("strata-gc-{}-{nanos:x}", std::process::id())
+    format!("strata-gc-{}", unique_suffix())
 }
 
 /// This test's package set, nothing in it shared with other tests: a copy

@@ -88,15 +88,9 @@ fn image_blobs(server: &Server, name: &str) -> BTreeSet<String> {
 
 /// Pulls with skopeo into a fresh layout; returns its blob digests.
 fn pull(server: &Server, name: &str, dir: &Path) -> BTreeSet<String> {
-    let layout = dir.join(format!("oci-{}", rand_suffix()));
+    let layout = dir.join(format!("oci-{}", unique_suffix()));
     skopeo_copy(server, name, "latest", &layout, "t").assert_ok();
     oci_blobs(&layout)
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Names of every blob in the store, each checked to hash to its key: no
@@ -301,7 +295,7 @@ fn two_replicas_file_store() {
 /// A package set that is the demo set plus `slowpoke`, whose build takes
 /// `secs` seconds and is new to the Nix store (a nonce in its name).
 fn slow_pkgs(dir: &Path, secs: u32) -> (PathBuf, String) {
-    let nonce = format!("strata-slowpoke-{}", rand_suffix());
+    let nonce = format!("strata-slowpoke-{}", unique_suffix());
     let demo = repo_root().join("examples/demo-pkgs");
     let nix = format!(
         r#"{{ system ? builtins.currentSystem }}:
