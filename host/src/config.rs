@@ -19,10 +19,10 @@ pub struct Config {
     pub cache: CacheConfig,
     pub builds: BuildsConfig,
     pub plugins: PluginsConfig,
-    /// What each client may send and hold (see [`crate::limits`]).
-    pub limits: crate::limits::LimitsConfig,
-    /// Optional access control (see [`crate::auth`]); off by default.
-    pub auth: crate::auth::AuthConfig,
+    /// What each client may send and hold (enforced by `registry::limits`).
+    pub limits: LimitsConfig,
+    /// Optional access control (`registry::auth`); off by default.
+    pub auth: AuthConfig,
     /// `strata gc` on a schedule inside `strata serve`; off by default.
     pub gc: GcConfig,
     /// Each image's SPDX document, served through the referrers API.
@@ -99,7 +99,7 @@ pub struct LayersConfig {
     /// `gzip`, which every client reads, or `zstd` (OCI `+zstd` layers,
     /// smaller and faster to unpack, for the clients that read them; Docker
     /// schema 2 manifests have no zstd type and keep gzip layers).
-    pub compression: crate::compress::Codec,
+    pub compression: Codec,
     /// Level of `compression`: gzip 0–9 (default 6), zstd 1–19 (default
     /// 3). `compression_level` is its older name.
     #[serde(rename = "level", alias = "compression_level")]
@@ -110,25 +110,27 @@ impl LayersConfig {
     /// The level, the codec's default when unset.
     pub fn level(&self) -> u32 {
         self.compression_level.unwrap_or(match self.compression {
-            crate::compress::Codec::Gzip => 6,
-            crate::compress::Codec::Zstd => 3,
+            Codec::Gzip => 6,
+            Codec::Zstd => 3,
         })
     }
+}
 
-    /// The form OCI manifests reference.
-    pub fn encoding(&self) -> crate::compress::Encoding {
-        crate::compress::Encoding { codec: self.compression, level: self.level() as i32 }
-    }
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    #[default]
+    Gzip,
+    Zstd,
+}
 
-    /// Every form a layer is packed in, OCI's first: with zstd, a gzip copy
-    /// (level 6) for Docker schema 2 manifests, compressed from the same tar
-    /// pass.
-    pub fn encodings(&self) -> Vec<crate::compress::Encoding> {
-        let mut all = vec![self.encoding()];
-        if self.compression != crate::compress::Codec::Gzip {
-            all.push(crate::compress::Encoding::gzip(6));
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
         }
-        all
     }
 }
 
@@ -144,7 +146,7 @@ pub struct CacheConfig {
     /// long it serves the image from memory before reading its record (and
     /// a manifest by digest) from the store again. Shorter: more small
     /// writes and reads; `strata gc` windows may be shorter too (at least
-    /// [`crate::gc::MIN_WINDOW_MARKS`] times this). Every replica and the
+    /// [`MIN_WINDOW_MARKS`] times this). Every replica and the
     /// config `strata gc` reads must agree on it.
     pub access_mark_secs: u64,
 }
@@ -156,7 +158,7 @@ impl CacheConfig {
 }
 
 /// `[gc]`: the collection `strata gc --delete` does, run by `strata serve`
-/// every `interval` (see [`crate::gc::spawn_schedule`]).
+/// every `interval` (`ops::gc::spawn_schedule`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GcConfig {
@@ -183,12 +185,12 @@ impl Default for GcConfig {
 impl GcConfig {
     /// The window (validated at load).
     pub fn older_than(&self) -> std::time::Duration {
-        crate::gc::parse_age(&self.older_than).unwrap_or(std::time::Duration::from_secs(30 * 86400))
+        parse_age(&self.older_than).unwrap_or(std::time::Duration::from_secs(30 * 86400))
     }
 
     /// The interval (validated at load).
     pub fn interval(&self) -> std::time::Duration {
-        crate::gc::parse_age(&self.interval).unwrap_or(std::time::Duration::from_secs(6 * 3600))
+        parse_age(&self.interval).unwrap_or(std::time::Duration::from_secs(6 * 3600))
     }
 }
 
@@ -265,7 +267,7 @@ impl Default for NixConfig {
 
 impl Default for LayersConfig {
     fn default() -> Self {
-        LayersConfig { budget: 94, compression: crate::compress::Codec::Gzip, compression_level: None }
+        LayersConfig { budget: 94, compression: Codec::Gzip, compression_level: None }
     }
 }
 
@@ -274,9 +276,152 @@ impl Default for CacheConfig {
         CacheConfig {
             mutable_ttl_secs: 3600,
             memory_mib: 64,
-            access_mark_secs: crate::storage::MARK_INTERVAL.as_secs(),
+            access_mark_secs: MARK_INTERVAL.as_secs(),
         }
     }
+}
+
+/// `[limits]` in strata.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Seconds a client has to send a whole request head; also how long an
+    /// idle keep-alive connection is kept. A client trickling its headers
+    /// (slowloris) is disconnected after it.
+    pub header_read_secs: u64,
+    /// Largest request head (request line and headers), bytes; larger is
+    /// answered `431`. hyper's minimum is 8192.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more is answered `431`.
+    pub max_headers: usize,
+    /// Largest request body announced by `Content-Length`, bytes; larger is
+    /// answered `413` without reading it. Strata takes no uploads: requests
+    /// with a body are refused anyway, this stops them early.
+    pub max_body_bytes: u64,
+    /// Connections served at once; further ones wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// On SIGTERM: stop accepting, then give responses under way (a build a
+    /// client waits for included) this long before dropping them.
+    pub shutdown_grace_secs: u64,
+    /// Seconds a response may wait on a client that reads nothing (its
+    /// receive window full) before the connection is closed: a client
+    /// reading a layer at a trickle, or not at all, would otherwise hold a
+    /// connection slot and a blob reader forever. A slow but moving
+    /// download is never cut: the clock restarts with every byte written.
+    pub write_stall_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_secs: 15,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 64 * 1024,
+            max_connections: 4096,
+            shutdown_grace_secs: 120,
+            write_stall_secs: 60,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.header_read_secs == 0 || self.write_stall_secs == 0 {
+            return bad("limits.header_read_secs and limits.write_stall_secs must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return bad(format!("limits.max_header_bytes={} must be at least 8192 (hyper's minimum)", self.max_header_bytes));
+        }
+        if self.max_headers == 0 || self.max_connections == 0 {
+            return bad("limits.max_headers and limits.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[auth]` in strata.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The realm of the `WWW-Authenticate` challenge.
+    pub realm: String,
+    pub users: Vec<User>,
+    /// A TOML file of more `[[users]]`, so that the hashes can live apart
+    /// from the main config (and be readable by the server only).
+    pub users_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { realm: "strata".into(), users: vec![], users_file: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user name of Basic credentials.
+    pub name: String,
+    /// Hex SHA-256 of the secret: `printf %s "$SECRET" | sha256sum`.
+    pub sha256: String,
+    /// Image names this user may pull, as prefixes of whole segments:
+    /// `team-a` allows `team-a` and `team-a/…`, not `team-abc`. Omitted:
+    /// every name.
+    #[serde(default)]
+    pub prefixes: Option<Vec<String>>,
+}
+
+/// The default of `[cache] access_mark_secs`: how often one process marks
+/// one image as requested, and so the resolution of `strata gc
+/// --older-than` (storage/access.rs).
+pub const MARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A gc window must span this many access-mark intervals (`[cache]
+/// access_mark_secs`). A replica writes an image's mark once an interval and
+/// serves the image from memory until the mark is due, so an image in use
+/// can carry a mark one interval old while a replica still serves it
+/// without looking at the store: one interval is the least window at which
+/// gc never removes such an image. The second is margin for what that
+/// assumes exactly: the mark's time is the store's clock, the replica's
+/// deadline its own clock, the window the gc machine's, and the mark lands
+/// a moment after the request that took it.
+pub const MIN_WINDOW_MARKS: u32 = 2;
+
+/// `30d`, `12h`, `90m`, `1h 30m`: a positive duration.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 30d, 12h, 90m)"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: the window must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A gc window the access marks cannot resolve.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a gc window of {} is shorter than {} ({} times cache.access_mark_secs = {}): replicas mark an image as requested, and serve it from memory without looking at the store, for that long, so a shorter window cannot tell images in use from unused ones",
+    humantime::format_duration(*.window),
+    humantime::format_duration(*.minimum),
+    MIN_WINDOW_MARKS,
+    .interval.as_secs()
+)]
+pub struct WindowTooShort {
+    pub window: std::time::Duration,
+    pub minimum: std::time::Duration,
+    pub interval: std::time::Duration,
+}
+
+/// Refuses a window shorter than [`MIN_WINDOW_MARKS`] access-mark
+/// intervals: within it the records cannot tell which images are in use.
+pub fn check_gc_window(older_than: std::time::Duration, mark_interval: std::time::Duration) -> Result<(), WindowTooShort> {
+    let minimum = mark_interval * MIN_WINDOW_MARKS;
+    if older_than < minimum {
+        return Err(WindowTooShort { window: older_than, minimum, interval: mark_interval });
+    }
+    Ok(())
 }
 
 /// A start-up error: one line, naming the setting.
@@ -425,8 +570,8 @@ impl Config {
         }
         let level = self.layers.level();
         let range = match self.layers.compression {
-            crate::compress::Codec::Gzip => 0..=9,
-            crate::compress::Codec::Zstd => 1..=19,
+            Codec::Gzip => 0..=9,
+            Codec::Zstd => 1..=19,
         };
         if !range.contains(&level) {
             return Err(bad(format!(
@@ -448,10 +593,10 @@ impl Config {
         if self.cache.access_mark_secs == 0 {
             return Err(bad("cache.access_mark_secs must be at least 1"));
         }
-        let older_than = crate::gc::parse_age(&self.gc.older_than).map_err(|e| bad(format!("gc.older_than={e}")))?;
-        crate::gc::parse_age(&self.gc.interval).map_err(|e| bad(format!("gc.interval={e}")))?;
+        let older_than = parse_age(&self.gc.older_than).map_err(|e| bad(format!("gc.older_than={e}")))?;
+        parse_age(&self.gc.interval).map_err(|e| bad(format!("gc.interval={e}")))?;
         if self.gc.enabled {
-            crate::gc::check_window(older_than, self.cache.access_mark_interval())
+            check_gc_window(older_than, self.cache.access_mark_interval())
                 .map_err(|e| bad(format!("gc.older_than={}: {e}", self.gc.older_than)))?;
         }
         if self.gc.enabled && !self.gc.storage && !self.gc.nix {
@@ -546,6 +691,14 @@ impl Default for PluginsConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("30d").unwrap(), std::time::Duration::from_secs(30 * 86400));
+        assert_eq!(parse_age("90m").unwrap(), std::time::Duration::from_secs(5400));
+        assert!(parse_age("0s").is_err());
+        assert!(parse_age("soon").unwrap_err().contains("soon"));
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -624,9 +777,10 @@ mod tests {
         assert!(err.contains("layers.level=0") && err.contains("zstd"), "{err}");
         std::fs::write(&file, "[layers]\ncompression = \"zstd\"\n").unwrap();
         let cfg = Config::load(Some(&file), &env(&[])).unwrap();
-        assert_eq!(cfg.layers.encodings(), [crate::compress::Encoding::zstd(3), crate::compress::Encoding::gzip(6)]);
+        assert_eq!((cfg.layers.compression, cfg.layers.level()), (Codec::Zstd, 3));
         std::fs::write(&file, "[layers]\ncompression_level = 9\n").unwrap();
-        assert_eq!(Config::load(Some(&file), &env(&[])).unwrap().layers.encodings(), [crate::compress::Encoding::gzip(9)]);
+        let layers = Config::load(Some(&file), &env(&[])).unwrap().layers;
+        assert_eq!((layers.compression, layers.level()), (Codec::Gzip, 9));
         std::fs::write(&file, "[layers]\nbudgett = 5\n").unwrap();
         let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("budgett"), "{err}");

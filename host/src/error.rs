@@ -6,8 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::nix::{BuildFailure, NixError, Unavailable};
-use crate::plugins::PluginFailure;
+use serde::{Deserialize, Serialize};
 
 /// `Clone` because one build's outcome is handed to every request that
 /// waited on it (single-flight).
@@ -61,35 +60,12 @@ pub enum Error {
     /// Valid credentials that do not cover this name.
     #[error("access to {0} denied")]
     Denied(String),
-    /// A `strata gc` window the access marks cannot resolve (see
-    /// [`crate::gc::check_window`]); never a response.
-    #[error(
-        "a gc window of {} is shorter than {} ({} times cache.access_mark_secs = {}): replicas mark an image as requested, and serve it from memory without looking at the store, for that long, so a shorter window cannot tell images in use from unused ones",
-        humantime::format_duration(*.window),
-        humantime::format_duration(*.minimum),
-        crate::gc::MIN_WINDOW_MARKS,
-        .interval.as_secs()
-    )]
-    GcWindow { window: std::time::Duration, minimum: std::time::Duration, interval: std::time::Duration },
+    /// A `strata gc` window the access marks cannot resolve (the text of
+    /// `config::WindowTooShort`); never a response.
+    #[error("{0}")]
+    GcWindow(String),
     #[error("internal: {0}")]
     Internal(String),
-}
-
-impl From<NixError> for Error {
-    fn from(e: NixError) -> Self {
-        match e {
-            NixError::Unavailable(u) => Error::PackagesUnavailable(u),
-            NixError::BuildFailed(b) => Error::BuildFailed(b),
-            NixError::Timeout(d) => Error::Nix { timeout_secs: Some(d.as_secs()), message: format!("timed out after {d:?}") },
-            other => Error::Nix { timeout_secs: None, message: other.to_string() },
-        }
-    }
-}
-
-impl From<PluginFailure> for Error {
-    fn from(f: PluginFailure) -> Self {
-        Error::Plugin { plugin: f.plugin, hook: f.hook.to_string(), reason: f.reason }
-    }
 }
 
 impl From<object_store::Error> for Error {
@@ -160,7 +136,7 @@ impl Error {
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
-            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | GcWindow { .. } | Internal(_) => {
+            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | GcWindow(_) | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
@@ -181,7 +157,7 @@ impl Error {
             Error::Internal(_) => "internal error".into(),
             other => return other.to_string(),
         };
-        match crate::metrics::request_id() {
+        match request_id() {
             Some(id) => format!("{message} (request id {id}; details in the server log)"),
             None => format!("{message} (details in the server log)"),
         }
@@ -234,3 +210,73 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Requested names the package set cannot give: all of them at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    /// Names the set does not have (or that are not packages, as `xorg`).
+    pub missing: Vec<String>,
+    /// Names whose evaluation threw or failed an assertion, with the set's
+    /// own reason (one line, no paths: `nix::lookup`).
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub name: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.missing.is_empty() {
+            write!(f, "packages not found: {}", self.missing.join(", "))?;
+        }
+        if !self.refused.is_empty() {
+            if !self.missing.is_empty() {
+                f.write_str("; ")?;
+            }
+            f.write_str("packages unavailable: ")?;
+            for (i, r) in self.refused.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "; " };
+                write!(f, "{sep}{}: {}", r.name, r.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A derivation that failed to build, and the requested packages it kept
+/// from being built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    /// Requested names whose build failed, directly or through a dependency.
+    pub packages: Vec<String>,
+    /// Names (without hash) of the derivations whose builders failed.
+    pub derivations: Vec<String>,
+    /// Nix's last lines: the failing builder's log; for the server log only.
+    pub log_tail: String,
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.packages.is_empty() { "the image".to_string() } else { self.packages.join(", ") };
+        write!(f, "building {what} failed")?;
+        if !self.derivations.is_empty() {
+            write!(f, " (derivation {} failed)", self.derivations.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+tokio::task_local! {
+    /// The id of the request being served (`x-request-id`, set by
+    /// `ops::metrics::observe`): server errors name it to the client.
+    pub static REQUEST_ID: String;
+}
+
+/// The id of the request this task serves, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+

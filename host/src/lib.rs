@@ -2,27 +2,23 @@
 //! demand. The host owns mechanism (registry protocol, Nix, layers, storage);
 //! every policy decision is a WebAssembly plugin (see `plugins`).
 //!
-//! The pull path, top to bottom, is `build::Builder::build`.
+//! One folder per concern, imports pointing down (docs/architecture.md; the
+//! `architecture` test in host/tests enforces it):
+//!
+//! ```text
+//! web → registry → build → ops → plugins → image → storage → nix → config, error
+//! ```
+//!
+//! The pull path, top to bottom, is `build::Builder::image` in
+//! `build/mod.rs`.
 
-pub mod auth;
-pub mod bench;
-pub mod bench_layering;
 pub mod build;
-pub mod compress;
 pub mod config;
 pub mod error;
-pub mod export;
-pub mod gc;
-pub mod layers;
-pub mod limits;
-pub mod lease;
-pub mod manifest;
-pub mod metrics;
+pub mod image;
 pub mod nix;
-pub mod nixgc;
+pub mod ops;
 pub mod plugins;
-pub mod reference;
-pub mod sbom;
 pub mod registry;
 pub mod storage;
 pub mod web;

@@ -39,7 +39,7 @@ enum Command {
         tag: String,
         /// `oci:DIR[:tag]` or `docker-archive:FILE[:name:tag]`.
         #[arg(long, short)]
-        output: strata::export::Output,
+        output: strata::build::export::Output,
         /// Also write the image's SPDX document (the SBOM the registry
         /// serves as a referrer) to this file.
         #[arg(long, value_name = "FILE")]
@@ -66,7 +66,7 @@ enum Command {
     /// Example: `strata gc --older-than 30d --delete`
     Gc {
         /// Images not requested for this long go (`30d`, `12h`, `90m`).
-        #[arg(long, value_parser = strata::gc::parse_age)]
+        #[arg(long, value_parser = strata::config::parse_age)]
         older_than: std::time::Duration,
         /// Remove what is found; without it only report.
         #[arg(long)]
@@ -85,11 +85,6 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Benchmarks: start Strata and its peers side by side and print ratios.
-    Bench {
-        #[command(subcommand)]
-        command: strata::bench::BenchCommand,
-    },
 }
 
 #[derive(Subcommand)]
@@ -107,7 +102,7 @@ mod progress {
     use std::collections::HashMap;
     use std::sync::Mutex;
     use strata::build::Progress;
-    use strata::layers::LayerBlob;
+    use strata::image::layers::LayerBlob;
 
     /// One bar per layer being packed, measured in store bytes read.
     pub struct Bars {
@@ -193,11 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { older_than, delete, no_nix, no_storage } => {
             let storage = strata::storage::Storage::from_config(&cfg)?;
             println!("gc: {}", storage.description());
-            let parts = strata::gc::Parts { storage: !no_storage, nix: !no_nix };
-            println!("{}", strata::gc::run(&cfg, &storage, older_than, delete, parts).await?);
+            let parts = strata::ops::gc::Parts { storage: !no_storage, nix: !no_nix };
+            println!("{}", strata::ops::gc::run(&cfg, &storage, older_than, delete, parts).await?);
             Ok(())
         }
-        Command::Bench { command } => strata::bench::run(command).await,
         Command::Plugin { command: PluginCommand::Check { file } } => {
             // The plugin's table from the config, by its file stem, so a
             // source plugin is checked with the source it would serve.
@@ -218,8 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn check_name(cfg: &Config, name: &str, tag: &str) -> anyhow::Result<()> {
-    strata::reference::parse_name(name, cfg.max_packages).map_err(strata::error::Error::from)?;
-    strata::reference::parse_tag(tag).map_err(strata::error::Error::from)?;
+    strata::registry::reference::parse_name(name, cfg.max_packages).map_err(strata::error::Error::from)?;
+    strata::registry::reference::parse_tag(tag).map_err(strata::error::Error::from)?;
     Ok(())
 }
 
@@ -231,7 +225,7 @@ async fn build(
     cfg: Config,
     name: &str,
     tag: &str,
-    output: &strata::export::Output,
+    output: &strata::build::export::Output,
     sbom: Option<&std::path::Path>,
     quiet: bool,
 ) -> anyhow::Result<()> {
@@ -244,7 +238,7 @@ async fn build(
         builder.set_progress(Arc::new(progress::Bars::new()));
     }
     let image = builder.image(name, tag).await?;
-    strata::export::write(&builder.storage, &image, output, name).await?;
+    strata::build::export::write(&builder.storage, &image, output, name).await?;
     if let Some(file) = sbom {
         let doc = image.sbom.as_ref().context("the image was recorded without an SBOM")?;
         let bytes = builder.storage.get_blob_bytes(&doc.digest).await?.context("the SBOM blob is missing from the store")?;
@@ -300,21 +294,24 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
-    let auth = strata::auth::Auth::from_config(&cfg.auth)?;
+    let auth = strata::registry::auth::Auth::from_config(&cfg.auth)?;
     let builder = Builder::new(Arc::new(cfg)).await?;
     let app = strata::registry::router(builder.clone())
         .merge(strata::web::router(builder.clone()))
-        .merge(strata::metrics::router());
+        .merge(strata::ops::metrics::router());
     // Inside the request log, so that refusals are logged and counted.
     let app = match auth {
         Some(auth) => {
             tracing::info!("access control on");
-            app.layer(axum::middleware::from_fn_with_state(auth, strata::auth::guard))
+            app.layer(axum::middleware::from_fn_with_state(auth, strata::registry::auth::guard))
         }
         None => app,
     };
-    let app = app.layer(axum::middleware::from_fn(strata::metrics::observe));
-    let _gc = strata::gc::spawn_schedule(builder.clone());
+    let app = app.layer(axum::middleware::from_fn(strata::ops::metrics::observe));
+    let _gc = {
+        let b = builder.clone();
+        strata::ops::gc::spawn_schedule(builder.config_arc(), builder.storage.clone(), move |removed| b.forget_removed(removed))
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let plugins: Vec<String> = builder.plugins.all().iter().map(|p| p.name().to_string()).collect();
     tracing::info!(
@@ -323,7 +320,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         plugins = plugins.join(", "),
         "strata serving"
     );
-    strata::limits::serve(listener, app, &builder.config().limits, shutdown_signal()).await?;
+    strata::registry::limits::serve(listener, app, &builder.config().limits, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use futures::future::join_all;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use strata::lease::Acquired;
+use strata::storage::lease::{Acquired, Leases};
 use strata::storage::{blob_key, Created, Storage, BLOB_PREFIX, STAGING_PREFIX};
 use strata_e2e::sha256_digest;
 use strata_e2e::stores::{Kind, Store};
@@ -162,19 +162,31 @@ async fn conditional_create(store: &Store) {
     assert_eq!(body, Bytes::from(winners[0].to_string()), "{}: the winner's body is stored", store.kind.name());
 }
 
+/// A store and its leases, lasting `ttl`, waited on for `wait`: leases
+/// expire in seconds here.
+fn leased(storage: Storage, ttl: Duration, wait: Duration) -> (Storage, Leases) {
+    let leases = Leases::new(storage.clone(), ttl, wait);
+    (storage, leases)
+}
+
+/// Leases with the configuration's default timing.
+fn default_leases(storage: Storage) -> Leases {
+    Leases::from_config(storage, &strata::config::StorageConfig::default())
+}
+
 /// Four replicas want the same new image at once: one builds it, the others
 /// get its record.
 async fn one_builder(store: &Store) {
     let what = store.kind.name();
     let builds = Arc::new(AtomicUsize::new(0));
-    let replicas: Vec<Storage> = (0..4)
-        .map(|_| open(store, "lease").with_lease_timing(Duration::from_secs(3), Duration::from_secs(30)))
+    let replicas: Vec<(Storage, Leases)> = (0..4)
+        .map(|_| leased(open(store, "lease"), Duration::from_secs(3), Duration::from_secs(30)))
         .collect();
-    let outcomes = join_all(replicas.iter().map(|s| {
+    let outcomes = join_all(replicas.iter().map(|(s, l)| {
         let builds = builds.clone();
         async move {
             let published = || async { s.get_bytes("meta/images/img.json").await };
-            match s.lease("img", published).await.expect("lease") {
+            match l.lease("img", published).await.expect("lease") {
                 Acquired::Held(lease) => {
                     builds.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(1500)).await; // the "build"
@@ -198,7 +210,7 @@ fn takeover(store: &Store) {
     let ttl = Duration::from_secs(3);
     let record = "meta/images/taken.json";
     // The doomed holder, on a runtime of its own that is then shut down.
-    let doomed = open(store, "takeover").with_lease_timing(ttl, Duration::from_secs(30));
+    let (_, doomed) = leased(open(store, "takeover"), ttl, Duration::from_secs(30));
     let rt = runtime();
     let lease = rt.block_on(async { doomed.lease("taken", || async { Ok(None::<()>) }).await.expect("first lease") });
     let Acquired::Held(lease) = lease else { panic!("{what}: nothing was published yet") };
@@ -208,12 +220,12 @@ fn takeover(store: &Store) {
 
     runtime().block_on(async {
         let builds = Arc::new(AtomicUsize::new(0));
-        let waiters: Vec<Storage> =
-            (0..3).map(|_| open(store, "takeover").with_lease_timing(ttl, Duration::from_secs(30))).collect();
-        let outcomes = join_all(waiters.iter().map(|s| {
+        let waiters: Vec<(Storage, Leases)> =
+            (0..3).map(|_| leased(open(store, "takeover"), ttl, Duration::from_secs(30))).collect();
+        let outcomes = join_all(waiters.iter().map(|(s, l)| {
             let builds = builds.clone();
             async move {
-                match s.lease("taken", || async { s.get_bytes(record).await }).await.expect("lease") {
+                match l.lease("taken", || async { s.get_bytes(record).await }).await.expect("lease") {
                     Acquired::Held(lease) => {
                         let waited = died.elapsed();
                         builds.fetch_add(1, Ordering::SeqCst);
@@ -244,7 +256,7 @@ fn suite(kind: Kind, leases: bool) {
     let rt = runtime();
     rt.block_on(async {
         uploads(kind, &store).await;
-        let honoured = open(&store, "probe").conditional_create_works().await.expect("probe");
+        let honoured = default_leases(open(&store, "probe")).conditional_create_works().await.expect("probe");
         assert!(honoured, "{}: conditional creates honoured", kind.name());
         if leases {
             conditional_create(&store).await;
@@ -283,9 +295,10 @@ fn store_without_conditional_create() {
     let store = Store::start(Kind::Moto);
     let storage = open_with(&store, "nocond", &[("aws_conditional_put", "disabled")]);
     runtime().block_on(async {
-        assert!(!storage.conditional_create_works().await.expect("probe"));
-        let first = storage.lease("img", || async { Ok(None::<()>) }).await.expect("lease");
-        let second = storage.lease("img", || async { Ok(None::<()>) }).await.expect("lease");
+        let leases = default_leases(storage.clone());
+        assert!(!leases.conditional_create_works().await.expect("probe"));
+        let first = leases.lease("img", || async { Ok(None::<()>) }).await.expect("lease");
+        let second = leases.lease("img", || async { Ok(None::<()>) }).await.expect("lease");
         assert!(matches!((first, second), (Acquired::Held(_), Acquired::Held(_))), "both build, neither waits");
         assert!(storage.list("leases/").await.unwrap().is_empty(), "no lease objects written");
     });

@@ -2,7 +2,9 @@
 //! the host accept my module, and what does it make of a typical request?",
 //! without Nix, a registry or a configuration.
 
-use super::{CallStats, Plugin, PluginFailure};
+use crate::plugins::plugin::{Plugin, PluginFailure};
+use crate::plugins::runtime::CallStats;
+use strata_plugin_sdk::validate;
 use std::fmt;
 use strata_plugin_sdk::{
     ClosureGraph, ExpandInput, Expansion, GroupInput, NamedPath, SourceInput,
@@ -55,7 +57,7 @@ pub async fn check_sample(plugin: &Plugin) -> CheckReport {
             current: Expansion { packages: segments, arch: "amd64".into(), ..Expansion::default() },
         };
         let result = plugin
-            .run("expand_names", input, |_, out| super::validate::expansion(out))
+            .run("expand_names", input, |_, out| validate::expansion(out))
             .await;
         report.line("expand_names", "shell/git/htop:latest", result, |e| {
             let mut s = format!("arch {}, packages [{}]", e.arch, e.packages.join(", "));
@@ -81,7 +83,7 @@ pub async fn check_sample(plugin: &Plugin) -> CheckReport {
         for tag in ["latest", "0123456789abcdef0123456789abcdef01234567"] {
             let input = SourceInput { config: plugin.config().clone(), tag: tag.into() };
             let result = plugin
-                .run("render_source", input, |_, out| super::validate::source(out))
+                .run("render_source", input, |_, out| validate::source(out))
                 .await;
             report.line("render_source", &format!("tag {tag}"), result, |s| {
                 format!(

@@ -5,218 +5,38 @@
 //! everything a plugin returns before acting on it.
 //!
 //! The ABI is in `strata_plugin_sdk` (and `docs/plugins.md`), and so are the
-//! checks on plugin output (`strata_plugin_sdk::validate`). Here:
+//! checks on plugin output (`strata_plugin_sdk::validate`).
+//!
+//! The folder owns loading and calling plugins; it offers the rest of the
+//! host [`PluginSet`] (what a configuration loads, which plugin serves which
+//! image), [`Plugin`] (one module and its typed hooks) and
+//! [`PluginFailure`] (a call that gave no usable answer, mapped to the
+//! registry's error). Here (`mod.rs` on top, imports pointing down):
+//! - `check`: `strata plugin check`;
+//! - `plugin`: one loaded plugin and its calls;
 //! - `runtime`: engine, compilation (and its cache), one instance per call;
-//! - `builtin`: the plugins embedded in the binary;
-//! - `check`: `strata plugin check`.
+//! - `builtin`: the plugins embedded in the binary.
 
 mod builtin;
 mod check;
+mod plugin;
 mod runtime;
 
 pub use builtin::NAMES as BUILTIN_NAMES;
 pub use check::{check_sample, CheckReport};
+pub use plugin::{Plugin, PluginFailure};
 pub use runtime::CallStats;
 
 use crate::config::{GroupRule, PluginsConfig};
-use runtime::{Limits, Loaded};
-use serde::de::DeserializeOwned;
+use runtime::Limits;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{
-    validate, ExpandInput, ExpandOutput, Expansion, GroupInput, Layers, PluginInfo,
-    SourceInput, SourceOutput,
+    ExpandInput, Expansion,
 };
-
-/// A plugin call that did not produce a usable answer. `reason` is one line
-/// meant for the person who pulled the image (or the operator's log), e.g.
-/// "ran out of fuel (limit 2000000000)", "exceeded its memory limit (64 MiB)",
-/// "returned an invalid grouping: path /nix/store/… is missing",
-/// "reported an error: no package named foo".
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("plugin {plugin}: {reason}")]
-pub struct PluginFailure {
-    pub plugin: String,
-    pub hook: &'static str,
-    pub reason: String,
-}
-
-/// A loaded plugin: a compiled module, its identity and its configuration.
-/// Cheap to share (`Arc<Plugin>`); every call gets its own instance, so calls
-/// may run concurrently and a trap in one affects no other.
-pub struct Plugin {
-    name: String,
-    info: PluginInfo,
-    digest: String,
-    config: Value,
-    origin: String,
-    loaded: Arc<Loaded>,
-}
-
-impl std::fmt::Debug for Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("name", &self.name)
-            .field("origin", &self.origin)
-            .field("digest", &self.digest)
-            .field("hooks", &self.loaded.hooks)
-            .finish()
-    }
-}
-
-impl Plugin {
-    /// Compiles and checks a module. Errors are one line without the
-    /// plugin's name; callers prefix where it came from.
-    fn from_wasm(
-        name: &str,
-        wasm: &[u8],
-        config: Value,
-        origin: String,
-        limits: Limits,
-        cache_dir: Option<&Path>,
-    ) -> anyhow::Result<Plugin> {
-        let digest = hex::encode(Sha256::digest(wasm));
-        let loaded = Loaded::new(wasm, &digest, limits, cache_dir)?;
-        let info = loaded.info().map_err(|reason| anyhow::anyhow!("strata_plugin_info {reason}"))?;
-        // Shown on the web page and in logs: keep it short and on one line.
-        for (field, value) in [("name", &info.name), ("version", &info.version)] {
-            if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
-                anyhow::bail!("strata_plugin_info returned a {field} that is empty, over 128 bytes or not one line");
-            }
-        }
-        let mut declared: Vec<&str> = info.hooks.iter().map(String::as_str).collect();
-        declared.sort_unstable();
-        let mut exported = loaded.hooks.clone();
-        exported.sort_unstable();
-        if declared != exported {
-            anyhow::bail!(
-                "strata_plugin_info declares the hooks [{}] but the module exports [{}]",
-                info.hooks.join(", "),
-                loaded.hooks.join(", ")
-            );
-        }
-        Ok(Plugin { name: name.to_string(), info, digest, config, origin, loaded: Arc::new(loaded) })
-    }
-
-    /// The name the configuration refers to it by (a built-in's name, a
-    /// `[plugins.define]` key, or a file's stem); `info().name` is what the
-    /// module calls itself.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-
-    /// sha256 (hex) of the module's bytes: part of every cache key that
-    /// depends on this plugin's decisions.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    /// The configuration table passed to every call, as JSON (`{}` if none).
-    pub fn config(&self) -> &Value {
-        &self.config
-    }
-
-    /// `built-in` or the path the module was read from.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// Whether the module exports the hook (by wire name, `group_layers`).
-    pub fn implements(&self, hook: &str) -> bool {
-        self.loaded.hooks.contains(&hook)
-    }
-
-    pub async fn expand_names(&self, mut input: ExpandInput) -> Result<ExpandOutput, PluginFailure> {
-        input.config = self.config.clone();
-        let (out, _) = self.run("expand_names", input, |_, out| validate::expansion(out)).await?;
-        Ok(out)
-    }
-
-    /// Checks the answer is a partition of the closure within the budget
-    /// before returning it.
-    pub async fn group_layers(&self, input: GroupInput) -> Result<Layers, PluginFailure> {
-        Ok(self.group_layers_measured(input).await?.0)
-    }
-
-    /// [`Plugin::group_layers`], also returning what the call cost.
-    pub async fn group_layers_measured(
-        &self,
-        mut input: GroupInput,
-    ) -> Result<(Layers, CallStats), PluginFailure> {
-        input.config = self.config.clone();
-        self.run("group_layers", input, |input: &GroupInput, out| {
-            validate::grouping(&input.graph, input.budget, out)
-        })
-        .await
-    }
-
-    pub async fn render_source(&self, mut input: SourceInput) -> Result<SourceOutput, PluginFailure> {
-        input.config = self.config.clone();
-        let (out, _) = self.run("render_source", input, |_, out| validate::source(out)).await?;
-        Ok(out)
-    }
-
-    /// Store creation and instantiation alone, as every call pays them; for
-    /// the overhead benchmark.
-    #[doc(hidden)]
-    pub fn instantiate_only(&self) -> Result<CallStats, PluginFailure> {
-        self.loaded.instantiate_only().map_err(|reason| self.failure("instantiate", reason))
-    }
-
-    fn failure(&self, hook: &'static str, reason: String) -> PluginFailure {
-        PluginFailure { plugin: self.name.clone(), hook, reason }
-    }
-
-    /// Runs a hook off the async workers: JSON encoding, the wasm call,
-    /// decoding and the output check are all CPU work proportional to the
-    /// closure size.
-    pub(crate) async fn run<I, O>(
-        &self,
-        hook: &'static str,
-        input: I,
-        check: fn(&I, &O) -> Result<(), String>,
-    ) -> Result<(O, CallStats), PluginFailure>
-    where
-        I: WireInput + Send + 'static,
-        O: DeserializeOwned + Send + 'static,
-    {
-        let export = match runtime::hook_export(hook) {
-            Some(export) if self.implements(hook) => export,
-            _ => return Err(self.failure(hook, format!("does not implement {hook}"))),
-        };
-        let permit = runtime::call_slots().acquire_owned().await.expect("the semaphore is never closed");
-        let loaded = self.loaded.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let bytes = input.encode().map_err(|e| format!("host could not encode the input: {e}"))?;
-            let (out, stats) = loaded.call(export, &bytes)?;
-            let value: O = runtime::decode(&out)?;
-            check(&input, &value)?;
-            Ok::<_, String>((value, stats))
-        })
-        .await;
-        match joined {
-            Ok(Ok((value, stats))) => {
-                tracing::debug!(plugin = %self.name, hook, fuel = stats.fuel, wasm_us = stats.wasm_time.as_micros() as u64, "plugin call");
-                Ok((value, stats))
-            }
-            Ok(Err(reason)) => {
-                tracing::debug!(plugin = %self.name, hook, %reason, "plugin call failed");
-                Err(self.failure(hook, reason))
-            }
-            Err(e) => Err(self.failure(hook, format!("host task failed: {e}"))),
-        }
-    }
-}
 
 /// The plugins a configuration uses, loaded once at start.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //! length that mean nothing; each of those becomes a one-line reason and never
 //! a panic, a hang or a host allocation the plugin chose the size of.
 
-use super::validate::clean_message;
+use strata_plugin_sdk::validate::clean_message;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -7,15 +7,13 @@
 //! long a replica serves an image from memory without looking at the store:
 //! once its mark is due, the request goes the store's way again, so an image
 //! `gc` removed is rebuilt instead of served with missing blobs. That is
-//! why gc refuses windows shorter than [`crate::gc::MIN_WINDOW_MARKS`]
+//! why gc refuses windows shorter than `config::MIN_WINDOW_MARKS`
 //! intervals: an image requested all along may carry a mark one interval
 //! old, and the replica serving it trusts its memory that long.
 
 use std::time::Duration;
 
-/// The default of `[cache] access_mark_secs`: how often one process marks
-/// one image, and so the resolution of `strata gc --older-than`.
-pub const MARK_INTERVAL: Duration = Duration::from_secs(3600);
+pub use crate::config::MARK_INTERVAL;
 
 pub const ACCESS_PREFIX: &str = "meta/access/";
 

@@ -1,0 +1,622 @@
+//! `strata-bench perf`: Strata next to the CNCF registry and `tar | gzip`,
+//! in one run, on this machine, printed as ratios (issue 6).
+//!
+//! Everything runs as a user would run it: `strata serve` (this binary) and
+//! `docker-registry serve` as separate processes on 127.0.0.1, images pushed
+//! from Strata to the registry with skopeo, load from `wrk` and `curl`. The
+//! packages are `examples/demo-pkgs/generated.nix` (embedded), realised with
+//! nix-build before any clock starts, so the cold build measures what Strata
+//! does (plugins, closure, packing, storing) and not the fixture's builders.
+//!
+//! - P1 warm manifest GETs/s (wrk) of the same image, Strata vs registry.
+//! - P2 download throughput of the largest layer of the big image (curl).
+//! - P3 the cold build of the big image vs `tar -c <closure> | gzip -6`.
+//! - P5 the plugin overhead benchmark (`cargo bench --bench
+//!   plugin_overhead`), when run from a checkout with cargo.
+//! - P6 Strata's peak RSS (VmHWM) over its start and that cold build.
+//! - P7 50 concurrent first pulls of one new image on a fresh store vs one
+//!   first pull of the same image on another fresh store.
+//! - P8 the SBOM's cost: the big image's cold build on fresh stores with
+//!   `[sbom] enabled` on and off, alternating, best of two each.
+
+use crate::layering::pulls::{manifest_blobs, Blob};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const GENERATED_NIX: &str = include_str!("../../examples/demo-pkgs/generated.nix");
+/// Where `--write` puts the results, between these markers.
+const BEGIN: &str = "<!-- bench perf: begin -->";
+const END: &str = "<!-- bench perf: end -->";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// `generated.nix`'s size multiplier; the big image (llvm, ghc,
+    /// texlive) is about 340 MiB × scale.
+    #[arg(long, default_value_t = 3.0)]
+    pub scale: f64,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// A short run: scale 0.5, 3 s of wrk, no plugin benchmark.
+    #[arg(long)]
+    pub quick: bool,
+    /// Scratch directory (stores, logs, the registry); default: a new
+    /// temporary one, removed afterwards.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Skip P5 (it compiles and runs `cargo bench`); said so in the report.
+    #[arg(long)]
+    pub no_plugin_bench: bool,
+    /// Replace the results section of this Markdown file (between
+    /// `<!-- bench perf: begin -->` and `<!-- bench perf: end -->`).
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
+
+pub async fn run(mut args: Args) -> Result<()> {
+    if args.quick {
+        args.scale = 0.5;
+        args.seconds = 3;
+        args.no_plugin_bench = true;
+    }
+    if !(args.scale.is_finite() && args.scale > 0.0) {
+        bail!("--scale {} is not a positive number", args.scale);
+    }
+    for tool in ["docker-registry", "wrk", "skopeo", "curl", "nix-build", "nix-store", "tar", "gzip"] {
+        which(tool).with_context(|| format!("{tool} is needed (scripts/install-deps.sh installs it)"))?;
+    }
+    let (work, scratch) = match &args.work_dir {
+        Some(d) => (std::path::absolute(d)?, false),
+        None => (std::env::temp_dir().join(format!("strata-bench-perf-{}", std::process::id())), true),
+    };
+    std::fs::create_dir_all(&work)?;
+    let report = measure(&args, &work).await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let report = report?;
+    let text = report.markdown(&args);
+    println!("\n{text}");
+    if let Some(path) = &args.write {
+        write_section(path, &text)?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The images of the run, from the generated set.
+const BIG: &str = "llvm/ghc/texlive";
+const SMALL: &str = "zlib";
+const FRESH: &str = "curl/sqlite/libxml2";
+const BIG_PKGS: [&str; 3] = ["llvm", "ghc", "texlive"];
+const FRESH_PKGS: [&str; 3] = ["curl", "sqlite", "libxml2"];
+
+#[derive(Default)]
+struct Report {
+    closure_bytes: u64,
+    closure_paths: usize,
+    fixture_secs: f64,
+    p1_strata: f64,
+    p1_registry: f64,
+    p2_blob_bytes: u64,
+    p2_strata: f64,
+    p2_registry: f64,
+    p3_strata_secs: f64,
+    p3_strata_bytes: u64,
+    p3_layers: usize,
+    p3_tar_secs: f64,
+    p3_tar_bytes: u64,
+    p5: Option<String>,
+    p6_idle_kib: u64,
+    p6_peak_kib: u64,
+    p7_builds: u64,
+    p7_single_secs: f64,
+    p7_last_secs: f64,
+    p7_first_secs: f64,
+    p8_on_secs: f64,
+    p8_off_secs: f64,
+    /// /proc/loadavg at the start and the end: other work on the machine
+    /// takes cores from the parallel packer first.
+    load: (String, String),
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+async fn measure(args: &Args, work: &Path) -> Result<Report> {
+    let mut r = Report { load: (loadavg(), String::new()), ..Default::default() };
+    let pkgs = write_package_set(&work.join("pkgs"), args.scale)?;
+
+    // The fixture: realise the packages now, so no clock below counts it.
+    eprintln!("building the generated set's packages at scale {} with Nix (once; later runs reuse them)…", args.scale);
+    let t = Instant::now();
+    let mut roots = Vec::new();
+    for attr in BIG_PKGS.iter().chain(&FRESH_PKGS).chain(&[SMALL]) {
+        roots.push(output(Command::new("nix-build").arg(&pkgs).args(["--no-out-link", "-A", attr]))?.trim().to_string());
+    }
+    r.fixture_secs = t.elapsed().as_secs_f64();
+    let closure = output(Command::new("nix-store").arg("-qR").args(&roots[..BIG_PKGS.len()]))?;
+    let closure: Vec<&str> = closure.lines().collect();
+    r.closure_paths = closure.len();
+    r.closure_bytes = output(Command::new("nix-store").args(["-q", "--size"]).args(&closure))?
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum();
+
+    // P3 peer: tar | gzip -6 of the same store paths.
+    eprintln!("P3: tar -c | gzip -6 of the big image's closure ({} paths, {})…", closure.len(), mib(r.closure_bytes));
+    let tgz = work.join("closure.tar.gz");
+    let script = format!("tar -cf - \"$@\" | gzip -6 > {}", shell_quote(&tgz));
+    let t = Instant::now();
+    output(Command::new("sh").args(["-c", &script, "sh"]).args(&closure))?;
+    r.p3_tar_secs = t.elapsed().as_secs_f64();
+    r.p3_tar_bytes = std::fs::metadata(&tgz)?.len();
+    std::fs::remove_file(&tgz)?;
+
+    // P3, P6: a fresh server, the big image cold.
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1800)).build()?;
+    let one = Server::strata(work, "one", &pkgs, &http, "").await?;
+    r.p6_idle_kib = one.peak_rss_kib()?;
+    eprintln!("P3/P6: cold build of {BIG}…");
+    let t = Instant::now();
+    let big_manifest = get_manifest(&http, &one.base, BIG).await?;
+    r.p3_strata_secs = t.elapsed().as_secs_f64();
+    r.p6_peak_kib = one.peak_rss_kib()?;
+    let big_layers = blobs_of(&big_manifest)?.split_off(1);
+    r.p3_layers = big_layers.len();
+    r.p3_strata_bytes = big_layers.iter().map(|l| l.size).sum();
+
+    // P7 baseline: one first pull of FRESH on this server.
+    eprintln!("P7: one first pull of {FRESH}…");
+    let t = Instant::now();
+    pull(&http, &one.base, FRESH).await?;
+    r.p7_single_secs = t.elapsed().as_secs_f64();
+
+    // The registry, fed by skopeo from Strata.
+    let registry = Server::registry(work, &http).await?;
+    eprintln!("copying {SMALL} and {BIG} into the CNCF registry with skopeo…");
+    for image in [SMALL, BIG] {
+        output(Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/{image}:latest", one.host),
+            &format!("docker://{}/{image}:latest", registry.host),
+        ]))?;
+    }
+    let small = get_manifest(&http, &one.base, SMALL).await?;
+    let mirrored = get_manifest(&http, &registry.base, SMALL).await?;
+    if small != mirrored {
+        bail!("the registry serves other manifest bytes for {SMALL} than Strata");
+    }
+
+    // P1: warm manifest GETs.
+    eprintln!("P1: wrk, {} s each…", args.seconds);
+    r.p1_strata = wrk(&format!("{}/v2/{SMALL}/manifests/latest", one.base), args.seconds)?;
+    r.p1_registry = wrk(&format!("{}/v2/{SMALL}/manifests/latest", registry.base), args.seconds)?;
+
+    // P2: the big image's largest layer, best of three each, alternating.
+    let Blob { digest, size, .. } = big_layers.iter().max_by_key(|l| l.size).cloned().context("the big image has no layers")?;
+    r.p2_blob_bytes = size;
+    eprintln!("P2: GET of a {} blob, best of 3…", mib(size));
+    let (mut s, mut g) = (0f64, 0f64);
+    for _ in 0..3 {
+        s = s.max(curl_speed(&format!("{}/v2/{BIG}/blobs/{digest}", one.base), size)?);
+        g = g.max(curl_speed(&format!("{}/v2/{BIG}/blobs/{digest}", registry.base), size)?);
+    }
+    (r.p2_strata, r.p2_registry) = (s, g);
+    drop(registry);
+    drop(one);
+
+    // P7: 50 concurrent first pulls of the same image on a fresh store.
+    let two = Server::strata(work, "two", &pkgs, &http, "").await?;
+    eprintln!("P7: 50 concurrent first pulls of {FRESH}…");
+    let builds_before = two.builds(&http).await?;
+    let started = Instant::now();
+    let pulls = futures::future::join_all((0..50).map(|_| {
+        let (http, base) = (http.clone(), two.base.clone());
+        async move {
+            pull(&http, &base, FRESH).await?;
+            Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<f64>>>()?;
+    r.p7_builds = two.builds(&http).await? - builds_before;
+    r.p7_last_secs = pulls.iter().cloned().fold(0.0, f64::max);
+    r.p7_first_secs = pulls.iter().cloned().fold(f64::MAX, f64::min);
+    drop(two);
+
+    // P8: the SBOM's cost on the cold build. Alternating, so that a slow
+    // moment of the machine does not land on one side only.
+    eprintln!("P8: cold builds of {BIG} with and without the SBOM, best of 2…");
+    (r.p8_on_secs, r.p8_off_secs) = (f64::MAX, f64::MAX);
+    for round in 0..2 {
+        for sbom in [true, false] {
+            let name = format!("p8-{round}-{sbom}");
+            let server = Server::strata(work, &name, &pkgs, &http, &format!("\n[sbom]\nenabled = {sbom}\n")).await?;
+            let t = Instant::now();
+            get_manifest(&http, &server.base, BIG).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let best = if sbom { &mut r.p8_on_secs } else { &mut r.p8_off_secs };
+            *best = best.min(secs);
+            drop(server);
+            std::fs::remove_dir_all(work.join(format!("strata-{name}")))?;
+        }
+    }
+
+    if !args.no_plugin_bench {
+        eprintln!("P5: cargo bench -p strata-bench --bench plugin_overhead…");
+        r.p5 = Some(plugin_bench()?);
+    }
+    r.load.1 = loadavg();
+    Ok(r)
+}
+
+impl Report {
+    fn markdown(&self, args: &Args) -> String {
+        let mut s = String::new();
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+        let cmd = if args.quick {
+            "strata-bench perf --quick".to_string()
+        } else {
+            format!("strata-bench perf --scale {} --seconds {}", args.scale, args.seconds)
+        };
+        let _ = writeln!(
+            s,
+            "Command: `{cmd}` ({} cores; load average {} at the start, {} at the end).",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            self.load.0,
+            self.load.1
+        );
+        let _ = writeln!(
+            s,
+            "Big image `{BIG}`: {} store paths, {} (NAR); realising them with Nix first took {:.0} s (not counted).\n",
+            self.closure_paths,
+            mib(self.closure_bytes),
+            self.fixture_secs
+        );
+        let _ = writeln!(s, "| | Strata | peer | ratio | goal | |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        let p1 = ratio(self.p1_strata, self.p1_registry);
+        let _ = writeln!(
+            s,
+            "| P1 warm manifest GET (wrk, 2 threads, 50 connections) | {:.0} req/s | registry {:.0} req/s | {p1:.1}× | ≥ 10× | {} |",
+            self.p1_strata,
+            self.p1_registry,
+            verdict(p1 >= 10.0)
+        );
+        let p2 = ratio(self.p2_strata, self.p2_registry);
+        let _ = writeln!(
+            s,
+            "| P2 GET of a {} layer blob (curl, best of 3) | {:.0} MB/s | registry {:.0} MB/s | {p2:.2}× | ≥ 1.0× | {} |",
+            mib(self.p2_blob_bytes),
+            self.p2_strata / 1e6,
+            self.p2_registry / 1e6,
+            verdict(p2 >= 1.0)
+        );
+        let p3 = ratio(self.p3_tar_secs, self.p3_strata_secs);
+        let size = ratio(self.p3_strata_bytes as f64, self.p3_tar_bytes as f64);
+        let _ = writeln!(
+            s,
+            "| P3 cold build of the big image vs `tar -c \\| gzip -6` | {:.1} s, {:.0} MB/s, {} in {} layers | {:.1} s, {:.0} MB/s, {} | {p3:.2}× faster, {size:.3}× the size | ≥ 1.5× at ≤ 1.02× | {} |",
+            self.p3_strata_secs,
+            self.closure_bytes as f64 / self.p3_strata_secs / 1e6,
+            mib(self.p3_strata_bytes),
+            self.p3_layers,
+            self.p3_tar_secs,
+            self.closure_bytes as f64 / self.p3_tar_secs / 1e6,
+            mib(self.p3_tar_bytes),
+            verdict(p3 >= 1.5 && size <= 1.02)
+        );
+        let peak = self.p6_peak_kib as f64 / 1024.0;
+        let _ = writeln!(
+            s,
+            "| P6 peak RSS over start-up and the cold build | {peak:.0} MiB (after start-up: {:.0} MiB) | | | ≤ 150 MiB | {} |",
+            self.p6_idle_kib as f64 / 1024.0,
+            verdict(peak <= 150.0)
+        );
+        let _ = writeln!(
+            s,
+            "| P7 50 concurrent first pulls of `{FRESH}` | {} build(s); last pull done after {:.2} s (first {:.2} s) | one first pull: {:.2} s | {:.2}× | 1 build | {} |",
+            self.p7_builds,
+            self.p7_last_secs,
+            self.p7_first_secs,
+            self.p7_single_secs,
+            ratio(self.p7_last_secs, self.p7_single_secs),
+            verdict(self.p7_builds == 1)
+        );
+        let p8 = ratio(self.p8_on_secs, self.p8_off_secs);
+        let _ = writeln!(
+            s,
+            "| P8 cold build of the big image with the SBOM (best of 2, alternating) | {:.2} s | without: {:.2} s | {p8:.3}× | ≤ 1.03× | {} |",
+            self.p8_on_secs,
+            self.p8_off_secs,
+            verdict(p8 <= 1.03)
+        );
+        match &self.p5 {
+            Some(p5) => {
+                let _ = writeln!(s, "\nP5, plugin overhead (`cargo bench -p strata-bench --bench plugin_overhead`, same run):\n\n{p5}");
+            }
+            None => {
+                let _ = writeln!(s, "\nP5 (plugin overhead) was not run (`--quick` or `--no-plugin-bench`).");
+            }
+        }
+        s
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn which(tool: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|c| c.is_file()))
+        .with_context(|| format!("{tool} not found in PATH"))
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// Runs a command to its end; its stdout, or an error with its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    cmd.env("NIX_CONFIG", "substituters =").stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The set at `scale`, as a `path` source names it.
+fn write_package_set(dir: &Path, scale: f64) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let dir = std::path::absolute(dir)?;
+    std::fs::write(dir.join("generated.nix"), GENERATED_NIX)?;
+    // `{:?}` keeps the decimal point: Nix then reads a float, as intended.
+    std::fs::write(
+        dir.join("default.nix"),
+        format!("# Written by `strata-bench perf`.\n{{ system ? builtins.currentSystem, ... }}:\nimport ./generated.nix {{ inherit system; scale = {scale:?}; }}\n"),
+    )?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start-up ({status}); log {}:\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+        }
+        if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what} did not answer {url} within 60 s; log {}", log.display())
+}
+
+/// A server under test (`strata serve`, `docker-registry`) as a child
+/// process on 127.0.0.1, killed when dropped.
+struct Server {
+    child: Child,
+    host: String,
+    base: String,
+}
+
+impl Server {
+    /// Starts a server in the fresh directory `dir`: `launch` gets it and a
+    /// free address, writes the server's configuration there and returns
+    /// its command and the log to show if it does not come up.
+    async fn start(
+        http: &reqwest::Client,
+        dir: &Path,
+        what: &str,
+        launch: impl FnOnce(&str) -> Result<(Command, PathBuf)>,
+    ) -> Result<Server> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let host = format!("127.0.0.1:{}", free_port()?);
+        let (mut command, log) = launch(&host)?;
+        let mut child = command.stdin(Stdio::null()).spawn()?;
+        let base = format!("http://{host}");
+        wait_ready(http, &format!("{base}/v2/"), &mut child, what, &log).await?;
+        Ok(Server { child, host, base })
+    }
+
+    /// `strata serve` with a store of its own; `extra_toml` is appended to
+    /// its config.
+    async fn strata(work: &Path, name: &str, pkgs: &Path, http: &reqwest::Client, extra_toml: &str) -> Result<Server> {
+        let dir = work.join(format!("strata-{name}"));
+        Server::start(http, &dir, "strata serve", |host| {
+            let config = dir.join("strata.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{host}\"\n\n[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\ntimeout_secs = 1800\n{extra_toml}",
+                    dir.join("storage").display(),
+                    dir.join("nix").display()
+                ),
+            )?;
+            let err = dir.join("strata.err");
+            let mut command = Command::new(strata_binary()?);
+            command
+                .arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .env("NIXERY_PKGS_PATH", pkgs)
+                .env("NIX_CONFIG", "substituters =")
+                .env("STRATA_NIX_OFFLINE", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(std::fs::File::create(dir.join("strata.log"))?)
+                .stderr(std::fs::File::create(&err)?);
+            Ok((command, err))
+        })
+        .await
+    }
+
+    /// The CNCF registry (`docker-registry`), filesystem storage, no auth.
+    async fn registry(work: &Path, http: &reqwest::Client) -> Result<Server> {
+        let dir = work.join("registry");
+        Server::start(http, &dir, "docker-registry", |host| {
+            let config = dir.join("config.yml");
+            // The registry's own recommended setup: an in-memory blob
+            // descriptor cache in front of the filesystem driver.
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  redirect:\n    disable: true\nhttp:\n  addr: {host}\n",
+                    dir.join("data").display()
+                ),
+            )?;
+            let log = dir.join("registry.log");
+            let mut command = Command::new("docker-registry");
+            command
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(&log)?);
+            Ok((command, log))
+        })
+        .await
+    }
+
+    /// The process's high-water mark of resident memory.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")
+    }
+
+    /// Images Strata has built (its `/metrics`).
+    async fn builds(&self, http: &reqwest::Client) -> Result<u64> {
+        let text = http.get(format!("{}/metrics", self.base)).send().await?.error_for_status()?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("strata_image_builds_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_manifest(http: &reqwest::Client, base: &str, name: &str) -> Result<Vec<u8>> {
+    let resp = http.get(format!("{base}/v2/{name}/manifests/latest")).header("accept", OCI).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("GET {base}/v2/{name}/manifests/latest: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body.to_vec())
+}
+
+/// The config and layer blobs of a manifest.
+fn blobs_of(manifest: &[u8]) -> Result<Vec<Blob>> {
+    manifest_blobs(manifest).map_err(anyhow::Error::msg)
+}
+
+/// A pull as a client makes it: the manifest, then the config and every
+/// layer, read to the end (and counted, not kept).
+async fn pull(http: &reqwest::Client, base: &str, name: &str) -> Result<()> {
+    let manifest = get_manifest(http, base, name).await?;
+    for Blob { digest, size, .. } in blobs_of(&manifest)? {
+        let mut resp = http.get(format!("{base}/v2/{name}/blobs/{digest}")).send().await?.error_for_status()?;
+        let mut got = 0u64;
+        while let Some(chunk) = resp.chunk().await? {
+            got += chunk.len() as u64;
+        }
+        if got != size {
+            bail!("{digest}: {got} bytes, the manifest says {size}");
+        }
+    }
+    Ok(())
+}
+
+/// `wrk` requests/s for warm manifest GETs; any non-2xx answer is an error.
+fn wrk(url: &str, seconds: u64) -> Result<f64> {
+    let out = output(Command::new("wrk").args([
+        "-t2",
+        "-c50",
+        &format!("-d{seconds}s"),
+        "-H",
+        &format!("Accept: {OCI}"),
+        url,
+    ]))?;
+    if out.contains("Non-2xx") || out.contains("Socket errors") {
+        bail!("wrk against {url} saw failed requests:\n{out}");
+    }
+    out.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{out}"))
+}
+
+/// Bytes/s of one download with curl, checked for its size.
+fn curl_speed(url: &str, size: u64) -> Result<f64> {
+    let out = output(Command::new("curl").args(["-sf", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url]))?;
+    let mut it = out.split_whitespace();
+    let got: u64 = it.next().and_then(|v| v.parse().ok()).context("curl size")?;
+    let speed: f64 = it.next().and_then(|v| v.parse().ok()).context("curl speed")?;
+    if got != size {
+        bail!("{url}: {got} bytes, expected {size}");
+    }
+    Ok(speed)
+}
+
+/// The plugin overhead benchmark's table, run where the sources are.
+fn plugin_bench() -> Result<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("repository root")?;
+    let out = output(Command::new("cargo").args(["bench", "-q", "-p", "strata-bench", "--bench", "plugin_overhead"]).current_dir(root))
+        .context("P5 needs the repository and cargo (or pass --no-plugin-bench)")?;
+    Ok(out.trim().to_string())
+}
+
+/// Replaces the text between the markers (appending them if absent).
+fn write_section(path: &Path, text: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{BEGIN}\n{text}\n{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
+        _ => format!("{old}\n{section}\n"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// The `strata` binary the benchmark serves with: `STRATA_BIN`, or the one
+/// cargo built beside this `strata-bench` (both land in target/<profile>/).
+fn strata_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("STRATA_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("strata");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!("no strata binary beside {} (build it with `cargo build --release`, or set STRATA_BIN)", me.display())
+}

@@ -1,0 +1,740 @@
+//! The pull path in one place:
+//! request → plugins (names, source) → Nix → closure graph → grouping plugin
+//! → layers → storage → manifest.
+//!
+//! [`Builder::image`] is what the registry calls for a manifest by tag;
+//! everything a build needs is read from top to bottom in [`Builder::build`].
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+pub mod export;
+pub mod record;
+
+pub use record::{Built, BuiltSbom, Image, ImageSummary, InspectedLayer, Inspection, LayerSummary, Manifest, SbomRef};
+use record::{image_cache, record_key, ImageRecord, LayerRecord};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::image::layers::{self, FinalLayer, LayerBlob};
+use crate::image::manifest::{self, Format, LayerDescription};
+use crate::nix::{NixOptions, NixRunner, Resolved};
+use crate::plugins::{Plugin, PluginSet};
+use crate::image::sbom;
+use crate::storage::lease::{Acquired, Leases};
+use crate::storage::{referrer_key, Storage};
+use strata_plugin_sdk::{store_name, ClosureGraph, Expansion, GroupInput, Layers, SourceInput, SourceOutput};
+
+/// Observes a build, for the CLI's progress bars; the server sets none.
+pub trait Progress: Send + Sync {
+    fn stage(&self, _what: &str) {}
+    fn layer_start(&self, _index: usize, _nar_size: u64) {}
+    fn layer_advance(&self, _index: usize, _bytes: u64) {}
+    fn layer_done(&self, _index: usize, _blob: &LayerBlob, _reused: bool) {}
+}
+
+type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Image>>>>;
+
+pub struct Builder {
+    cfg: Arc<Config>,
+    pub plugins: Arc<PluginSet>,
+    pub nix: NixRunner,
+    pub storage: Storage,
+    /// Which replica builds which image, when several share the store.
+    pub leases: Leases,
+    popularity: Arc<BTreeMap<String, u64>>,
+    /// (name, tag) → built image: a warm pull touches neither Nix nor
+    /// plugins. Bounded in bytes; entries of mutable sources expire.
+    images: moka::sync::Cache<(String, String), Arc<Image>>,
+    /// Manifests by digest, for clients that re-fetch by digest (Docker).
+    /// Kept one access-mark interval, as images are: gc may remove a
+    /// manifest's blobs, and a replica that kept serving it would answer
+    /// for an image whose layers are gone.
+    by_digest: moka::sync::Cache<String, Manifest>,
+    /// One build per (name, tag) at a time; later requests await the first.
+    inflight: Mutex<HashMap<(String, String), SharedBuild>>,
+    /// Builds of different images at once, and how many may wait.
+    build_slots: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Packing is CPU-bound: at most one layer per core at once.
+    pack_slots: Arc<Semaphore>,
+    progress: std::sync::OnceLock<Arc<dyn Progress>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    layers::sha256_digest(bytes).trim_start_matches("sha256:").to_string()
+}
+
+/// Docker's architecture names → Nix systems.
+fn nix_system(arch: &str) -> Result<&'static str> {
+    match arch {
+        "amd64" => Ok("x86_64-linux"),
+        "arm64" => Ok("aarch64-linux"),
+        other => Err(Error::Internal(format!("expansion chose unsupported architecture {other:?}"))),
+    }
+}
+
+impl Builder {
+    pub async fn new(cfg: Arc<Config>) -> anyhow::Result<Arc<Builder>> {
+        let storage = Storage::from_config(&cfg)?;
+        Builder::with_storage(cfg, storage).await
+    }
+
+    /// [`Builder::new`] over a store opened elsewhere: tests put a store that
+    /// fails on purpose under a real build.
+    pub async fn with_storage(cfg: Arc<Config>, storage: Storage) -> anyhow::Result<Arc<Builder>> {
+        let plugins = Arc::new(PluginSet::load(&cfg.plugins)?);
+        let nix = NixRunner::new(NixOptions {
+            timeout: Duration::from_secs(cfg.nix.timeout_secs),
+            work_dir: cfg.nix_work_dir(),
+            negative_ttl: Duration::from_secs(cfg.nix.negative_ttl_secs),
+        })
+        .map_err(|e| anyhow::anyhow!("nix work dir {}: {e}", cfg.nix_work_dir().display()))?;
+        let popularity = Arc::new(load_popularity(cfg.nix.popularity_url.as_deref()).await?);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let memory = cfg.cache.memory_mib * 1024 * 1024;
+        let mark_interval = cfg.cache.access_mark_interval();
+        let build_slots = Arc::new(Semaphore::new(cfg.builds.max_concurrent()));
+        let leases = Leases::from_config(storage.clone(), &cfg.storage);
+        Ok(Arc::new(Builder {
+            cfg,
+            plugins,
+            nix,
+            storage,
+            leases,
+            popularity,
+            images: image_cache(memory / 2),
+            by_digest: moka::sync::Cache::builder()
+                .max_capacity(memory / 2)
+                .weigher(|k: &String, m: &Manifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
+                .time_to_live(mark_interval)
+                .build(),
+            inflight: Mutex::default(),
+            build_slots,
+            waiting: Default::default(),
+            pack_slots: Arc::new(Semaphore::new(cores)),
+            progress: std::sync::OnceLock::new(),
+        }))
+    }
+
+    pub fn set_progress(&self, p: Arc<dyn Progress>) {
+        let _ = self.progress.set(p);
+    }
+
+    fn stage(&self, what: &str) {
+        if let Some(p) = self.progress.get() {
+            p.stage(what);
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The configuration, shared: for what runs beside the builder (the gc
+    /// schedule).
+    pub fn config_arc(&self) -> Arc<Config> {
+        self.cfg.clone()
+    }
+
+    /// The image for a validated name and tag: from memory, else from the
+    /// store's records, else built; concurrent callers share one build.
+    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
+        let key = (name.to_string(), tag.to_string());
+        if let Some(img) = self.images.get(&key) {
+            // Once its access mark is due (`[cache] access_mark_secs`), an
+            // image goes the store's way again: `strata gc` may have removed
+            // it since.
+            if img.expires.is_none_or(|t| t > Instant::now()) && !self.storage.access_due(&img.docker.digest) {
+                crate::ops::metrics::cache("memory");
+                return Ok(img);
+            }
+        }
+        let fut = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let (name, tag) = key.clone();
+                    async move {
+                        // Owned by its own task, so a client hanging up does
+                        // not cancel a build others are waiting for.
+                        let result = tokio::spawn({
+                            let (this, name, tag) = (this.clone(), name.clone(), tag.clone());
+                            async move { this.build(&name, &tag).await }
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(Error::Internal(format!("build task: {e}"))));
+                        if let Ok(img) = &result {
+                            this.remember(name.clone(), tag.clone(), img.clone());
+                        }
+                        this.inflight.lock().unwrap().remove(&(name, tag));
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let img = fut.await?;
+        self.storage.mark_access(&img.docker.digest);
+        Ok(img)
+    }
+
+    /// Drops from memory what gc just removed from the store (`digests`:
+    /// the removed blobs): images whose manifests went, so that their next
+    /// request rebuilds them, and manifests by digest, so that none is
+    /// served whose layers are gone.
+    pub fn forget_removed(&self, digests: &std::collections::HashSet<String>) {
+        if digests.is_empty() {
+            return;
+        }
+        let gone: Vec<(String, String)> = self
+            .images
+            .iter()
+            .filter(|(_, img)| digests.contains(&img.docker.digest) || digests.contains(&img.oci.digest))
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in gone {
+            if let Some(img) = self.images.remove(&key) {
+                self.storage.forget_access(&img.docker.digest);
+            }
+        }
+        for digest in digests {
+            self.by_digest.invalidate(digest);
+        }
+    }
+
+    fn remember(&self, name: String, tag: String, img: Arc<Image>) {
+        for m in [&img.docker, &img.oci] {
+            self.by_digest.insert(m.digest.clone(), m.clone());
+        }
+        self.images.insert((name, tag), img);
+    }
+
+    /// Waits for a build slot, or refuses at once when too many wait: a
+    /// burst of distinct new images must not pile up unbounded Nix work.
+    async fn build_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        if let Ok(permit) = self.build_slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.builds.queue_limit {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy { retry_after_secs: 10 });
+        }
+        let permit = self.build_slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// A manifest by digest: from memory, else from the blob store.
+    pub async fn manifest_by_digest(&self, digest: &str) -> Result<Manifest> {
+        if let Some(m) = self.by_digest.get(digest) {
+            return Ok(m);
+        }
+        let bytes = self
+            .storage
+            .get_blob_bytes(digest)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(digest.to_string()))?;
+        let media_type = match manifest::declared_media_type(&bytes).as_deref() {
+            Some(manifest::OCI_MANIFEST) => manifest::OCI_MANIFEST,
+            Some(manifest::DOCKER_MANIFEST) => manifest::DOCKER_MANIFEST,
+            _ => return Err(Error::ManifestUnknown(digest.to_string())),
+        };
+        let m = Manifest { bytes, digest: digest.to_string(), media_type };
+        self.by_digest.insert(digest.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Names and source through the plugins: the part of a build that runs
+    /// even when the image turns out to be stored already.
+    pub async fn plan(&self, name: &str, tag: &str) -> Result<Plan> {
+        let segments: Vec<String> = name.split('/').map(str::to_string).collect();
+        let mut expansion = timed("expand chain", "expand_names", self.plugins.expand(&segments, tag)).await?;
+        // Sorted, as Nixery does: `git/shell` and `shell/git` are one image,
+        // byte for byte, whichever a replica happened to build first (the
+        // symlink forest's "first package wins" then follows this order).
+        expansion.packages.sort();
+        expansion.packages.dedup();
+        let mut seen = std::collections::HashSet::new();
+        expansion.optional.retain(|o| seen.insert(o.clone()) && expansion.packages.binary_search(o).is_err());
+        if expansion.packages.is_empty() {
+            return Err(Error::NameInvalid(format!("{name} names no packages")));
+        }
+        if expansion.packages.len() > self.cfg.max_packages {
+            return Err(Error::NameInvalid(format!(
+                "{} packages requested, at most {} allowed",
+                expansion.packages.len(),
+                self.cfg.max_packages
+            )));
+        }
+        let system = nix_system(&expansion.arch)?;
+        let source_plugin = &self.plugins.source;
+        let source = timed(
+            source_plugin.name(),
+            "render_source",
+            source_plugin.render_source(SourceInput { config: serde_json::Value::Null, tag: tag.to_string() }),
+        )
+        .await?;
+        let grouper = self.plugins.grouper_for(name, tag).clone();
+        let cache_key = self.cache_key(&expansion, &source, &grouper);
+        Ok(Plan { expansion, system, source, grouper, cache_key })
+    }
+
+    /// Everything that decides an image's bytes, hashed: the same key on any
+    /// replica means the same manifests.
+    fn cache_key(&self, e: &Expansion, s: &SourceOutput, grouper: &Plugin) -> String {
+        let mut plugins: Vec<&str> = self.plugins.expand.iter().map(|p| p.digest()).collect();
+        plugins.push(grouper.digest());
+        plugins.push(self.plugins.source.digest());
+        let key = serde_json::json!({
+            "v": 1,
+            "source": s.identity,
+            "packages": e.packages,
+            "optional": e.optional,
+            "arch": e.arch,
+            "image": e.image,
+            "plugins": plugins,
+            "budget": self.cfg.layers.budget,
+            "encodings": self.encoding_ids(),
+        });
+        hex_sha256(key.to_string().as_bytes())
+    }
+
+    /// The byte formats layers are packed in, OCI's first (see
+    /// [`crate::config::LayersConfig::encodings`]).
+    fn encoding_ids(&self) -> Vec<String> {
+        crate::image::compress::encodings(&self.cfg.layers).iter().map(|e| e.format_id()).collect()
+    }
+
+    async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
+        // 1. Plugins: which packages, for which architecture, from where.
+        let plan = self.plan(name, tag).await?;
+        let record_key = record_key(&plan.cache_key);
+        if let Some(img) = self.load_record(&record_key).await? {
+            crate::ops::metrics::cache("store");
+            return Ok(img);
+        }
+        // Another replica may be building the same image on the same store.
+        let _lease = match self.leases.lease(&plan.cache_key, || self.load_record(&record_key)).await? {
+            Acquired::Held(lease) => lease,
+            Acquired::Published(img) => {
+                crate::ops::metrics::cache("store");
+                return Ok(img);
+            }
+        };
+        let _slot = self.build_slot().await?;
+        crate::ops::metrics::cache("built");
+        let started = Instant::now();
+        let result = self.build_new(name, tag, &plan, &record_key).await;
+        crate::ops::metrics::build(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn build_new(&self, name: &str, tag: &str, plan: &Plan, record_key: &str) -> Result<Arc<Image>> {
+        tracing::info!(%name, %tag, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
+
+        // 2. Nix builds the packages; 3. the grouping plugin splits their
+        //    closure into layers.
+        self.stage("building packages with Nix");
+        let (resolved, grouping) = self.resolve_and_group(plan).await?;
+
+        // 4. Layers: pack each group (in parallel, each one at most once
+        //    ever), then the final layer with the symlink forest.
+        let layer_paths = grouping.named(&resolved.graph);
+        let layer_nars = nar_sizes(&resolved.graph, &grouping);
+        self.stage("packing layers");
+        // All of them run to their end even when one fails: a layer dropped
+        // mid-way would leave its staged bytes behind (its packing thread
+        // cannot be cancelled), one that ends discards or publishes them.
+        let packed = futures::future::join_all(
+            layer_paths.iter().zip(&layer_nars).enumerate().map(|(i, (paths, &nar))| self.store_path_layer(i, paths.clone(), nar)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+        let roots = resolved.roots.clone();
+        let encodings = crate::image::compress::encodings(&self.cfg.layers);
+        let (ca_bundle, final_blobs, final_bytes) = tokio::task::spawn_blocking(move || {
+            let forest = FinalLayer::new(&roots)?;
+            let (blobs, bytes) = forest.pack(&encodings, vec![Vec::new(); encodings.len()])?;
+            Ok::<_, std::io::Error>((forest.ca_bundle(), blobs, bytes))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("final layer task: {e}")))??;
+        for bytes in final_bytes {
+            self.storage.put_blob(Bytes::from(bytes)).await?;
+        }
+        let final_blob = final_blobs[0].clone();
+
+        // One description per layer in the OCI manifest's encoding; the
+        // config (diff_ids, history) is the same for every encoding.
+        let mut descriptions: Vec<LayerDescription> = packed
+            .iter()
+            .zip(&layer_paths)
+            .map(|(blobs, paths)| LayerDescription {
+                blob: blobs[0].clone(),
+                created_by: format!("strata {}: {}", grouping.strategy, store_names(paths)),
+            })
+            .collect();
+        descriptions.push(LayerDescription {
+            blob: final_blob.clone(),
+            created_by: format!("strata: symlinks to {}", resolved.packages.join(", ")),
+        });
+
+        // 5. Config and manifests, stored by content.
+        let mut env = vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".to_string()];
+        if let Some(ca) = ca_bundle {
+            env.push(format!("SSL_CERT_FILE={ca}"));
+        }
+        let config = manifest::config_json(&manifest::ConfigInput {
+            arch: &plan.expansion.arch,
+            layers: &descriptions,
+            env,
+            settings: &plan.expansion.image,
+        })?;
+        let config_size = config.len() as u64;
+        let config_digest = self.storage.put_blob(Bytes::from(config)).await?;
+        // Docker schema 2 takes the gzip form of each layer (the last one).
+        let oci_blobs: Vec<LayerBlob> = descriptions.iter().map(|d| d.blob.clone()).collect();
+        let docker_blobs: Vec<LayerBlob> =
+            packed.iter().chain([&final_blobs]).map(|b| b.last().expect("an encoding").clone()).collect();
+        let mut manifests = Vec::new();
+        for (format, blobs) in [(Format::Docker, &docker_blobs), (Format::Oci, &oci_blobs)] {
+            let bytes = Bytes::from(manifest::manifest_json(format, (&config_digest, config_size), blobs)?);
+            let digest = self.storage.put_blob(bytes.clone()).await?;
+            manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
+        }
+
+        // 6. The SBOM, before the record: a recorded image has one.
+        let sbom = match self.cfg.sbom.enabled {
+            true => Some(self.store_sbom(plan, &resolved, &manifests).await?),
+            false => None,
+        };
+
+        let mut layer_summaries: Vec<LayerSummary> = packed
+            .iter()
+            .zip(layer_paths.iter().zip(&layer_nars))
+            .map(|(blobs, (paths, &nar_size))| LayerSummary {
+                digest: blobs[0].digest.clone(),
+                size: blobs[0].size,
+                nar_size,
+                paths: paths.clone(),
+            })
+            .collect();
+        layer_summaries.push(LayerSummary {
+            digest: final_blob.digest.clone(),
+            size: final_blob.size,
+            nar_size: 0,
+            paths: vec![],
+        });
+        let record = ImageRecord {
+            docker: manifests[0].digest.clone(),
+            oci: manifests[1].digest.clone(),
+            built_at: now_unix(),
+            immutable: plan.source.immutable,
+            gc_root: resolved.gc_root.clone(),
+            sbom,
+            summary: ImageSummary {
+                packages: resolved.packages.clone(),
+                arch: plan.expansion.arch.clone(),
+                source: plan.source.identity.clone(),
+                strategy: grouping.strategy.clone(),
+                grouping_plugin: plan.grouper.name().to_string(),
+                layers: layer_summaries,
+            },
+        };
+        let record_bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(record_key, Bytes::from(record_bytes)).await?;
+        tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.docker, "image built");
+        let oci = manifests.pop().expect("two manifests");
+        let docker = manifests.pop().expect("two manifests");
+        Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary, sbom: record.sbom }))
+    }
+
+    /// Writes the SBOM of a build: the document, the empty config, and for
+    /// each image manifest an artifact manifest naming it as `subject`,
+    /// recorded as that manifest's referrer.
+    async fn store_sbom(&self, plan: &Plan, resolved: &Resolved, manifests: &[Manifest]) -> Result<SbomRef> {
+        let doc = sbom::document(&sbom::SbomInput {
+            described: &resolved.described,
+            graph: &resolved.graph,
+            nar_hashes: &resolved.nar_hashes,
+            arch: &plan.expansion.arch,
+            source: &plan.source.identity,
+            plugins: &self.plugin_names(plan),
+        })?;
+        let size = doc.len() as u64;
+        let digest = self.storage.put_blob(Bytes::from(doc)).await?;
+        self.storage.put_blob(Bytes::from_static(manifest::EMPTY_CONFIG)).await?;
+        let mut artifacts = Vec::new();
+        for m in manifests {
+            let subject = (m.media_type, m.digest.as_str(), m.bytes.len() as u64);
+            let bytes = manifest::artifact_manifest_json(sbom::MEDIA_TYPE, (&digest, size), subject)?;
+            let len = bytes.len() as u64;
+            let artifact = self.storage.put_blob(Bytes::from(bytes)).await?;
+            let descriptor = manifest::referrer_descriptor(sbom::MEDIA_TYPE, &artifact, len)?;
+            let record = serde_json::to_vec(&descriptor).map_err(|e| Error::Internal(e.to_string()))?;
+            self.storage.put_bytes(&referrer_key(&m.digest, &artifact), Bytes::from(record)).await?;
+            artifacts.push(artifact);
+        }
+        Ok(SbomRef { digest, size, manifests: artifacts })
+    }
+
+    /// The plugins that decided an image, for its SBOM's creation info.
+    fn plugin_names(&self, plan: &Plan) -> Vec<String> {
+        let mut names: Vec<String> = self.plugins.expand.iter().map(|p| format!("expand: {}", p.name())).collect();
+        names.push(format!("source: {}", self.plugins.source.name()));
+        names.push(format!("group: {}", plan.grouper.name()));
+        names
+    }
+
+    /// The referrers API's answer for a manifest digest: an image index of
+    /// the artifacts naming it, those of `artifact_type` when given. A
+    /// digest nothing refers to (or that Strata never served) gets an empty
+    /// index, as distribution-spec 1.1 asks.
+    pub async fn referrers(&self, digest: &str, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+        let mut found = match self.cfg.sbom.enabled {
+            true => self.storage.referrers_of(digest).await?,
+            false => Vec::new(),
+        };
+        if let Some(t) = artifact_type {
+            found.retain(|d| d.get("artifactType").and_then(|v| v.as_str()) == Some(t));
+        }
+        manifest::referrers_index_json(found)
+    }
+
+    /// Nix, then the grouping plugin: shared by builds and by `inspect`,
+    /// which stops here.
+    async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
+        let e = &plan.expansion;
+        let resolved = self.nix.resolve_with_optional(&plan.source.source, &e.packages, &e.optional, plan.system).await?;
+        // One layer of the budget is the host's own final layer.
+        let mut graph = resolved.graph.clone();
+        graph.set_popularity(&self.popularity);
+        let input = GroupInput { config: serde_json::Value::Null, graph, budget: self.cfg.layers.budget - 1 };
+        let grouping = timed(plan.grouper.name(), "group_layers", plan.grouper.group_layers(input)).await?;
+        Ok((resolved, grouping))
+    }
+
+    /// What an image would hold and how it would be layered, without packing.
+    pub async fn inspect(&self, name: &str, tag: &str) -> Result<Inspection> {
+        let plan = self.plan(name, tag).await?;
+        let (resolved, grouping) = self.resolve_and_group(&plan).await?;
+        let layers = grouping
+            .named(&resolved.graph)
+            .into_iter()
+            .zip(nar_sizes(&resolved.graph, &grouping))
+            .map(|(paths, nar_size)| InspectedLayer { nar_size, paths })
+            .collect();
+        let built = self.built(name, &plan.cache_key).await?;
+        Ok(Inspection {
+            built,
+            name: name.to_string(),
+            tag: tag.to_string(),
+            packages: resolved.packages,
+            arch: plan.expansion.arch,
+            source: plan.source.identity,
+            immutable: plan.source.immutable,
+            grouping_plugin: plan.grouper.name().to_string(),
+            strategy: grouping.strategy,
+            roots: resolved.roots,
+            closure: resolved.graph.paths,
+            layers,
+        })
+    }
+
+    /// What the store holds of an inspected image, if it was built.
+    async fn built(&self, name: &str, cache_key: &str) -> Result<Option<Built>> {
+        let Some(bytes) = self.storage.get_bytes(&record_key(cache_key)).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else { return Ok(None) };
+        let sbom = record.sbom.filter(|_| self.cfg.sbom.enabled).map(|s| BuiltSbom {
+            blob_url: format!("/v2/{name}/blobs/{}", s.digest),
+            referrers_url: format!("/v2/{name}/referrers/{}", record.oci),
+            digest: s.digest,
+            size: s.size,
+        });
+        Ok(Some(Built { manifest: record.oci, docker_manifest: record.docker, sbom }))
+    }
+
+    fn expiry(&self, record: &ImageRecord) -> Option<Instant> {
+        if record.immutable {
+            return None;
+        }
+        let age = now_unix().saturating_sub(record.built_at);
+        let left = self.cfg.cache.mutable_ttl_secs.saturating_sub(age);
+        Some(Instant::now() + Duration::from_secs(left))
+    }
+
+    /// An image some replica built before, if its record is still fresh and
+    /// its manifests are still stored.
+    async fn load_record(&self, key: &str) -> Result<Option<Arc<Image>>> {
+        let Some(bytes) = self.storage.get_bytes(key).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else { return Ok(None) };
+        // Built before the SBOM was on: built again, so that every image
+        // served has one (its layers are reused, only the SBOM is new).
+        if self.cfg.sbom.enabled && record.sbom.is_none() {
+            return Ok(None);
+        }
+        let expires = self.expiry(&record);
+        if expires.is_some_and(|t| t <= Instant::now()) {
+            return Ok(None);
+        }
+        let (Ok(docker), Ok(oci)) = (
+            self.manifest_by_digest(&record.docker).await,
+            self.manifest_by_digest(&record.oci).await,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary, sbom: record.sbom })))
+    }
+
+    /// Packs one group of store paths in every configured encoding, unless
+    /// the same set was packed so before (by any image, on any replica): the
+    /// record maps the sorted path set and the byte formats to the blobs.
+    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<Vec<LayerBlob>> {
+        let progress = self.progress.get().cloned();
+        paths.sort();
+        let encodings = crate::image::compress::encodings(&self.cfg.layers);
+        let key = format!(
+            "meta/layers/{}.json",
+            hex_sha256(serde_json::json!({ "paths": paths, "formats": self.encoding_ids() }).to_string().as_bytes())
+        );
+        if let Some(bytes) = self.storage.get_bytes(&key).await? {
+            if let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes) {
+                let blobs: Vec<LayerBlob> = [record.primary].into_iter().chain(record.also).collect();
+                let mut all_there = blobs.len() == encodings.len();
+                for blob in &blobs {
+                    all_there &= self.storage.blob_size(&blob.digest).await? == Some(blob.size);
+                }
+                if all_there {
+                    if let Some(p) = &progress {
+                        p.layer_done(index, &blobs[0], true);
+                    }
+                    return Ok(blobs);
+                }
+            }
+        }
+        let _slot = self.pack_slots.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let (staging, writers): (Vec<_>, Vec<_>) = encodings.iter().map(|_| self.storage.staging_writer()).unzip();
+        if let Some(p) = &progress {
+            p.layer_start(index, nar_size);
+        }
+        let observer = progress.clone();
+        let packed = tokio::task::spawn_blocking(move || {
+            let bridges = writers.into_iter().map(tokio_util::io::SyncIoBridge::new).collect();
+            let mut advance = |n: u64| {
+                if let Some(p) = &observer {
+                    p.layer_advance(index, n)
+                }
+            };
+            let (blobs, bridges) = layers::pack_store_paths(&paths, &encodings, bridges, &mut advance)?;
+            for mut bridge in bridges {
+                bridge.shutdown()?;
+            }
+            Ok::<_, std::io::Error>(blobs)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("packing task: {e}")))
+        // A full disk is 507, not a bug (Error::storage looks for ENOSPC).
+        .and_then(|packed| packed.map_err(|e| Error::storage("packing layer", &e)));
+        let blobs = match packed {
+            Ok(blobs) => blobs,
+            Err(e) => {
+                for s in &staging {
+                    self.storage.discard(s).await;
+                }
+                return Err(e);
+            }
+        };
+        // After a failed publish (which drops its own staged object), the
+        // other encodings' staged objects are discarded, not left behind.
+        let mut published = Ok(());
+        for (s, blob) in staging.iter().zip(&blobs) {
+            if published.is_ok() {
+                published = self.storage.publish(s, &blob.digest, blob.size).await;
+            } else {
+                self.storage.discard(s).await;
+            }
+        }
+        published?;
+        let record = LayerRecord { primary: blobs[0].clone(), also: blobs[1..].to_vec() };
+        let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(&key, Bytes::from(record)).await?;
+        if let Some(p) = &progress {
+            p.layer_done(index, &blobs[0], false);
+        }
+        Ok(blobs)
+    }
+}
+
+/// The plugins' decisions for one request.
+pub struct Plan {
+    pub expansion: Expansion,
+    pub system: &'static str,
+    pub source: SourceOutput,
+    pub grouper: Arc<Plugin>,
+    pub cache_key: String,
+}
+
+/// Times a plugin call into the metrics.
+async fn timed<T, E>(
+    plugin: &str,
+    hook: &'static str,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let started = Instant::now();
+    let result = call.await;
+    crate::ops::metrics::plugin_call(plugin, hook, started.elapsed(), result.is_ok());
+    result
+}
+
+/// Each layer's NAR bytes, summed over the indices the grouping names its
+/// paths by (checked against the graph before this).
+fn nar_sizes(graph: &ClosureGraph, grouping: &Layers) -> Vec<u64> {
+    grouping
+        .layers
+        .iter()
+        .map(|l| l.iter().filter_map(|&i| graph.paths.get(i as usize)).map(|p| p.nar_size).sum())
+        .collect()
+}
+
+/// `bash-5.2, coreutils-9.1, …` for a history entry.
+fn store_names(paths: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let names: Vec<&str> = paths.iter().map(|p| store_name(p)).collect();
+    let mut s = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Popularity data as Nixery publishes it: a JSON map name → count, from a
+/// file or an http(s) URL. None configured: every count is 0.
+async fn load_popularity(url: Option<&str>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let Some(url) = url else { return Ok(BTreeMap::new()) };
+    let bytes: Vec<u8> = if url.starts_with("http://") || url.starts_with("https://") {
+        let resp = reqwest::get(url).await.map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?;
+        resp.error_for_status()
+            .map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?
+            .bytes()
+            .await?
+            .to_vec()
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: {e}"))?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("NIX_POPULARITY_URL {url}: not a JSON map of counts: {e}"))
+}

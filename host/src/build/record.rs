@@ -1,0 +1,228 @@
+//! What a build produces and the store keeps: an image (its two manifests,
+//! summary and SBOM), the records that let any replica serve it again
+//! without Nix or plugins, what `strata inspect` shows, and the memory
+//! cache of images. Plain data: the pull path (`build/mod.rs`) fills it,
+//! the registry, the web page and `strata build --output` read it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_plugin_sdk::StorePath;
+
+use crate::image::layers::LayerBlob;
+use crate::image::manifest::Format;
+
+/// A manifest as served: its bytes and their digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub digest: String,
+    pub media_type: &'static str,
+}
+
+/// What the web page and `strata inspect` show of an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    pub packages: Vec<String>,
+    pub arch: String,
+    pub source: String,
+    pub strategy: String,
+    pub grouping_plugin: String,
+    pub layers: Vec<LayerSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerSummary {
+    pub digest: String,
+    pub size: u64,
+    pub nar_size: u64,
+    pub paths: Vec<String>,
+}
+
+/// The stored record of a built image: enough to serve it again after a
+/// restart, on any replica, without Nix or plugins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ImageRecord {
+    pub docker: String,
+    pub oci: String,
+    pub built_at: u64,
+    pub immutable: bool,
+    pub summary: ImageSummary,
+    /// This build's Nix GC roots directory, on the machine that built it
+    /// (`strata gc` releases it with the last image naming it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_root: Option<std::path::PathBuf>,
+    /// The image's SBOM, when `[sbom]` was on for its build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<SbomRef>,
+}
+
+/// An image's SPDX document and the artifact manifests that make it a
+/// referrer of the image's manifests (Docker's, then OCI's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SbomRef {
+    pub digest: String,
+    pub size: u64,
+    pub manifests: Vec<String>,
+}
+
+pub struct Image {
+    pub docker: Manifest,
+    pub oci: Manifest,
+    pub summary: ImageSummary,
+    pub sbom: Option<SbomRef>,
+    /// When a mutable-source image must be rebuilt; `None`: never.
+    pub(crate) expires: Option<Instant>,
+}
+
+impl Image {
+    /// Approximate bytes held, for the memory cache's bound.
+    pub(crate) fn weight(&self) -> u32 {
+        let paths: usize = self.summary.layers.iter().flat_map(|l| &l.paths).map(|p| p.len() + 16).sum();
+        (self.docker.bytes.len() + self.oci.bytes.len() + paths + 512).try_into().unwrap_or(u32::MAX)
+    }
+
+    pub fn manifest(&self, format: Format) -> &Manifest {
+        match format {
+            Format::Docker => &self.docker,
+            Format::Oci => &self.oci,
+        }
+    }
+}
+
+/// A packed layer's record: the blob in the first encoding, as `strata gc`
+/// reads it, and the other encodings' blobs.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LayerRecord {
+    #[serde(flatten)]
+    pub primary: LayerBlob,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<LayerBlob>,
+}
+
+/// `strata inspect` and `/api/inspect`: an image's plan, closure and layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub name: String,
+    pub tag: String,
+    pub packages: Vec<String>,
+    pub arch: String,
+    pub source: String,
+    pub immutable: bool,
+    pub grouping_plugin: String,
+    pub strategy: String,
+    pub roots: Vec<String>,
+    pub closure: Vec<StorePath>,
+    /// The store-path layers; the host's symlink layer comes after them.
+    pub layers: Vec<InspectedLayer>,
+    /// `None` until the image was built (pulled) once.
+    pub built: Option<Built>,
+}
+
+/// An inspected image as stored: its manifests and where its SBOM is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Built {
+    /// The OCI manifest's digest.
+    pub manifest: String,
+    pub docker_manifest: String,
+    pub sbom: Option<BuiltSbom>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltSbom {
+    pub digest: String,
+    pub size: u64,
+    /// The document, through the registry API.
+    pub blob_url: String,
+    /// The referrers of the OCI manifest, the SBOM's manifest among them.
+    pub referrers_url: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectedLayer {
+    pub nar_size: u64,
+    pub paths: Vec<String>,
+}
+
+/// Where an image's record lives, by its cache key.
+pub(crate) fn record_key(cache_key: &str) -> String {
+    format!("{}{cache_key}.json", crate::storage::IMAGE_PREFIX)
+}
+
+/// (name, tag) → image, holding at most `max_bytes` of them by
+/// [`Image::weight`]; entries of mutable sources expire with their image.
+pub(crate) fn image_cache(max_bytes: u64) -> moka::sync::Cache<(String, String), Arc<Image>> {
+    moka::sync::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_, img: &Arc<Image>| img.weight())
+        .expire_after(ImageExpiry)
+        .build()
+}
+
+/// Entries expire when their image does (mutable sources); others live until
+/// evicted by size.
+struct ImageExpiry;
+
+impl moka::Expiry<(String, String), Arc<Image>> for ImageExpiry {
+    fn expire_after_create(&self, _: &(String, String), img: &Arc<Image>, now: Instant) -> Option<Duration> {
+        img.expires.map(|t| t.saturating_duration_since(now))
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::manifest;
+
+    fn image(i: usize, manifest_bytes: usize) -> Arc<Image> {
+        let m = |media_type| Manifest {
+            bytes: Bytes::from(vec![b'x'; manifest_bytes]),
+            digest: format!("sha256:{i:064x}"),
+            media_type,
+        };
+        Arc::new(Image {
+            docker: m(manifest::DOCKER_MANIFEST),
+            oci: m(manifest::OCI_MANIFEST),
+            summary: ImageSummary {
+                packages: vec![format!("p{i}")],
+                arch: "amd64".into(),
+                source: "test".into(),
+                strategy: "test".into(),
+                grouping_plugin: "test".into(),
+                layers: vec![],
+            },
+            sbom: None,
+            expires: None,
+        })
+    }
+
+    #[test]
+    fn memory_cache_stays_within_its_byte_bound() {
+        let bound = 200_000;
+        let cache = image_cache(bound);
+        let weight = image(0, 10_000).weight() as u64;
+        assert!(weight >= 20_000, "an image weighs at least its two manifests: {weight}");
+        for i in 0..100 {
+            cache.insert((format!("img{i}"), "latest".into()), image(i, 10_000));
+            cache.run_pending_tasks();
+            assert!(cache.weighted_size() <= bound, "{} bytes held after {i} inserts", cache.weighted_size());
+        }
+        let held = cache.entry_count();
+        assert!(held > 0 && held <= bound / weight, "{held} images of {weight} bytes held under {bound}");
+    }
+
+    #[test]
+    fn mutable_images_leave_the_cache_when_they_expire() {
+        let cache = image_cache(1 << 20);
+        let mut img = Arc::into_inner(image(1, 100)).unwrap();
+        img.expires = Some(Instant::now() + Duration::from_millis(200));
+        cache.insert(("a".into(), "latest".into()), Arc::new(img));
+        cache.insert(("b".into(), "latest".into()), image(2, 100));
+        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_some());
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_none());
+        assert!(cache.get(&("b".to_string(), "latest".to_string())).is_some());
+    }
+}
