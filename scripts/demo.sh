@@ -141,7 +141,8 @@ coreutils, …) from examples/demo-pkgs, strata layered the closure, and skopeo
 pulled it. Other names work the same way: packages separated by '/', e.g.
 shell/git, hello/curl, xorg.xev/haskellpackages.pandoc.
 
-With Docker (127.0.0.1 is an insecure registry by default):
+With Docker, if you have it (the demo does not install it; 127.0.0.1 is an
+insecure registry by default):
   docker pull 127.0.0.1:$PORT/shell/hello
   docker run --rm 127.0.0.1:$PORT/shell/hello hello
   docker run --rm -ti 127.0.0.1:$PORT/shell/git     # opens bash
