@@ -43,7 +43,8 @@ DEMO_PACKAGES=(
   # Nix (single-user, as root; nix-setup-systemd brings /etc/nix/nix.conf with
   # sandbox = false and the nixbld users) and the busybox the demo set is made of
   nix-bin nix-setup-systemd busybox-static
-  # the demo pulls with skopeo and unpacks with umoci; curl and jq ask the server
+  # the demo pulls with skopeo and unpacks with umoci; curl asks the server,
+  # jq reads what skopeo says of the image
   skopeo umoci curl jq
   # cargo build: crates.io over HTTPS, and a C compiler and linker (ring and
   # zstd-sys compile C; rustc links through cc)
