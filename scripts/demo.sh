@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The demo: builds Strata, serves the offline demo package set on
-# 127.0.0.1:$PORT, pulls `shell/hello` with skopeo, unpacks it with umoci and
-# runs `hello` inside it with chroot. The server then keeps running in the
-# foreground (Ctrl-C stops it) so you can pull more; DEMO_EXIT=1 stops it
-# after the pull instead.
+# The demo: installs what it uses (scripts/install-deps.sh --demo: Nix,
+# busybox, skopeo, umoci, curl, jq, and Rust when rustup's is missing),
+# builds Strata, serves the offline demo package set on 127.0.0.1:$PORT,
+# pulls `shell/hello` with skopeo, unpacks it with umoci and runs `hello`
+# inside it with chroot, and prints how long each step took. The server then
+# keeps running in the foreground (Ctrl-C stops it) so you can pull more;
+# DEMO_EXIT=1 stops it after the pull instead.
 #
 #   PORT=8080            port to listen on (127.0.0.1 only)
 #   DEMO_DIR=…           where storage, Nix work files and the pulled image go
@@ -17,12 +19,37 @@ PORT=${PORT:-8080}
 DEMO_EXIT=${DEMO_EXIT:-0}
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "installing dependencies"
-bash scripts/install-deps.sh
+# Steps and their times: `step NAME TITLE` ends the running step, printing
+# its time, and starts the next; `step ""` ends the last.
+started=$(date +%s%N)
+step_name='' step_t0=$started times=()
+secs() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
+step() {
+  if [ -n "$step_name" ]; then
+    local took
+    took=$(secs "$step_t0")
+    echo "($step_name: $took)"
+    times+=("$step_name $took")
+  fi
+  step_name=$1 step_t0=$(date +%s%N)
+  [ -z "$1" ] || say "$2"
+}
 
+# Another server on the port would answer the readiness check below in
+# place of this one.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "demo.sh: something already listens on 127.0.0.1:$PORT; choose another port with PORT=…" >&2
+  exit 1
+fi
+
+step dependencies "installing what the demo uses (scripts/install-deps.sh --demo)"
+bash scripts/install-deps.sh --demo
+
+# The demo builds only the server: Debian's Rust does when rustup's is missing.
+rust_env_any=1
 . scripts/rust-env.sh
 
-say "building strata (cargo build --release)"
+step build "building strata (cargo build --release)"
 cargo build --release
 strata="$repo/target/release/strata"
 [ -n "${CARGO_TARGET_DIR:-}" ] && strata="$CARGO_TARGET_DIR/release/strata"
@@ -49,7 +76,7 @@ export STRATA_NIX_OFFLINE=1
 export NIX_CONFIG='substituters ='
 unset NIXERY_CHANNEL NIXERY_PKGS_REPO STRATA_CONFIG
 
-say "starting strata serve on 127.0.0.1:$PORT (storage: $work/storage, log: $work/strata.log)"
+step start "starting strata serve on 127.0.0.1:$PORT (storage: $work/storage, log: $work/strata.log)"
 "$strata" --config "$work/strata.toml" serve > "$work/strata.log" 2>&1 &
 server=$!
 stop() {
@@ -84,21 +111,18 @@ layout="$work/image"
 bundle="$work/bundle"
 rm -rf "$layout" "$bundle"
 
-say "pulling $image with skopeo (Nix builds it now)"
-t0=$(date +%s%N)
+step pull "pulling $image with skopeo (Nix builds it now)"
 if ! timeout 300 skopeo --insecure-policy copy --src-tls-verify=false \
     "docker://$image" "oci:$layout:latest"; then
   echo "demo.sh: skopeo copy failed; server log:" >&2
   tail -n 40 "$work/strata.log" >&2
   exit 1
 fi
-ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-printf 'pulled in %d.%03d s\n' $((ms / 1000)) $((ms % 1000))
 echo "layers:"
 timeout 60 skopeo inspect --tls-verify=false "docker://$image" \
   | jq -r '.Layers[]' | nl -w3 -s'  '
 
-say "unpacking with umoci and running /bin/hello in it with chroot"
+step run "unpacking with umoci and running /bin/hello in it with chroot"
 timeout 120 umoci unpack --image "$layout:latest" "$bundle" >/dev/null
 echo "\$ chroot $bundle/rootfs /bin/hello"
 out=$(timeout 30 chroot "$bundle/rootfs" /bin/hello)
@@ -108,14 +132,17 @@ if [ "$out" != "Hello, world!" ]; then
   exit 1
 fi
 
+step ""
 say "the demo worked"
+printf 'time per step: '; printf '%s, ' "${times[@]}"; echo "total $(secs "$started")"
 cat <<TXT
 strata served shell/hello: Nix built hello plus the shell bundle (bash,
 coreutils, …) from examples/demo-pkgs, strata layered the closure, and skopeo
 pulled it. Other names work the same way: packages separated by '/', e.g.
 shell/git, hello/curl, xorg.xev/haskellpackages.pandoc.
 
-With Docker (127.0.0.1 is an insecure registry by default):
+With Docker, if you have it (the demo does not install it; 127.0.0.1 is an
+insecure registry by default):
   docker pull 127.0.0.1:$PORT/shell/hello
   docker run --rm 127.0.0.1:$PORT/shell/hello hello
   docker run --rm -ti 127.0.0.1:$PORT/shell/git     # opens bash

@@ -150,8 +150,9 @@ fn generate(rng: &mut Rng) -> Case {
 }
 
 /// Nixery's `Group`, written out the slow way. Returns the layers (paths
-/// sorted) base-most first, ordered as the plugin orders them (Nixery's
-/// own order is a map's), and whether the budget made it merge.
+/// sorted) ordered as the plugin orders them, base-most first by height
+/// (Nixery orders by merge rating; docs/layering.md says why Strata does
+/// not), and whether the budget made it merge.
 fn reference(c: &Case) -> (Vec<Vec<String>>, bool) {
     let n = c.paths.len();
     let index: BTreeMap<&str, usize> = c.paths.iter().enumerate().map(|(i, p)| (p.path.as_str(), i)).collect();

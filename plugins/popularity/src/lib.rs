@@ -15,7 +15,10 @@
 //!    count in the data, 1 for a name it does not list, 500000 for
 //!    `nss-cacert*` and `iana-etc*`. Ties are broken by smallest path.
 //! 4. Layers are ordered base-most first: by height (the longest reference
-//!    chain below any of its paths) ascending, then by smallest path.
+//!    chain below any of its paths) ascending, then by smallest path. Here
+//!    the plugin is not Nixery, which orders by rating: a height is the
+//!    same in every image, so layers keep their order as packages come and
+//!    go (`docs/layering.md`, "Layer order").
 //!
 //! `docs/layering.md` compares this with the `size` strategy.
 
