@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nix;
 pub mod nixgc;
 pub mod plugins;
+pub mod preflight;
 pub mod reference;
 pub mod sbom;
 pub mod registry;
