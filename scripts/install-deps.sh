@@ -11,6 +11,9 @@ PACKAGES=(
   # Nix (single-user, as root; nix-setup-systemd brings /etc/nix/nix.conf with
   # sandbox = false and the nixbld users) and the busybox the demo set is made of
   nix-bin nix-setup-systemd busybox-static
+  # systemd-analyze (tests/tests/service_unit.rs checks examples/strata.service;
+  # systemd need not be running) and useradd (tests/tests/multi_user.rs)
+  systemd passwd
   # registry clients the end-to-end tests drive
   skopeo umoci docker.io docker-registry
   # podman (with runc: crun fails on this machine's cgroups) and containerd's
