@@ -645,6 +645,29 @@ pub fn chroot(rootfs: &Path, args: &[&str]) -> Output {
     )
 }
 
+/// Pulls `name:latest` with skopeo, unpacks it with umoci and runs
+/// `/bin/<program>` (a script of a test's package set) under chroot, in
+/// new directories under `work`; its output.
+pub fn pull_and_run(server: &Server, name: &str, program: &str, work: &Path) -> String {
+    let n = unique_suffix();
+    let layout = work.join(format!("oci-{program}-{n}"));
+    skopeo_copy(server, name, "latest", &layout, "t").assert_ok();
+    let rootfs = umoci_unpack(&layout, "t", &work.join(format!("bundle-{program}-{n}")));
+    chroot(&rootfs, &[&format!("/bin/{program}")]).assert_ok().stdout
+}
+
+/// Whether the Nix store holds `path` (`nix-store --check-validity`).
+pub fn is_valid(path: &str) -> bool {
+    let out = run(Command::new("nix-store").args(["--check-validity", "--print-invalid", path]), Duration::from_secs(60)).assert_ok();
+    out.stdout.trim().is_empty()
+}
+
+/// The closure of a store path (`nix-store --query --requisites`).
+pub fn requisites(path: &str) -> Vec<String> {
+    let out = run(Command::new("nix-store").args(["--query", "--requisites", path]), Duration::from_secs(60)).assert_ok();
+    out.stdout.lines().map(str::to_string).collect()
+}
+
 /// The digests of the blobs an OCI layout holds.
 pub fn oci_blobs(layout: &Path) -> BTreeSet<String> {
     let dir = layout.join("blobs").join("sha256");
