@@ -57,6 +57,9 @@ if ! have_rustup; then
 fi
 
 TEST_PACKAGES=(
+  # systemd-analyze (tests/tests/service_unit.rs checks examples/strata.service;
+  # systemd need not be running) and useradd (tests/tests/multi_user.rs)
+  systemd passwd
   # registry clients the end-to-end tests drive beyond skopeo and umoci
   docker.io docker-registry
   # podman (with runc: crun fails on this machine's cgroups) and containerd's

@@ -6,7 +6,7 @@
 //! `architecture` test in host/tests enforces it):
 //!
 //! ```text
-//! web → registry → build → ops → plugins → image → storage → nix → config, error
+//! preflight → web → registry → build → ops → plugins → image → storage → nix → config, error
 //! ```
 //!
 //! The pull path, top to bottom, is `build::Builder::image` in
@@ -19,6 +19,7 @@ pub mod image;
 pub mod nix;
 pub mod ops;
 pub mod plugins;
+pub mod preflight;
 pub mod registry;
 pub mod storage;
 pub mod web;

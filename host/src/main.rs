@@ -294,6 +294,7 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
+    strata::preflight::check(&cfg).await?;
     let auth = strata::registry::auth::Auth::from_config(&cfg.auth)?;
     let builder = Builder::new(Arc::new(cfg)).await?;
     let app = strata::registry::router(builder.clone())

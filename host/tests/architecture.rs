@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom: a folder may import only folders after it. `config` and
 /// `error` are leaves: they import nothing of the crate.
-const LAYERS: &[&str] = &["web", "registry", "build", "ops", "plugins", "image", "storage", "nix", "config", "error"];
+const LAYERS: &[&str] = &["preflight", "web", "registry", "build", "ops", "plugins", "image", "storage", "nix", "config", "error"];
 
 /// Imports allowed to run upward, each with why (at most two).
 const UPWARD: &[(&str, &str)] = &[];

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod nixdaemon;
 pub mod stores;
 
 /// The repository root (this crate lives in `<root>/tests`).
@@ -324,6 +325,38 @@ pub struct ServerOptions {
     pub storage_url: Option<String>,
     /// More keys of the `[storage]` table (`serve = "redirect"`).
     pub storage_toml: String,
+    /// Run the server as this user instead of root (tests/src/nixdaemon.rs):
+    /// its temporary directory and storage are made its own.
+    pub user: Option<RunAs>,
+}
+
+/// A user, its primary group and its supplementary groups (no others).
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// Makes `cmd` drop root for this user, its groups first.
+    pub fn apply(&self, cmd: &mut Command) {
+        let me = self.clone();
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid),
+        // and no allocation, between fork and exec. std's own `uid()` drops the supplementary
+        // groups, and `pre_exec` runs after it, too late for setgroups.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(me.groups.len(), me.groups.as_ptr()) != 0
+                    || libc::setgid(me.gid) != 0
+                    || libc::setuid(me.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// A running `strata serve`; stopped (its whole process group) on drop.
@@ -390,6 +423,11 @@ impl Server {
         let storage = opts.storage.clone().unwrap_or_else(|| dir.path().join("storage"));
         std::fs::create_dir_all(&storage).expect("storage dir");
         let storage = storage.canonicalize().expect("storage dir");
+        if let Some(user) = &opts.user {
+            for d in [dir.path(), storage.as_path()] {
+                std::os::unix::fs::chown(d, Some(user.uid), Some(user.gid)).expect("chown to the server's user");
+            }
+        }
         let nix_work = dir.path().join("nix");
         let log = dir.path().join("strata.log");
         let http = http_client();
@@ -431,6 +469,9 @@ impl Server {
                 .stdout(log_file.try_clone().expect("log fd"))
                 .stderr(log_file)
                 .process_group(0);
+            if let Some(user) = &opts.user {
+                user.apply(&mut cmd);
+            }
             let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             match wait_ready(&mut child, &http, &format!("http://{addr}/v2/"), Duration::from_secs(60)) {
                 Ok(()) => return Server { child, addr, storage, log, dir, http },
@@ -602,6 +643,29 @@ pub fn chroot(rootfs: &Path, args: &[&str]) -> Output {
         Command::new(chroot).arg(rootfs).args(args).env_clear().env("PATH", "/bin:/usr/bin").env("HOME", "/"),
         Duration::from_secs(60),
     )
+}
+
+/// Pulls `name:latest` with skopeo, unpacks it with umoci and runs
+/// `/bin/<program>` (a script of a test's package set) under chroot, in
+/// new directories under `work`; its output.
+pub fn pull_and_run(server: &Server, name: &str, program: &str, work: &Path) -> String {
+    let n = unique_suffix();
+    let layout = work.join(format!("oci-{program}-{n}"));
+    skopeo_copy(server, name, "latest", &layout, "t").assert_ok();
+    let rootfs = umoci_unpack(&layout, "t", &work.join(format!("bundle-{program}-{n}")));
+    chroot(&rootfs, &[&format!("/bin/{program}")]).assert_ok().stdout
+}
+
+/// Whether the Nix store holds `path` (`nix-store --check-validity`).
+pub fn is_valid(path: &str) -> bool {
+    let out = run(Command::new("nix-store").args(["--check-validity", "--print-invalid", path]), Duration::from_secs(60)).assert_ok();
+    out.stdout.trim().is_empty()
+}
+
+/// The closure of a store path (`nix-store --query --requisites`).
+pub fn requisites(path: &str) -> Vec<String> {
+    let out = run(Command::new("nix-store").args(["--query", "--requisites", path]), Duration::from_secs(60)).assert_ok();
+    out.stdout.lines().map(str::to_string).collect()
 }
 
 /// The digests of the blobs an OCI layout holds.

@@ -145,19 +145,9 @@ fn dir_of(server: &Server, path: &str) -> PathBuf {
     root_dirs(server).into_iter().find(|(_, t)| t.iter().any(|t| t == path)).map(|(d, _)| d).expect("a root dir")
 }
 
-fn is_valid(path: &str) -> bool {
-    let out = run(Command::new("nix-store").args(["--check-validity", "--print-invalid", path]), Duration::from_secs(60)).assert_ok();
-    out.stdout.trim().is_empty()
-}
-
 fn nar_size(path: &str) -> u64 {
     let out = run(Command::new("nix-store").args(["--query", "--size", path]), Duration::from_secs(60)).assert_ok();
     out.stdout.trim().parse().unwrap_or_else(|_| panic!("size of {path}: {out}"))
-}
-
-fn requisites(path: &str) -> Vec<String> {
-    let out = run(Command::new("nix-store").args(["--query", "--requisites", path]), Duration::from_secs(60)).assert_ok();
-    out.stdout.lines().map(str::to_string).collect()
 }
 
 /// The derivation Nix recorded as having built `path` (a valid one: the
@@ -191,15 +181,6 @@ fn bytes_reported(out: &Output) -> u64 {
     let line = out.stdout.lines().find(|l| l.starts_with("nix store:")).unwrap_or_else(|| panic!("no nix store line: {out}"));
     let (before, _) = line.split_once(" bytes, NAR size").unwrap_or_else(|| panic!("{line}"));
     before.rsplit('(').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
-}
-
-/// Pulls with skopeo, unpacks with umoci and runs `/bin/<program>` (a
-/// busybox script) under chroot; its output.
-fn pull_and_run(server: &Server, name: &str, program: &str, work: &Path) -> String {
-    let layout = work.join(format!("oci-{program}"));
-    skopeo_copy(server, name, "latest", &layout, "t").assert_ok();
-    let rootfs = umoci_unpack(&layout, "t", &work.join(format!("bundle-{program}")));
-    chroot(&rootfs, &[&format!("/bin/{program}")]).assert_ok().stdout
 }
 
 /// X (stale) and Y (kept) share a package; Z is one root directory for two
