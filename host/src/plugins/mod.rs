@@ -15,7 +15,7 @@ mod check;
 mod runtime;
 
 pub use builtin::NAMES as BUILTIN_NAMES;
-pub use check::{check_sample, CheckReport};
+pub use check::{check_command, check_sample, CheckArgs, CheckReport};
 pub use runtime::CallStats;
 
 use crate::config::{GroupRule, PluginsConfig};
@@ -163,6 +163,19 @@ impl Plugin {
         input.config = self.config.clone();
         let (out, _) = self.run("render_source", input, |_, out| validate::source(out)).await?;
         Ok(out)
+    }
+
+    /// An export's answer as the module wrote it, before it is decoded or
+    /// checked: `strata_plugin_info` (no input) or a hook's export with
+    /// input bytes (encode them with `strata_plugin_sdk::wire::WireInput`,
+    /// as the server does). Calls run under the same limits as the
+    /// server's. For tests that hold answers against the published schema.
+    #[doc(hidden)]
+    pub fn answer_bytes(&self, export: &str, input: Option<&[u8]>) -> Result<Vec<u8>, String> {
+        match input {
+            None => self.loaded.info_bytes(),
+            Some(bytes) => Ok(self.loaded.call(export, bytes)?.0),
+        }
     }
 
     /// Store creation and instantiation alone, as every call pays them; for
