@@ -95,10 +95,22 @@ enum Command {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Load a plugin, check its ABI version and exports, and run each hook it
-    /// exports on a sample input.
+    /// exports on a sample input, or one hook on your own input, exactly as
+    /// the server runs it (limits and output checks included).
     Check {
         /// The plugin's `.wasm` file.
         file: PathBuf,
+        /// Run only this hook: expand_names, group_layers or render_source.
+        #[arg(long)]
+        hook: Option<String>,
+        /// The hook's input as JSON (as docs/plugins.md shows it); prints the
+        /// whole answer. Its `config` is replaced by the plugin's configuration.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The plugin's configuration table: JSON, or TOML for a `.toml`
+        /// file (default: [plugins.config.<file stem>] of --config's file).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
     },
 }
 
@@ -198,21 +210,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => strata::bench::run(command).await,
-        Command::Plugin { command: PluginCommand::Check { file } } => {
-            // The plugin's table from the config, by its file stem, so a
-            // source plugin is checked with the source it would serve.
-            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-            let table = match cfg.plugins.config.get(stem) {
-                Some(t) => serde_json::to_value(t)?,
-                None => serde_json::Value::Null,
-            };
-            let plugin = strata::plugins::load_file(&file, table, &cfg.plugins)?;
-            let report = strata::plugins::check_sample(&plugin).await;
-            println!("{report}");
-            if !report.ok() {
-                anyhow::bail!("{} failed its checks", file.display());
-            }
-            Ok(())
+        Command::Plugin { command: PluginCommand::Check { file, hook, input, plugin_config } } => {
+            let args = strata::plugins::CheckArgs { hook: hook.as_deref(), input: input.as_deref(), config: plugin_config.as_deref() };
+            strata::plugins::check_command(&cfg.plugins, &file, args).await
         }
     }
 }
