@@ -77,6 +77,25 @@ fn c_plugin_built_checked_and_pulled() {
     assert!(!refused.success(), "{refused}");
     assert!(refused.stdout.contains("FAILED: reported an error: no layer budget"), "{refused}");
 
+    // The header's reader against the published test vectors of the
+    // compact form: bytes the SDK refuses, it refuses; bytes the SDK reads,
+    // it reads (the plugin may still have its own say, as on budget 0).
+    let vectors: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("docs/plugin-compact-vectors.json")).unwrap()).unwrap();
+    let plugin = strata::plugins::load_file(&wasm, serde_json::Value::Null, &Default::default()).unwrap();
+    for v in vectors["vectors"].as_array().unwrap() {
+        let bytes: Vec<u8> = v["hex"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let answer = plugin.answer_bytes("strata_group_layers", Some(&bytes)).unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let refused = answer["err"]["message"].as_str().is_some_and(|m| m.starts_with("compact input:"));
+        assert_eq!(refused, v["verdict"] == "refused", "vector {}: {answer}", v["name"]);
+    }
+
     // Swapped in by path, and pulled.
     let server = Server::start_with(ServerOptions {
         extra_toml: format!("[plugins]\ngroup = \"{}\"\n", wasm.display()),
