@@ -125,7 +125,8 @@ fn c_plugin_built_checked_and_pulled() {
         let blob = std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap();
         let mut paths: Vec<String> = layer_entries(&blob)
             .into_iter()
-            .filter_map(|(p, ..)| p.strip_prefix("nix/store/").map(|rest| rest.split('/').next().unwrap().to_string()))
+            .filter_map(|(p, ..)| p.strip_prefix("nix/store/").and_then(|rest| rest.split('/').next()).map(str::to_string))
+            .filter(|p| !p.is_empty())
             .collect();
         paths.dedup();
         assert_eq!(paths.len(), 1, "one store path per layer: {paths:?} ({created_by})");
