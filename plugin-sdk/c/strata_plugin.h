@@ -464,24 +464,21 @@ STRATA_EXPORT("strata_group_layers") int64_t strata_group_layers(int32_t ptr, in
 
 /* ------------------------------------------- expand_names and render_source */
 
-#ifdef STRATA_EXPAND_NAMES
-const char *STRATA_EXPAND_NAMES(const char *json, uint32_t len, strata_json *out);
+/* A hook whose input is JSON text: the function writes the output object. */
+#define STRATA__JSON_HOOK(hook, fn)                                                 \
+    const char *fn(const char *json, uint32_t len, strata_json *out);               \
+    STRATA_EXPORT("strata_" #hook) int64_t strata_##hook(int32_t ptr, int32_t len) { \
+        strata_json j = {0, 0, 0};                                                  \
+        const char *err = fn((const char *)(size_t)ptr, (uint32_t)len, &j);         \
+        return strata__envelope(&j, err);                                           \
+    }
 
-STRATA_EXPORT("strata_expand_names") int64_t strata_expand_names(int32_t ptr, int32_t len) {
-    strata_json j = {0, 0, 0};
-    const char *err = STRATA_EXPAND_NAMES((const char *)(size_t)ptr, (uint32_t)len, &j);
-    return strata__envelope(&j, err);
-}
+#ifdef STRATA_EXPAND_NAMES
+STRATA__JSON_HOOK(expand_names, STRATA_EXPAND_NAMES)
 #endif
 
 #ifdef STRATA_RENDER_SOURCE
-const char *STRATA_RENDER_SOURCE(const char *json, uint32_t len, strata_json *out);
-
-STRATA_EXPORT("strata_render_source") int64_t strata_render_source(int32_t ptr, int32_t len) {
-    strata_json j = {0, 0, 0};
-    const char *err = STRATA_RENDER_SOURCE((const char *)(size_t)ptr, (uint32_t)len, &j);
-    return strata__envelope(&j, err);
-}
+STRATA__JSON_HOOK(render_source, STRATA_RENDER_SOURCE)
 #endif
 
 #endif /* STRATA_PLUGIN_H */
