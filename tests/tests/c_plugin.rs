@@ -146,3 +146,55 @@ fn c_plugin_built_checked_and_pulled() {
     let hello = chroot(&rootfs, &["/bin/hello"]).assert_ok();
     assert_eq!(hello.stdout, "Hello, world!\n", "{hello}");
 }
+
+/// The kit's other half: hooks whose input is JSON text, answered through
+/// its JSON writer (escaping, integers) inside the envelope, and its error
+/// path; checked by the host as the server checks them.
+#[test]
+fn c_kit_json_hooks() {
+    require_tool("clang");
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("json_hooks.c");
+    std::fs::write(
+        &source,
+        r#"#define STRATA_PLUGIN_NAME "c-json-hooks"
+#define STRATA_EXPAND_NAMES expand
+#define STRATA_RENDER_SOURCE render
+#include "strata_plugin.h"
+
+const char *expand(const char *json, uint32_t len, strata_json *out) {
+    (void)json;
+    strata_json_raw(out, "{\"packages\":[\"hello\"],\"arch\":\"amd64\",\"image\":{\"env\":[\"INPUT_BYTES=");
+    strata_json_u64(out, len);
+    strata_json_raw(out, "\"],\"labels\":{\"quote\":");
+    strata_json_str(out, "say \"hi\"\\\n");
+    strata_json_raw(out, "}}}");
+    return 0;
+}
+
+const char *render(const char *json, uint32_t len, strata_json *out) {
+    (void)json; (void)len; (void)out;
+    return "no source \"here\"";
+}
+"#,
+    )
+    .unwrap();
+    let wasm = work.path().join("json_hooks.wasm");
+    let sdk = repo_root().join("plugin-sdk/c");
+    run(
+        Command::new("clang")
+            .args(["--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wall", "-Werror", "-Wl,--no-entry", "-I"])
+            .arg(&sdk)
+            .arg("-o")
+            .arg(&wasm)
+            .arg(&source),
+        Duration::from_secs(120),
+    )
+    .assert_ok();
+    let out = check(&[wasm.as_os_str()]);
+    assert!(!out.success(), "render_source fails on purpose:\n{out}");
+    assert!(out.stdout.contains("hooks: expand_names, render_source"), "{out}");
+    assert!(out.stdout.contains(r#""env":["INPUT_BYTES="#), "{out}");
+    assert!(out.stdout.contains(r#""labels":{"quote":"say \"hi\"\\\n"}"#), "{out}");
+    assert!(out.stdout.contains(r#"render_source (tag latest): FAILED: reported an error: no source "here""#), "{out}");
+}
