@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds Strata's built-in plugins to WebAssembly, and any plugin crate
-# given as an argument.
+# Builds Strata's built-in plugins to WebAssembly, or the plugin crates
+# given as arguments (and nothing else).
 #
 #   scripts/build-plugins.sh                          # plugins/dist/*.wasm
-#   scripts/build-plugins.sh examples/custom-plugin   # also <dir>/<lib>.wasm
-#   scripts/build-plugins.sh --no-builtins DIR        # only DIR's plugin
+#   scripts/build-plugins.sh examples/custom-plugin   # only <dir>/<lib>.wasm
+#   scripts/build-plugins.sh --builtins DIR           # both
 #
 # Built-ins land in plugins/dist/<dir name>.wasm (committed: the host embeds
 # them). A crate named as an argument lands in its own directory as
 # <lib name>.wasm, e.g. examples/custom-plugin/one_layer_per_package.wasm;
-# it must define a `plugin` profile (see that crate's Cargo.toml).
+# it must define a `plugin` profile (see that crate's Cargo.toml). It may
+# be anywhere: only the toolchain and the target directory come from here.
+# (`--no-builtins`, once needed to keep the built-ins, is still accepted.)
 #
 # Toolchain: a rustup toolchain with the wasm32-unknown-unknown target
 # (`rustup target add wasm32-unknown-unknown`) is used when present.
@@ -26,12 +28,20 @@
 # hashes such a dependency's absolute path into symbol names.
 set -euo pipefail
 
-builtins_too=1
-if [[ ${1:-} == --no-builtins ]]; then
+# Built-ins only when no crate is named, unless asked for.
+builtins_too=$(($# == 0))
+case ${1:-} in
+--builtins)
+    builtins_too=1
+    shift
+    ;;
+--no-builtins)
     builtins_too=0
     shift
-fi
+    ;;
+esac
 
+caller=$(pwd)
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
@@ -119,12 +129,14 @@ if ((builtins_too)); then
     for p in "${builtins[@]}"; do
         src="$out_dir/$(lib_name "plugins/$p/Cargo.toml").wasm"
         cp "$src" "plugins/dist/$p.wasm"
-        report+=("plugins/dist/$p.wasm")
+        report+=("$root/plugins/dist/$p.wasm")
     done
 fi
 
 for dir in "$@"; do
     dir=${dir%/}
+    # Relative to where the script was called from, not the checkout.
+    [[ $dir == /* ]] || dir=$caller/$dir
     if [[ ! -f $dir/Cargo.toml ]]; then
         echo "error: $dir/Cargo.toml not found" >&2
         exit 1
@@ -144,5 +156,5 @@ done
 
 echo "built in $(($(date +%s) - start)) s:" >&2
 for f in "${report[@]}"; do
-    printf '%8d  %s  %s\n' "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -c1-16)" "$f"
+    printf '%8d  %s  %s\n' "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -c1-16)" "${f#"$caller"/}"
 done

@@ -70,6 +70,9 @@ TEST_PACKAGES=(
   rustc-web rust-web-src cargo-web
   # the C++ compiler libfuzzer-sys builds libFuzzer with (cargo fuzz, fuzz/)
   g++
+  # clang --target=wasm32 and its linker wasm-ld: the C plugin example
+  # (examples/c-plugin, tests/tests/c_plugin.rs)
+  clang lld
   # load testing and everyday tools the tests call
   wrk git python3 xxd coreutils tar gzip zstd procps
   # the browser test: Debian's headless Chromium driven from Node

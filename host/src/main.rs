@@ -80,6 +80,13 @@ enum Command {
         #[arg(long)]
         no_storage: bool,
     },
+    /// Benchmarks: a thin alias that runs `strata-bench` (built beside this
+    /// binary, the `bench/` crate) with the same arguments.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -90,10 +97,22 @@ enum Command {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Load a plugin, check its ABI version and exports, and run each hook it
-    /// exports on a sample input.
+    /// exports on a sample input, or one hook on your own input, exactly as
+    /// the server runs it (limits and output checks included).
     Check {
         /// The plugin's `.wasm` file.
         file: PathBuf,
+        /// Run only this hook: expand_names, group_layers or render_source.
+        #[arg(long)]
+        hook: Option<String>,
+        /// The hook's input as JSON (as docs/plugins.md shows it); prints the
+        /// whole answer. Its `config` is replaced by the plugin's configuration.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The plugin's configuration table: JSON, or TOML for a `.toml`
+        /// file (default: [plugins.config.<file stem>] of --config's file).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
     },
 }
 
@@ -192,21 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", strata::ops::gc::run(&cfg, &storage, older_than, delete, parts).await?);
             Ok(())
         }
-        Command::Plugin { command: PluginCommand::Check { file } } => {
-            // The plugin's table from the config, by its file stem, so a
-            // source plugin is checked with the source it would serve.
-            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-            let table = match cfg.plugins.config.get(stem) {
-                Some(t) => serde_json::to_value(t)?,
-                None => serde_json::Value::Null,
-            };
-            let plugin = strata::plugins::load_file(&file, table, &cfg.plugins)?;
-            let report = strata::plugins::check_sample(&plugin).await;
-            println!("{report}");
-            if !report.ok() {
-                anyhow::bail!("{} failed its checks", file.display());
-            }
-            Ok(())
+        Command::Bench { args } => bench_alias(&args),
+        Command::Plugin { command: PluginCommand::Check { file, hook, input, plugin_config } } => {
+            let args = strata::plugins::CheckArgs { hook: hook.as_deref(), input: input.as_deref(), config: plugin_config.as_deref() };
+            strata::plugins::check_command(&cfg.plugins, &file, args).await
         }
     }
 }
@@ -215,6 +223,18 @@ fn check_name(cfg: &Config, name: &str, tag: &str) -> anyhow::Result<()> {
     strata::registry::reference::parse_name(name, cfg.max_packages).map_err(strata::error::Error::from)?;
     strata::registry::reference::parse_tag(tag).map_err(strata::error::Error::from)?;
     Ok(())
+}
+
+/// `strata bench …` → `strata-bench …`: the benchmarks are a crate of
+/// their own, so the product carries no benchmark code.
+fn bench_alias(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let bench = me.with_file_name("strata-bench");
+    let status = std::process::Command::new(&bench)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {} (build it with `cargo build --release -p strata-bench`)", bench.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn human(bytes: u64) -> String {

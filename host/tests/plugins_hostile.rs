@@ -18,6 +18,7 @@ const RUNTIME_HOSTILE: &[(&str, &str)] = &[
     ("memory_bomb", "exceeded its memory limit (64 MiB)"),
     ("huge_output", "returned 1073741824 bytes, over its output limit (16 MiB)"),
     ("out_of_bounds", "returned a buffer outside its memory"),
+    ("null_alloc", "returned 0 (null); a plugin that cannot allocate must trap"),
     ("panic", "trapped: wasm `unreachable` instruction executed"),
     ("stack_overflow", "trapped: call stack exhausted"),
     ("malformed_json", "returned malformed JSON: EOF"),

@@ -20,6 +20,8 @@
 //! `docs/plugins.md` is the full contract.
 
 pub mod graph;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod types;
 pub mod validate;
 pub mod wire;

@@ -27,6 +27,7 @@ pub const HOOKS: [&str; 3] = ["expand_names", "group_layers", "render_source"];
 /// What `strata_plugin_info` returns: shown on the web page and by
 /// `strata plugin check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -37,6 +38,7 @@ pub struct PluginInfo {
 /// A failure the plugin reports on purpose (as opposed to a trap). The host
 /// turns it into a request error naming the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginError {
     pub message: String,
 }
@@ -57,6 +59,7 @@ impl std::error::Error for PluginError {}
 
 /// What the guest returns from every hook: exactly one of the two fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Envelope<T> {
     Ok(T),
@@ -68,6 +71,7 @@ pub enum Envelope<T> {
 /// Settings an expansion plugin may put on the image config. Later plugins in
 /// the chain see and may override what earlier ones set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct ImageSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,7 @@ pub struct ImageSettings {
 /// The state an expansion chain passes from plugin to plugin. The first plugin
 /// receives the name segments as `packages` and `amd64` as `arch`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Expansion {
     /// Package attribute paths (`git`, `xorg.xev`), in request order.
     pub packages: Vec<String>,
@@ -106,6 +111,7 @@ pub struct Expansion {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExpandInput {
     /// This plugin's configuration table from `strata.toml` (`{}` if none).
     #[serde(default)]
@@ -124,6 +130,7 @@ pub type ExpandOutput = Expansion;
 
 /// One store path of the runtime closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StorePath {
     /// Full path, `/nix/store/<hash>-<name>`.
     pub path: String,
@@ -139,6 +146,7 @@ pub struct StorePath {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClosureGraph {
     /// The top-level store paths of the requested packages, as indices into
     /// `paths`, in request order.
@@ -210,6 +218,7 @@ pub fn store_name(path: &str) -> &str {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupInput {
     #[serde(default)]
     pub config: Value,
@@ -220,6 +229,7 @@ pub struct GroupInput {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Layers {
     /// The strategy's name, written into the image history.
     pub strategy: String,
@@ -245,6 +255,7 @@ impl Layers {
 // --------------------------------------------------------------- render_source
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SourceInput {
     /// The source plugin's configuration (for `nixpkgs-source`: `channel`,
     /// `git` or `path`).
@@ -255,6 +266,7 @@ pub struct SourceInput {
 
 /// What Nix imports. The host hands this to `nix/load-pkgs.nix` as JSON data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NixSource {
     /// A nixpkgs channel name (`nixos-unstable`) or a nixpkgs commit.
@@ -273,6 +285,7 @@ pub enum NixSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SourceOutput {
     pub source: NixSource,
     /// A stable name of exactly what is built (URL and revision), used in

@@ -61,13 +61,26 @@ fn pull(server: &Server, work: &Path, label: &str) -> (Vec<String>, Vec<String>,
 fn example_grouping_plugin_built_swapped_in_and_pulled() {
     // Built the way the example's README says, from its source.
     let root = repo_root();
+    // Given a crate, the script builds that crate only: the committed
+    // built-ins are not rewritten.
+    let dist = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        files_under(&root.join("plugins/dist"))
+            .into_iter()
+            .map(|f| {
+                let modified = std::fs::metadata(&f).unwrap().modified().unwrap();
+                (f, modified)
+            })
+            .collect()
+    };
+    let before = dist();
     let built = run(
-        Command::new("bash").arg(root.join("scripts/build-plugins.sh")).arg("--no-builtins").arg("examples/custom-plugin").current_dir(&root),
+        Command::new("bash").arg(root.join("scripts/build-plugins.sh")).arg("examples/custom-plugin").current_dir(&root),
         Duration::from_secs(900),
     )
     .assert_ok();
     let wasm = root.join("examples/custom-plugin/one_layer_per_package.wasm");
     assert!(wasm.is_file(), "{} was not written:\n{built}", wasm.display());
+    assert_eq!(before, dist(), "plugins/dist/ was rewritten:\n{built}");
 
     // `strata plugin check` accepts it.
     let check = run(Command::new(strata_bin()).arg("plugin").arg("check").arg(&wasm), Duration::from_secs(120)).assert_ok();

@@ -23,8 +23,9 @@ mod plugin;
 mod runtime;
 
 pub use builtin::NAMES as BUILTIN_NAMES;
-pub use check::{check_sample, CheckReport};
-pub use plugin::{Plugin, PluginFailure};
+pub use check::{check_command, check_sample, CheckArgs, CheckReport};
+use plugin::file_stem;
+pub use plugin::{load_file, Plugin, PluginFailure};
 pub use runtime::CallStats;
 
 use crate::config::{GroupRule, PluginsConfig};
@@ -32,7 +33,7 @@ use runtime::Limits;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use strata_plugin_sdk::{
     ExpandInput, Expansion,
@@ -141,28 +142,9 @@ impl PluginSet {
     }
 }
 
-/// Loads one module from a file, outside any configuration; its name is the
-/// file stem. Used by `strata plugin check`.
-pub fn load_file(path: &Path, config: Value, cfg: &PluginsConfig) -> anyhow::Result<Plugin> {
-    let limits = Limits::from_config(cfg)?;
-    let name = file_stem(path)?;
-    let wasm = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let config = if config.is_null() { Value::Object(Default::default()) } else { config };
-    Plugin::from_wasm(&name, &wasm, config, path.display().to_string(), limits, cfg.cache_dir.as_deref())
-        .map_err(|e| anyhow::anyhow!("plugin `{name}` ({}): {e}", path.display()))
-}
-
 /// A reference is a path when it looks like one; otherwise a name.
 fn is_path_ref(reference: &str) -> bool {
     reference.contains('/') || reference.ends_with(".wasm")
-}
-
-fn file_stem(path: &Path) -> anyhow::Result<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("{}: cannot name a plugin after this path", path.display()))
 }
 
 enum Origin {

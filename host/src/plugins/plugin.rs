@@ -5,6 +5,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::Path;
+
+use crate::config::PluginsConfig;
 use std::sync::Arc;
 use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{
@@ -151,6 +153,19 @@ impl Plugin {
         Ok(out)
     }
 
+    /// An export's answer as the module wrote it, before it is decoded or
+    /// checked: `strata_plugin_info` (no input) or a hook's export with
+    /// input bytes (encode them with `strata_plugin_sdk::wire::WireInput`,
+    /// as the server does). Calls run under the same limits as the
+    /// server's. For tests that hold answers against the published schema.
+    #[doc(hidden)]
+    pub fn answer_bytes(&self, export: &str, input: Option<&[u8]>) -> Result<Vec<u8>, String> {
+        match input {
+            None => self.loaded.info_bytes(),
+            Some(bytes) => Ok(self.loaded.call(export, bytes)?.0),
+        }
+    }
+
     /// Store creation and instantiation alone, as every call pays them; for
     /// the overhead benchmark.
     #[doc(hidden)]
@@ -204,3 +219,21 @@ impl Plugin {
     }
 }
 
+/// Loads one module from a file, outside any configuration; its name is the
+/// file stem. Used by `strata plugin check`.
+pub fn load_file(path: &Path, config: Value, cfg: &PluginsConfig) -> anyhow::Result<Plugin> {
+    let limits = Limits::from_config(cfg)?;
+    let name = file_stem(path)?;
+    let wasm = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let config = if config.is_null() { Value::Object(Default::default()) } else { config };
+    Plugin::from_wasm(&name, &wasm, config, path.display().to_string(), limits, cfg.cache_dir.as_deref())
+        .map_err(|e| anyhow::anyhow!("plugin `{name}` ({}): {e}", path.display()))
+}
+
+pub(crate) fn file_stem(path: &Path) -> anyhow::Result<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("{}: cannot name a plugin after this path", path.display()))
+}

@@ -285,6 +285,14 @@ impl Loaded {
             let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "strata_alloc")?;
             let hook = instance.get_typed_func::<(i32, i32), i64>(&mut *store, export)?;
             let ptr = alloc.call(&mut *store, len)?;
+            // Null is where C allocators say "no memory"; writing there
+            // would overwrite the guest's own data. The ABI's way to fail
+            // is to trap.
+            if ptr == 0 && len > 0 {
+                return Err(CallError::Refused(format!(
+                    "strata_alloc({len}) returned 0 (null); a plugin that cannot allocate must trap"
+                )));
+            }
             let range = in_bounds(ptr as u32, len as u32, memory.data_size(&*store)).ok_or_else(|| {
                 CallError::Refused(format!(
                     "strata_alloc({len}) returned {ptr:#x}, outside its {} bytes of memory",
@@ -299,6 +307,11 @@ impl Loaded {
 
     /// Calls `strata_plugin_info` and decodes it.
     pub fn info(&self) -> Result<strata_plugin_sdk::PluginInfo, String> {
+        decode(&self.info_bytes()?)
+    }
+
+    /// `strata_plugin_info`'s answer as the module wrote it.
+    pub fn info_bytes(&self) -> Result<Vec<u8>, String> {
         let (bytes, _) = self.with_instance(|store, instance| {
             let memory = instance
                 .get_memory(&mut *store, "memory")
@@ -307,7 +320,7 @@ impl Loaded {
             let packed = f.call(&mut *store, ())?;
             self.read_output(store, &memory, packed)
         })?;
-        decode(&bytes)
+        Ok(bytes)
     }
 
     fn read_output(
@@ -370,12 +383,21 @@ fn check_shape(module: &Module) -> Result<Vec<&'static str>, String> {
         ));
     }
     match module.get_export("memory") {
-        Some(ExternType::Memory(m)) if m.is_64() || m.is_shared() => {
-            return Err("exports a 64-bit or shared `memory`; the ABI needs a plain 32-bit one".into())
+        Some(ExternType::Memory(m)) if m.is_64() => {
+            return Err("exports a 64-bit `memory` (memory64); the ABI needs a 32-bit one".into())
+        }
+        Some(ExternType::Memory(m)) if m.is_shared() => {
+            return Err("exports a shared `memory` (threads); the ABI needs an unshared one".into())
         }
         Some(ExternType::Memory(_)) => {}
         Some(_) => return Err("exports `memory`, but not as a memory".into()),
         None => return Err("does not export `memory`".into()),
+    }
+    // Instantiation would fail on the store's limit of one memory anyway;
+    // refusing here names the cause.
+    let memories = module.resources_required().num_memories;
+    if memories > 1 {
+        return Err(format!("declares {memories} memories (multi-memory); a plugin has exactly one, `memory`"));
     }
     for (name, params, results) in REQUIRED {
         check_func(module, name, params, results)?
