@@ -264,6 +264,40 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Writes a package set of a test's own to `dir/pkgs/default.nix`:
+/// busybox under a store name carrying `nonce` (`bb`, the scripts'
+/// interpreter), and `mk name script extra`, a derivation `<nonce>-<name>`
+/// built by `/bin/sh`, for `bindings` (more `let` bindings, Nix text) to
+/// build the set's `attrs` (the attribute set's body) with. Every name
+/// carries the nonce, so test binaries running side by side share no
+/// derivation and no Nix lock.
+pub fn write_busybox_set(dir: &Path, nonce: &str, bindings: &str, attrs: &str) -> PathBuf {
+    let nix = format!(
+        r#"{{ system ? builtins.currentSystem }}:
+let
+  bbDir = builtins.path {{
+    name = "{nonce}-busybox";
+    path = /usr/bin;
+    filter = path: type: baseNameOf path == "busybox";
+  }};
+  bb = "${{bbDir}}/busybox";
+  mk = name: script: extra: derivation ({{
+    name = "{nonce}-${{name}}";
+    inherit system;
+    builder = "/bin/sh";
+    PATH = "/usr/bin:/bin";
+    args = [ "-c" ("set -eu; " + script) ];
+  }} // extra);
+{bindings}in {{
+{attrs}}}
+"#
+    );
+    let pkgs = dir.join("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    std::fs::write(pkgs.join("default.nix"), nix).unwrap();
+    pkgs
+}
+
 /// A value no other call makes, in this process, another one running beside
 /// it (scripts/test-binaries.sh) or an earlier run: for names that must be
 /// new to the Nix store, and for STRATA_FAULT_NONCE, which makes
@@ -576,7 +610,7 @@ fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, url: &str, li
 
 /// SIGTERM to a process group leader, bounded wait, then SIGKILL to the
 /// whole group (a Nix build in flight goes too).
-fn stop_group(child: &mut Child) {
+pub(crate) fn stop_group(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         kill_group(child.id(), libc::SIGKILL);
         return;

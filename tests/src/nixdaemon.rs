@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{kill_group, require_root, require_tool, run, tail, wait_bounded, RunAs};
+use crate::{require_root, require_tool, run, stop_group, tail, RunAs};
 
 /// The group whose members may use the daemon, as Debian's
 /// nix-setup-systemd (and Nix's installer) name it.
@@ -112,12 +112,7 @@ impl Drop for NixDaemon {
         if thread::panicking() {
             eprintln!("---- nix-daemon log ----\n{}\n---- end of nix-daemon log ----", tail(&self.log(), 40));
         }
-        kill_group(self.child.id(), libc::SIGTERM);
-        if wait_bounded(&mut self.child, Duration::from_secs(10)).is_none() {
-            eprintln!("nix-daemon did not stop on SIGTERM within 10 s; killing it");
-        }
-        kill_group(self.child.id(), libc::SIGKILL);
-        let _ = wait_bounded(&mut self.child, Duration::from_secs(5));
+        stop_group(&mut self.child);
     }
 }
 

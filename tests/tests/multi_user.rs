@@ -21,39 +21,22 @@ use strata_e2e::*;
 /// scripts' interpreter), `shared`, and `mua` and `muo`, each a script
 /// printing its name and `shared`'s id.
 fn pkgs(dir: &Path, nonce: &str) -> PathBuf {
-    let nix = format!(
-        r#"{{ system ? builtins.currentSystem }}:
-let
-  bbDir = builtins.path {{
-    name = "{nonce}-busybox";
-    path = /usr/bin;
-    filter = path: type: baseNameOf path == "busybox";
-  }};
-  bb = "${{bbDir}}/busybox";
-  mk = name: script: extra: derivation ({{
-    name = "{nonce}-${{name}}";
-    inherit system;
-    builder = "/bin/sh";
-    PATH = "/usr/bin:/bin";
-    args = [ "-c" ("set -eu; " + script) ];
-  }} // extra);
-  shared = mk "shared" "mkdir -p $out; echo {nonce}-shared > $out/id" {{ }};
+    let bindings = format!(
+        r#"  shared = mk "shared" "mkdir -p $out; echo {nonce}-shared > $out/id" {{ }};
   own = name: mk name ''
     mkdir -p $out/bin
     head -c 65536 /dev/urandom > $out/blob
     printf '#!%s sh\necho %s {nonce}\n%s cat %s/id\n' "${{bb}}" "${{name}}" "${{bb}}" "$shared" > $out/bin/${{name}}
     chmod 755 $out/bin/${{name}}
   '' {{ inherit shared; }};
-in {{
-  mua = own "mua";
-  muo = own "muo";
-}}
 "#
     );
-    let pkgs = dir.join("pkgs");
-    std::fs::create_dir_all(&pkgs).unwrap();
-    std::fs::write(pkgs.join("default.nix"), nix).unwrap();
-    pkgs
+    let attrs = format!(
+        r#"  mua = own "mua";
+  muo = own "muo";
+"#
+    );
+    write_busybox_set(dir, nonce, &bindings, &attrs)
 }
 
 /// A directory root owns and others may read (the package set lives there):

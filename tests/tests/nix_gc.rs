@@ -31,23 +31,8 @@ fn nonce() -> String {
 /// output. No `cacert` or `iana-etc`, so that images get no optional demo
 /// packages (which other tests use) either.
 fn pkgs(dir: &Path, nonce: &str, slow_secs: u32) -> PathBuf {
-    let nix = format!(
-        r#"{{ system ? builtins.currentSystem }}:
-let
-  bbDir = builtins.path {{
-    name = "{nonce}-busybox";
-    path = /usr/bin;
-    filter = path: type: baseNameOf path == "busybox";
-  }};
-  bb = "${{bbDir}}/busybox";
-  mk = name: script: extra: derivation ({{
-    name = "{nonce}-${{name}}";
-    inherit system;
-    builder = "/bin/sh";
-    PATH = "/usr/bin:/bin";
-    args = [ "-c" ("set -eu; " + script) ];
-  }} // extra);
-  shared = mk "shared" "mkdir -p $out; head -c 65536 /dev/urandom > $out/blob; echo {nonce}-shared > $out/id" {{ }};
+    let bindings = format!(
+        r#"  shared = mk "shared" "mkdir -p $out; head -c 65536 /dev/urandom > $out/blob; echo {nonce}-shared > $out/id" {{ }};
   own = name: kib: pre: mk name ''
     ${{pre}}
     mkdir -p $out/bin $out/share
@@ -55,21 +40,19 @@ let
     printf '#!%s sh\necho %s {nonce}\n%s cat %s/id\n' "${{bb}}" "${{name}}" "${{bb}}" "$shared" > $out/bin/${{name}}
     chmod 755 $out/bin/${{name}}
   '' {{ inherit shared; }};
-in {{
-  gca = own "gca" 512 "";
+"#
+    );
+    let attrs = format!(
+        r#"  gca = own "gca" 512 "";
   gcb = own "gcb" 64 "";
   gcz = own "gcz" 32 "";
   gcd = own "gcd" 256 "";
   gce = own "gce" 16 "";
   gcw = own "gcw" 128 "";
   slow = own "slow" 8 "sleep {slow_secs} # {nonce}-sleeping";
-}}
 "#
     );
-    let pkgs = dir.join("pkgs");
-    std::fs::create_dir_all(&pkgs).unwrap();
-    std::fs::write(pkgs.join("default.nix"), nix).unwrap();
-    pkgs
+    write_busybox_set(dir, nonce, &bindings, &attrs)
 }
 
 fn server(pkgs: &Path, extra_toml: &str) -> Server {
