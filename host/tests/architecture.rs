@@ -49,17 +49,13 @@ fn resolve(path: &[String], modules: &BTreeSet<String>) -> Option<String> {
 }
 
 /// Every module a file imports, resolved to a file's module.
-fn imports(module: &str, is_mod_rs: bool, text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+fn imports(module: &str, text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
     let code = code(text);
     let mut found = BTreeSet::new();
     let here: Vec<String> = if module == "lib" || module == "main" { vec![] } else { module.split("::").map(String::from).collect() };
-    // The module `super` names: the parent of the file's module (of mod.rs: its folder's parent).
-    let parent = {
-        let mut p = here.clone();
-        p.pop();
-        let _ = is_mod_rs;
-        p
-    };
+    // The module `super` names: the parent of the file's module (a
+    // folder's mod.rs is the folder's module, so its `super` is the parent).
+    let parent = here[..here.len().saturating_sub(1)].to_vec();
     let bytes = code.as_bytes();
     let mut i = 0;
     while let Some(off) = code[i..].find(|c: char| c == 'c' || c == 's') {
@@ -118,9 +114,8 @@ fn graph() -> Graph {
     let mut edges = BTreeMap::new();
     for (abs, rel) in all.iter().zip(&rels) {
         let module = module_of(rel);
-        let is_mod = rel.file_name().is_some_and(|f| f == "mod.rs");
         let text = std::fs::read_to_string(abs).unwrap();
-        edges.insert(module.clone(), imports(&module, is_mod, &text, &modules));
+        edges.insert(module.clone(), imports(&module, &text, &modules));
     }
     Graph { edges }
 }
@@ -212,6 +207,6 @@ fn folders_by_concern_and_no_benchmarks() {
 #[test]
 fn the_checker_sees_imports() {
     let modules: BTreeSet<String> = ["nix", "nix::gc", "build", "storage", "storage::lease"].iter().map(|s| s.to_string()).collect();
-    let found = imports("nix::gc", false, "use crate::build::Builder;\n// crate::storage\nuse super::Resolved;\nuse crate::{storage::lease::Leases};", &modules);
+    let found = imports("nix::gc", "use crate::build::Builder;\n// crate::storage\nuse super::Resolved;\nuse crate::{storage::lease::Leases};", &modules);
     assert_eq!(found, ["build", "nix", "storage::lease"].iter().map(|s| s.to_string()).collect());
 }

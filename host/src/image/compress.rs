@@ -62,7 +62,7 @@ impl Encoding {
 }
 
 /// The form OCI manifests reference, as `[layers]` sets it.
-pub fn encoding(layers: &LayersConfig) -> Encoding {
+fn encoding(layers: &LayersConfig) -> Encoding {
     Encoding { codec: layers.compression, level: layers.level() as i32 }
 }
 

@@ -160,7 +160,6 @@ pub fn plugin_call(plugin: &str, hook: &'static str, duration: Duration, ok: boo
     }
 }
 
-pub use crate::error::request_id;
 use crate::error::REQUEST_ID;
 
 /// Middleware: a request id (from `x-request-id` or new), a tracing span

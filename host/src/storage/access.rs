@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-pub use crate::config::MARK_INTERVAL;
 
 pub const ACCESS_PREFIX: &str = "meta/access/";
 

@@ -28,7 +28,7 @@ mod access;
 mod backend;
 pub mod lease;
 
-pub use access::{access_key, ACCESS_PREFIX, MARK_INTERVAL};
+pub use access::{access_key, ACCESS_PREFIX};
 
 pub const BLOB_PREFIX: &str = "blobs/sha256/";
 pub const IMAGE_PREFIX: &str = "meta/images/";
@@ -133,7 +133,7 @@ impl Storage {
             store,
             redirect: None,
             description: description.to_string(),
-            marks: access::Marks::new(MARK_INTERVAL),
+            marks: access::Marks::new(crate::config::MARK_INTERVAL),
         }
     }
 
