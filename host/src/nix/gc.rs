@@ -12,7 +12,7 @@
 //!   same top-level paths: two tags, two grouping plugins),
 //! - no build holds its claim: a build writes its record only after
 //!   `nix-build`, the closure query, packing and uploading, so it holds a
-//!   shared lock on `<key>.lock` beside the directory ([`RootsClaim`]) from
+//!   shared lock on `<key>.lock` beside the directory ([`RootsClaim`](crate::nix::roots::RootsClaim)) from
 //!   before `nix-build` until the record is written, and stamps the lock
 //!   file's time when it lets go. A held claim, or one let go after gc
 //!   started reading the records (that build's record may be one gc did not
@@ -54,21 +54,22 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::nix::roots::{check_claim, scan, Claim};
+use crate::nix::store::{
+    candidates, drv_outputs, gc_settings, internal, nix_store, path_infos, query, root_targets_without, valid, GcSettings,
+    PathInfo, CHUNK,
+};
 
 /// Time a build may take between `nix-build` and writing its image record
 /// (closure query, packing, uploading), beyond the Nix timeout: how long a
 /// root directory without a claim file stays.
 pub const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(3600);
-/// Store paths per `nix-store` invocation (keeps argument lists short).
-const CHUNK: usize = 500;
 /// `--delete` retries after Nix found a path alive.
 const DELETE_ATTEMPTS: usize = 50;
-/// One `nix-store` call; a whole-store query on a large store takes seconds.
-const NIX_STORE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the kept images hold, from their records.
 #[derive(Debug, Default, Clone)]
@@ -117,325 +118,6 @@ pub struct NixReport {
     /// Paths Nix found alive when deleting them (a running Nix process
     /// started using them during the run), with what they keep: they stay.
     pub paths_alive: usize,
-}
-
-/// A build's claim on its root directory `<gcroots>/<key>`: a shared lock on
-/// `<gcroots>/<key>.lock`, held from before `nix-build` until the image
-/// record naming the directory is written (the [`crate::nix::Resolved`]
-/// holding it is dropped). Shared, so that builds of the same image on two
-/// servers of one machine can both hold it; when the last copy goes, the
-/// lock file's time is set to that moment (see [`collect`]). The lock file
-/// stays when gc removes the directory: a build waiting on the lock must
-/// get it on the file gc locked, not on one gc unlinked.
-#[derive(Debug, Clone)]
-pub struct RootsClaim {
-    _held: std::sync::Arc<ClaimFile>,
-}
-
-#[derive(Debug)]
-struct ClaimFile(std::fs::File);
-
-impl Drop for ClaimFile {
-    fn drop(&mut self) {
-        // Before the lock goes (with the file): gc compares this time with
-        // when it read the records.
-        let _ = self.0.set_modified(SystemTime::now());
-    }
-}
-
-/// Claims are not part of what a resolution says.
-impl PartialEq for RootsClaim {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for RootsClaim {}
-
-fn claim_file(dir: &Path) -> PathBuf {
-    dir.with_extension("lock")
-}
-
-impl RootsClaim {
-    /// Takes the claim on `dir`, waiting while a gc removes that directory.
-    pub async fn take(dir: &Path) -> std::io::Result<RootsClaim> {
-        let path = claim_file(dir);
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-            file.lock_shared()?;
-            Ok(RootsClaim { _held: std::sync::Arc::new(ClaimFile(file)) })
-        })
-        .await
-        .map_err(std::io::Error::other)?
-    }
-}
-
-/// What a root directory's claim file says when gc looks.
-enum Claim {
-    /// No lock file: a directory from before builds took claims.
-    Unknown,
-    /// A build holds it.
-    Held,
-    /// Nobody holds it; gc does now (the lock goes with the file) and the
-    /// last build let go at this time.
-    Free(std::fs::File, SystemTime),
-}
-
-fn check_claim(dir: &Path) -> Claim {
-    let Ok(file) = std::fs::OpenOptions::new().write(true).open(claim_file(dir)) else { return Claim::Unknown };
-    match file.try_lock() {
-        Ok(()) => {
-            let at = file.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-            Claim::Free(file, at)
-        }
-        Err(_) => Claim::Held,
-    }
-}
-
-struct RootDir {
-    dir: PathBuf,
-    /// Store paths the links point at.
-    targets: Vec<String>,
-    newest: SystemTime,
-}
-
-fn internal(what: &str, e: impl fmt::Display) -> Error {
-    Error::Internal(format!("nix gc: {what}: {e}"))
-}
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// Every directory under `gcroots`, with its links' targets and the time
-/// the newest of them (or the directory) was written.
-fn scan(gcroots: &Path) -> Result<Vec<RootDir>> {
-    let mut dirs = Vec::new();
-    for entry in std::fs::read_dir(gcroots).map_err(|e| internal(&gcroots.display().to_string(), e))? {
-        let entry = entry.map_err(|e| internal("reading gcroots", e))?;
-        let dir = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
-        if !meta.is_dir() {
-            continue;
-        }
-        let mut newest = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut targets = Vec::new();
-        for link in std::fs::read_dir(&dir).map_err(|e| internal(&dir.display().to_string(), e))?.flatten() {
-            let link = link.path();
-            newest = newest.max(mtime(&link).unwrap_or(SystemTime::UNIX_EPOCH));
-            if let Ok(t) = std::fs::read_link(&link) {
-                targets.push(t.to_string_lossy().into_owned());
-            }
-        }
-        targets.sort();
-        targets.dedup();
-        dirs.push(RootDir { dir, targets, newest });
-    }
-    dirs.sort_by(|a, b| a.dir.cmp(&b.dir));
-    Ok(dirs)
-}
-
-/// Runs `nix-store ARGS`; (success, stdout, stderr).
-async fn nix_store(args: &[OsString]) -> Result<(bool, String, String)> {
-    run_nix("nix-store", args).await
-}
-
-async fn run_nix(program: &str, args: &[OsString]) -> Result<(bool, String, String)> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(NIX_STORE_TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| internal(program, format!("no answer within {NIX_STORE_TIMEOUT:?}")))?
-        .map_err(|e| internal(&format!("running {program}"), e))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// `nix-store FLAGS PATH…` over `paths` in chunks: every chunk's stdout, in
-/// order; fails on the first failing chunk.
-async fn query_raw(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
-    let mut outs = Vec::new();
-    for chunk in paths.chunks(CHUNK) {
-        let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
-        args.extend(chunk.iter().map(OsString::from));
-        let (ok, out, err) = nix_store(&args).await?;
-        if !ok {
-            return Err(internal(&format!("nix-store {}", flags.join(" ")), err.trim()));
-        }
-        outs.push(out);
-    }
-    Ok(outs)
-}
-
-/// [`query_raw`]'s non-empty lines.
-async fn query(flags: &[&str], paths: &[String]) -> Result<Vec<String>> {
-    let outs = query_raw(flags, paths).await?;
-    Ok(outs.iter().flat_map(|o| o.lines()).map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
-}
-
-/// The paths of `paths` that are valid store paths (the others were
-/// deleted, or never were).
-async fn valid(paths: &[String]) -> Result<Vec<String>> {
-    let invalid: HashSet<String> = query(&["--check-validity", "--print-invalid"], paths).await?.into_iter().collect();
-    Ok(paths.iter().filter(|p| !invalid.contains(*p)).cloned().collect())
-}
-
-/// The closure of valid `paths`.
-async fn closure(paths: &[String]) -> Result<HashSet<String>> {
-    Ok(query(&["--query", "--requisites"], paths).await?.into_iter().collect())
-}
-
-/// What Nix's database says of a valid store path.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct PathInfo {
-    nar_size: u64,
-    /// The derivation registered as having built it.
-    deriver: Option<String>,
-    references: Vec<String>,
-}
-
-/// Each of the valid `paths`' NAR size, deriver and references: one
-/// `nix-store --dump-db` answers all three for many paths at once, the
-/// format every Nix since 1.x writes (and `--load-db` reads).
-async fn path_infos(paths: &[String]) -> Result<HashMap<String, PathInfo>> {
-    let mut infos = HashMap::new();
-    for out in query_raw(&["--dump-db"], paths).await? {
-        infos.extend(parse_dump_db(&out).map_err(|e| internal("nix-store --dump-db", e))?);
-    }
-    Ok(infos)
-}
-
-/// Nix's registration format: per path, its line, the NAR hash, the NAR
-/// size, the deriver (an empty line when none), the number of references
-/// and one line each.
-fn parse_dump_db(text: &str) -> std::result::Result<Vec<(String, PathInfo)>, String> {
-    let mut lines = text.lines();
-    let mut infos = Vec::new();
-    while let Some(path) = lines.next() {
-        if path.is_empty() {
-            continue;
-        }
-        let mut next = |what: &str| lines.next().ok_or_else(|| format!("{path}: no {what}"));
-        let _hash = next("hash")?;
-        let nar_size = next("size")?.trim().parse().map_err(|e| format!("{path}: size: {e}"))?;
-        let deriver = Some(next("deriver")?.trim()).filter(|d| !d.is_empty()).map(str::to_string);
-        let count: usize = next("reference count")?.trim().parse().map_err(|e| format!("{path}: reference count: {e}"))?;
-        let references = (0..count).map(|_| next("reference").map(|r| r.trim().to_string())).collect::<std::result::Result<_, _>>()?;
-        infos.push((path.trim().to_string(), PathInfo { nar_size, deriver, references }));
-    }
-    Ok(infos)
-}
-
-/// The output paths a `.drv` file declares (`Derive([("out","/nix/store/…",…),…],…`);
-/// `None` when it does not read as one.
-fn drv_outputs(aterm: &str) -> Option<Vec<String>> {
-    let mut rest = aterm.strip_prefix("Derive([")?;
-    let mut outputs = Vec::new();
-    // A quoted ATerm string, with its escapes undone.
-    fn string(s: &str) -> Option<(String, &str)> {
-        let mut chars = s.strip_prefix('"')?.char_indices();
-        let mut out = String::new();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '"' => return Some((out, &s[i + 2..])),
-                '\\' => out.push(chars.next()?.1),
-                c => out.push(c),
-            }
-        }
-        None
-    }
-    loop {
-        if rest.starts_with(']') {
-            return Some(outputs);
-        }
-        rest = rest.strip_prefix('(')?;
-        let mut fields = Vec::new();
-        for i in 0..4 {
-            let (field, r) = string(rest)?;
-            fields.push(field);
-            rest = if i < 3 { r.strip_prefix(',')? } else { r.strip_prefix(')')? };
-        }
-        if !fields[1].is_empty() {
-            outputs.push(fields[1].clone());
-        }
-        rest = rest.strip_prefix(',').unwrap_or(rest);
-    }
-}
-
-/// The settings of Nix's collector that decide what `--delete` finds alive.
-#[derive(Debug, Clone, Copy)]
-struct GcSettings {
-    /// A derivation stays while an output it built does.
-    keep_derivations: bool,
-    /// An output stays while a derivation of it does.
-    keep_outputs: bool,
-}
-
-impl Default for GcSettings {
-    /// Nix's defaults.
-    fn default() -> Self {
-        GcSettings { keep_derivations: true, keep_outputs: false }
-    }
-}
-
-/// This machine's `keep-derivations` and `keep-outputs`; Nix's defaults
-/// when they cannot be read (a wrong guess only makes Nix refuse a path,
-/// which [`collect`] handles, never delete one it keeps).
-async fn gc_settings() -> GcSettings {
-    let args: Vec<OsString> =
-        ["--extra-experimental-features", "nix-command", "show-config", "--json"].iter().map(OsString::from).collect();
-    let read = match run_nix("nix", &args).await {
-        Ok((true, out, _)) => serde_json::from_str::<serde_json::Value>(&out).ok(),
-        _ => None,
-    };
-    let Some(config) = read else {
-        tracing::warn!("could not read Nix's settings (nix show-config); assuming keep-derivations = true, keep-outputs = false");
-        return GcSettings::default();
-    };
-    let flag = |name: &str, default: bool| config[name]["value"].as_bool().unwrap_or(default);
-    let d = GcSettings::default();
-    GcSettings { keep_derivations: flag("keep-derivations", d.keep_derivations), keep_outputs: flag("keep-outputs", d.keep_outputs) }
-}
-
-/// The targets of every root of the store other than the links under
-/// `released`: gc roots, profiles, and the temporary and runtime roots of
-/// running Nix processes.
-async fn root_targets_without(released: &[PathBuf]) -> Result<HashSet<String>> {
-    let (ok, out, err) = nix_store(&["--gc".into(), "--print-roots".into()]).await?;
-    if !ok {
-        return Err(internal("nix-store --gc --print-roots", err.trim()));
-    }
-    let released_too: Vec<PathBuf> =
-        released.iter().flat_map(|d| [d.clone(), std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())]).collect();
-    let mut targets = HashSet::new();
-    for line in out.lines() {
-        let Some((link, target)) = line.rsplit_once(" -> ") else { continue };
-        let link = Path::new(link.trim());
-        if released_too.iter().any(|d| link.starts_with(d)) {
-            continue;
-        }
-        targets.insert(target.trim().to_string());
-    }
-    Ok(targets)
-}
-
-/// What the released roots held and what built it (see the module
-/// documentation), with each path's [`PathInfo`].
-async fn candidates(targets: &[String]) -> Result<HashMap<String, PathInfo>> {
-    let outputs: Vec<String> = closure(targets).await?.into_iter().collect();
-    let mut infos = path_infos(&outputs).await?;
-    let mut derivers: Vec<String> =
-        infos.values().filter_map(|i| i.deriver.clone()).filter(|d| !infos.contains_key(d)).collect();
-    derivers.sort();
-    derivers.dedup();
-    let derivers = valid(&derivers).await?;
-    if !derivers.is_empty() {
-        let built_by: Vec<String> = closure(&derivers).await?.into_iter().filter(|p| !infos.contains_key(p)).collect();
-        infos.extend(path_infos(&built_by).await?);
-    }
-    Ok(infos)
 }
 
 /// The store graph around the candidates that [`plan`] reasons over.
@@ -794,70 +476,11 @@ impl fmt::Display for NixReport {
 mod tests {
     use super::*;
 
-    /// A claim is seen as held while any copy of it lives (also from this
-    /// process: flock locks belong to the open file), then as free with the
-    /// time it was let go; gc's own lock keeps a build waiting.
-    #[tokio::test]
-    async fn claims_are_held_until_the_last_copy_goes_then_dated() {
-        let gcroots = tempfile::tempdir().unwrap();
-        let dir = gcroots.path().join("abc123");
-        assert!(matches!(check_claim(&dir), Claim::Unknown), "no claim file yet");
-
-        let claim = RootsClaim::take(&dir).await.unwrap();
-        let copy = claim.clone();
-        drop(claim);
-        assert!(matches!(check_claim(&dir), Claim::Held));
-        let before = SystemTime::now() - Duration::from_millis(10);
-        drop(copy);
-        let Claim::Free(lock, let_go) = check_claim(&dir) else { panic!("free once the last copy went") };
-        assert!(let_go >= before, "dated when let go: {let_go:?} < {before:?}");
-
-        // While gc holds the lock, a build waits for it.
-        let waiting = tokio::spawn({
-            let dir = dir.clone();
-            async move { RootsClaim::take(&dir).await.unwrap() }
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!waiting.is_finished(), "a build took a claim gc holds");
-        drop(lock);
-        let taken = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the build gets it").unwrap();
-        assert!(matches!(check_claim(&dir), Claim::Held));
-        drop(taken);
-    }
-
     #[test]
     fn reads_the_path_nix_found_alive() {
         let err = "finding garbage collector roots...\nerror: Cannot delete path '/nix/store/79xs-a' since it is still alive. To find out why, use: nix-store --query --roots\n";
         assert_eq!(alive_path(err).as_deref(), Some("/nix/store/79xs-a"));
         assert_eq!(alive_path("error: something else"), None);
-    }
-
-    /// As Nix 2.8 prints it: the second path has no deriver (an empty line).
-    #[test]
-    fn reads_nix_registrations() {
-        let dump = "/nix/store/f840-gca\n6147ba\n525424\n/nix/store/12ch-gca.drv\n2\n/nix/store/mxss-busybox\n/nix/store/zf27-shared\n\
-                    /nix/store/mxss-busybox\n2f3ec9\n1168\n\n0\n";
-        let infos: HashMap<String, PathInfo> = parse_dump_db(dump).unwrap().into_iter().collect();
-        assert_eq!(
-            infos["/nix/store/f840-gca"],
-            PathInfo {
-                nar_size: 525424,
-                deriver: Some("/nix/store/12ch-gca.drv".into()),
-                references: vec!["/nix/store/mxss-busybox".into(), "/nix/store/zf27-shared".into()],
-            }
-        );
-        assert_eq!(infos["/nix/store/mxss-busybox"], PathInfo { nar_size: 1168, deriver: None, references: vec![] });
-        assert!(parse_dump_db("/nix/store/x\nhash\n12\n\n3\n/nix/store/y\n").is_err(), "a cut-off answer is an error");
-    }
-
-    #[test]
-    fn reads_the_outputs_of_a_derivation() {
-        let drv = r#"Derive([("dev","/nix/store/aa-x-dev","",""),("out","/nix/store/bb-x","","")],[("/nix/store/cc-y.drv",["out"])],["/nix/store/dd-src"],"x86_64-linux","/bin/sh",["-c","echo \"a\\b\""],[("out","/nix/store/bb-x")])"#;
-        assert_eq!(drv_outputs(drv).unwrap(), ["/nix/store/aa-x-dev", "/nix/store/bb-x"]);
-        let fixed = r#"Derive([("out","/nix/store/ee-src.tar.gz","sha256","0abc")],[],[],"builtin","builtin:fetchurl",[],[])"#;
-        assert_eq!(drv_outputs(fixed).unwrap(), ["/nix/store/ee-src.tar.gz"]);
-        assert_eq!(drv_outputs("not a derivation"), None);
-        assert_eq!(drv_outputs(r#"Derive([("out","/nix/store/"#), None);
     }
 
     fn info(size: u64, deriver: Option<&str>, refs: &[&str]) -> PathInfo {

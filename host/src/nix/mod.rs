@@ -26,6 +26,7 @@ pub mod gc;
 pub mod lookup;
 pub mod process;
 pub mod roots;
+mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
