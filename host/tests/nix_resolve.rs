@@ -134,7 +134,7 @@ async fn resolves_demo_packages_with_shared_dependencies() {
     // Really built, and kept alive by a GC root in the work dir.
     let out = std::process::Command::new(format!("{}/bin/hello", resolved.roots[0])).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!\n");
-    // (Beside the directory of links, the build's claim file: nixgc.rs.)
+    // (Beside the directory of links, the build's claim file: nix/roots.rs.)
     let links: Vec<PathBuf> = std::fs::read_dir(work.path().join("gcroots"))
         .unwrap()
         .map(|d| d.unwrap().path())
