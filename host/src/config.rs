@@ -441,6 +441,10 @@ pub fn process_env() -> Env {
     std::env::vars().collect()
 }
 
+/// The `nixpkgs-source` keys that name a package source (exactly one is
+/// set): what a Nixery variable replaces, and what the default fills in.
+const NIXPKGS_SOURCE_KEYS: [&str; 3] = ["channel", "git", "path"];
+
 impl Config {
     /// TOML file (if any), then the environment, then validation.
     pub fn load(file: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
@@ -490,17 +494,33 @@ impl Config {
             } else {
                 value
             };
-            let mut table = toml::map::Map::new();
-            table.insert(key.to_string(), toml::Value::String(value));
+            // The variable replaces the file's source; the table's other
+            // keys (`any_tag`) stay.
             let plugin = self.plugins.source.clone();
+            let mut table = match self.plugins.config.remove(&plugin) {
+                Some(toml::Value::Table(t)) => t,
+                _ => toml::map::Map::new(),
+            };
+            for other in NIXPKGS_SOURCE_KEYS {
+                table.remove(other);
+            }
+            table.insert(key.to_string(), toml::Value::String(value));
             self.plugins.config.insert(plugin, toml::Value::Table(table));
         }
 
-        // Production's default source, as in Nixery: a nixpkgs channel.
-        if self.plugins.source == "nixpkgs-source" && !self.plugins.config.contains_key("nixpkgs-source") {
-            let mut table = toml::map::Map::new();
-            table.insert("channel".into(), toml::Value::String("nixos-unstable".into()));
-            self.plugins.config.insert("nixpkgs-source".into(), toml::Value::Table(table));
+        // Production's default source, as in Nixery: a nixpkgs channel,
+        // when the table names none (it may hold `any_tag` alone).
+        if self.plugins.source == "nixpkgs-source" {
+            let table = self
+                .plugins
+                .config
+                .entry("nixpkgs-source".to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let toml::Value::Table(t) = table {
+                if !NIXPKGS_SOURCE_KEYS.iter().any(|k| t.contains_key(*k)) {
+                    t.insert("channel".into(), toml::Value::String("nixos-unstable".into()));
+                }
+            }
         }
 
         if let Some(t) = get("NIX_TIMEOUT") {
@@ -746,6 +766,22 @@ mod tests {
         let cfg = Config::load(None, &env(&[])).unwrap();
         let src = cfg.plugins.config.get("nixpkgs-source").unwrap();
         assert_eq!(src.get("channel").and_then(|v| v.as_str()), Some("nixos-unstable"));
+    }
+
+    #[test]
+    fn any_tag_survives_the_source_variables_and_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strata.toml");
+        std::fs::write(&file, "[plugins.config.nixpkgs-source]\nany_tag = true\nchannel = \"x\"\n").unwrap();
+        let cfg = Config::load(Some(&file), &env(&[("NIXERY_PKGS_PATH", dir.path().to_str().unwrap())])).unwrap();
+        let src = cfg.plugins.config.get("nixpkgs-source").unwrap();
+        assert_eq!(src.get("any_tag").and_then(|v| v.as_bool()), Some(true));
+        assert!(src.get("path").is_some() && src.get("channel").is_none(), "{src:?}");
+        std::fs::write(&file, "[plugins.config.nixpkgs-source]\nany_tag = true\n").unwrap();
+        let cfg = Config::load(Some(&file), &env(&[])).unwrap();
+        let src = cfg.plugins.config.get("nixpkgs-source").unwrap();
+        assert_eq!(src.get("channel").and_then(|v| v.as_str()), Some("nixos-unstable"));
+        assert_eq!(src.get("any_tag").and_then(|v| v.as_bool()), Some(true));
     }
 
     #[test]

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub enum Error {
     #[error("invalid repository name: {0}")]
     NameInvalid(String),
+    /// A tag outside the spec's grammar. The spec has no code for it and
+    /// its conformance suite expects `404 MANIFEST_UNKNOWN`: no manifest
+    /// can have such a tag.
     #[error("invalid tag: {0}")]
     TagInvalid(String),
     #[error("invalid digest: {0}")]
@@ -36,12 +39,18 @@ pub enum Error {
     BlobUnknown(String),
     #[error("requested range not satisfiable")]
     RangeInvalid { size: u64 },
-    #[error("the registry is read-only: {0} is not supported")]
-    Unsupported(String),
+    /// A method the route does not serve: 405 with `Allow: allow` (RFC
+    /// 9110 §15.5.6; empty when the route serves no method at all).
+    /// `message` is the whole sentence the client reads.
+    #[error("{message}")]
+    Unsupported { message: String, allow: &'static str },
     #[error("too many builds queued, retry later")]
     Busy { retry_after_secs: u64 },
+    /// A plugin call without a usable answer. With a `code`, the plugin
+    /// refused on purpose and named the registry code for it; `reason` is
+    /// then its own message, which the client reads as it is.
     #[error("plugin {plugin} failed in {hook}: {reason}")]
-    Plugin { plugin: String, hook: String, reason: String },
+    Plugin { plugin: String, hook: String, reason: String, code: Option<PluginCode> },
     /// Nix failed; `message` (with Nix's last lines) goes to the log only.
     #[error("nix: {message}")]
     Nix { timeout_secs: Option<u64>, message: String },
@@ -122,21 +131,24 @@ impl Error {
         use Error::*;
         match self {
             NameInvalid(_) => ("NAME_INVALID", StatusCode::BAD_REQUEST),
-            TagInvalid(_) => ("TAG_INVALID", StatusCode::BAD_REQUEST),
+            TagInvalid(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
             DigestInvalid(_) => ("DIGEST_INVALID", StatusCode::BAD_REQUEST),
             ManifestInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
             PackagesUnavailable(_) | ManifestUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
             BlobUnknown(_) => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
             NotFound(_) => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
-            RangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
-            Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            // The spec has no code for it; the blob exists, so any code
+            // the spec has would say something false. UNKNOWN says nothing.
+            RangeInvalid { .. } => ("UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
+            Unsupported { .. } => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            Plugin { code: Some(code), .. } => code.code_and_status(),
             Busy { .. } => ("TOOMANYREQUESTS", StatusCode::SERVICE_UNAVAILABLE),
             Nix { timeout_secs: Some(_), .. } => ("UNKNOWN", StatusCode::GATEWAY_TIMEOUT),
             StorageFull(_) => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE),
             Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
-            Plugin { .. } | Nix { .. } | BuildFailed(_) | Storage(_) | GcWindow(_) | Internal(_) => {
+            Plugin { code: None, .. } | Nix { .. } | BuildFailed(_) | Storage(_) | GcWindow(_) | Internal(_) => {
                 ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
@@ -155,6 +167,7 @@ impl Error {
             Error::Storage(_) => "storage error".into(),
             Error::StorageFull(_) => "storage is full".into(),
             Error::Internal(_) => "internal error".into(),
+            Error::Plugin { reason, code: Some(_), .. } => return reason.clone(),
             other => return other.to_string(),
         };
         match request_id() {
@@ -167,7 +180,7 @@ impl Error {
         match self {
             Error::PackagesUnavailable(u) => json!({ "missing": u.missing, "unavailable": u.refused }),
             Error::BuildFailed(b) => json!({ "packages": b.packages, "derivations": b.derivations }),
-            Error::Plugin { plugin, hook, reason } => {
+            Error::Plugin { plugin, hook, reason, .. } => {
                 json!({ "plugin": plugin, "hook": hook, "reason": reason })
             }
             _ => serde_json::Value::Null,
@@ -180,6 +193,10 @@ impl IntoResponse for Error {
         let (code, status) = self.code_and_status();
         if let Error::BuildFailed(b) = &self {
             tracing::error!(error = %self, derivations = ?b.derivations, "build failed; Nix's last lines:\n{}", b.log_tail);
+        } else if let Error::Busy { .. } = &self {
+            // Backpressure working as configured, not a fault: a burst must
+            // not flood the error log.
+            tracing::warn!(error = %self, "request refused");
         } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {
@@ -192,6 +209,15 @@ impl IntoResponse for Error {
         let headers = resp.headers_mut();
         if let Error::Busy { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        let allow = match &self {
+            Error::Unsupported { allow, .. } => Some(*allow),
+            // The plugin refuses this name whatever the method: none allowed.
+            Error::Plugin { code: Some(PluginCode::Unsupported), .. } => Some(""),
+            _ => None,
+        };
+        if let Some(allow) = allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if let Error::Unauthorized { realm } = &self {
             // Basic: what docker, podman and skopeo answer with `--creds`
@@ -210,6 +236,49 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The registry codes a plugin may refuse a request with (`code` of its
+/// `err` envelope, docs/plugins.md); any other code is a plugin failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginCode {
+    Denied,
+    NameUnknown,
+    ManifestUnknown,
+    TooManyRequests,
+    Unsupported,
+}
+
+impl std::fmt::Display for PluginCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code_and_status().0)
+    }
+}
+
+impl PluginCode {
+    /// The code as the plugin wrote it, if the host knows it.
+    pub fn from_wire(code: &str) -> Option<PluginCode> {
+        Some(match code {
+            "DENIED" => PluginCode::Denied,
+            "NAME_UNKNOWN" => PluginCode::NameUnknown,
+            "MANIFEST_UNKNOWN" => PluginCode::ManifestUnknown,
+            "TOOMANYREQUESTS" => PluginCode::TooManyRequests,
+            "UNSUPPORTED" => PluginCode::Unsupported,
+            _ => return None,
+        })
+    }
+
+    /// The spec's code and the status the spec (RFC 9110 for 405 and 429)
+    /// gives it.
+    fn code_and_status(self) -> (&'static str, StatusCode) {
+        match self {
+            PluginCode::Denied => ("DENIED", StatusCode::FORBIDDEN),
+            PluginCode::NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
+            PluginCode::ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
+            PluginCode::TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
+            PluginCode::Unsupported => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+        }
+    }
+}
 
 /// Requested names the package set cannot give: all of them at once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,7 +38,14 @@
  * A hook returns 0 (NULL) on success, or a message (any bytes; escaped for
  * you) that fails the request and is shown to whoever pulled the image.
  * The header writes the answer envelope, {"ok": ...} or {"err": {"message":
- * ...}}, as docs/plugins.md specifies.
+ * ...}}, as docs/plugins.md specifies. A plain message is a 500 to the
+ * client; to refuse with a registry code instead, return
+ *
+ *         return strata_refuse(STRATA_MANIFEST_UNKNOWN, "no such tag");
+ *
+ * with STRATA_DENIED (403), STRATA_NAME_UNKNOWN or STRATA_MANIFEST_UNKNOWN
+ * (404), STRATA_TOOMANYREQUESTS (429) or STRATA_UNSUPPORTED (405); the
+ * envelope then carries "code" (docs/plugins.md says which to use when).
  *
  * Memory: a bump allocator (strata_malloc) over the linear memory after the
  * linker's __heap_base, 8-byte aligned; nothing is ever freed, because the
@@ -254,12 +261,34 @@ STRATA_INTERNAL int64_t strata__answer(strata_json *j) {
     return (int64_t)(((uint64_t)(size_t)j->buf << 32) | j->len);
 }
 
+/* The registry codes a hook may refuse with (strata_refuse). */
+#define STRATA_DENIED "DENIED"
+#define STRATA_NAME_UNKNOWN "NAME_UNKNOWN"
+#define STRATA_MANIFEST_UNKNOWN "MANIFEST_UNKNOWN"
+#define STRATA_TOOMANYREQUESTS "TOOMANYREQUESTS"
+#define STRATA_UNSUPPORTED "UNSUPPORTED"
+
+/* The code strata_refuse set for this call (each call runs in a fresh
+ * instance, so it starts out unset). */
+static const char *strata__code = 0;
+
+/* Returns `message` for a hook to return, after setting the registry code
+ * its envelope carries. */
+STRATA_INTERNAL const char *strata_refuse(const char *code, const char *message) {
+    strata__code = code;
+    return message;
+}
+
 /* The envelope around a hook's output: {"ok": <value>} or {"err": ...}. */
 STRATA_INTERNAL int64_t strata__envelope(strata_json *value, const char *err) {
     strata_json e = {0, 0, 0};
     if (err) {
         strata_json_raw(&e, "{\"err\":{\"message\":");
         strata_json_str(&e, err);
+        if (strata__code) {
+            strata_json_raw(&e, ",\"code\":");
+            strata_json_str(&e, strata__code);
+        }
         strata_json_raw(&e, "}}");
     } else {
         strata_json_raw(&e, "{\"ok\":");

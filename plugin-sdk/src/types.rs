@@ -36,16 +36,63 @@ pub struct PluginInfo {
 }
 
 /// A failure the plugin reports on purpose (as opposed to a trap). The host
-/// turns it into a request error naming the plugin.
+/// turns it into a request error naming the plugin: a `500 UNKNOWN`, unless
+/// `code` names one of [`PluginError::CODES`], which the host answers with
+/// that registry error code and its status (docs/plugins.md says which to
+/// use when).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginError {
     pub message: String,
+    /// A distribution-spec error code for the client: `DENIED` (403),
+    /// `NAME_UNKNOWN` or `MANIFEST_UNKNOWN` (404), `TOOMANYREQUESTS` (429)
+    /// or `UNSUPPORTED` (405). Absent, or any other value: the request
+    /// fails with `500 UNKNOWN`. A string rather than an enum, so that a
+    /// plugin naming a code a future host adds still parses on this one;
+    /// optional, so the ABI stays 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl PluginError {
+    /// The codes the host maps to their own status; see [`PluginError::code`].
+    pub const CODES: [&'static str; 5] = ["DENIED", "NAME_UNKNOWN", "MANIFEST_UNKNOWN", "TOOMANYREQUESTS", "UNSUPPORTED"];
+
+    /// A failure with no code: the host answers `500 UNKNOWN`.
     pub fn new(message: impl Into<String>) -> Self {
-        PluginError { message: message.into() }
+        PluginError { message: message.into(), code: None }
+    }
+
+    /// A failure the client is told with `code` (one of [`PluginError::CODES`]).
+    pub fn with_code(code: &str, message: impl Into<String>) -> Self {
+        PluginError { message: message.into(), code: Some(code.to_string()) }
+    }
+
+    /// This client may not have this name (a policy, not a fault): 403.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::with_code("DENIED", message)
+    }
+
+    /// No image can ever have this name (an unknown bundle, say): 404.
+    pub fn name_unknown(message: impl Into<String>) -> Self {
+        Self::with_code("NAME_UNKNOWN", message)
+    }
+
+    /// The name is fine but this tag is not (a tag the source cannot
+    /// resolve): 404.
+    pub fn manifest_unknown(message: impl Into<String>) -> Self {
+        Self::with_code("MANIFEST_UNKNOWN", message)
+    }
+
+    /// A quota of the plugin's own is used up; the client may retry: 429.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::with_code("TOOMANYREQUESTS", message)
+    }
+
+    /// Something the request asks for that this plugin does not offer (an
+    /// architecture, a feature): 405.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::with_code("UNSUPPORTED", message)
     }
 }
 

@@ -133,7 +133,7 @@ fn api_probes_and_page() {
     for (path, want_status, want_code) in [
         ("/api/inspect/Shell", 400, "NAME_INVALID"),
         ("/api/inspect/shell/%2e%2e", 400, "NAME_INVALID"),
-        ("/api/inspect/shell?tag=..x", 400, "TAG_INVALID"),
+        ("/api/inspect/shell?tag=..x", 404, "MANIFEST_UNKNOWN"),
         ("/api/inspect/hello/nope1", 404, "MANIFEST_UNKNOWN"),
         ("/api/nothing", 404, "NAME_UNKNOWN"),
     ] {

@@ -102,7 +102,9 @@ fn corpus() -> Vec<(String, &'static str)> {
     c.push((format!("/v2/%2e%2e/blobs/sha256:{hex}"), "NAME_INVALID"));
     c.push(("/api/inspect/..%2f..%2fetc".into(), "NAME_INVALID"));
     c.push(("/api/inspect/a%24%7Bb%7D?tag=latest".into(), "NAME_INVALID"));
-    c.push(("/api/inspect/hello?tag=..%2f..".into(), "TAG_INVALID"));
+    // A tag outside the grammar names no manifest: the spec has no code
+    // for it, and its conformance suite wants 404 MANIFEST_UNKNOWN.
+    c.push(("/api/inspect/hello?tag=..%2f..".into(), "MANIFEST_UNKNOWN"));
 
     // Tags.
     for t in [
@@ -119,7 +121,7 @@ fn corpus() -> Vec<(String, &'static str)> {
         "%00",
         long_tag.as_str(),
     ] {
-        c.push((format!("/v2/hello/manifests/{t}"), "TAG_INVALID"));
+        c.push((format!("/v2/hello/manifests/{t}"), "MANIFEST_UNKNOWN"));
     }
     // Digests, as manifest references and as blobs.
     for d in [
@@ -173,8 +175,9 @@ fn hostile_references_are_refused_before_plugins_nix_or_storage() {
         }
         for method in methods {
             let r = raw_request(server.addr, method, target);
-            if r.status != 400 {
-                wrong.push(format!("{method} {target}: status {} (want 400 {want})", r.status));
+            let status = if *want == "MANIFEST_UNKNOWN" { 404 } else { 400 };
+            if r.status != status {
+                wrong.push(format!("{method} {target}: status {} (want {status} {want})", r.status));
                 continue;
             }
             if method == "HEAD" {

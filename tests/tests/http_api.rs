@@ -61,19 +61,41 @@ fn errors_follow_the_distribution_spec() {
         assert_eq!((r.status, code.as_str()), (400, "NAME_INVALID"), "{path}: {message}");
     }
 
-    // A read-only registry: writes are refused, whatever their path.
-    for (method, path) in [
-        (Method::PUT, "/v2/hello/manifests/latest"),
-        (Method::DELETE, "/v2/hello/manifests/latest"),
-        (Method::POST, "/v2/hello/blobs/uploads/"),
-        (Method::PATCH, "/v2/hello/blobs/uploads/0a1b2c"),
-        (Method::PUT, "/v2/hello/blobs/uploads/0a1b2c?digest=sha256:00"),
-        (Method::DELETE, "/v2/hello/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+    // A read-only registry: writes are refused, whatever their path, with
+    // what the route does allow (RFC 9110: none for uploads), in a sentence.
+    for (method, path, allow) in [
+        (Method::PUT, "/v2/hello/manifests/latest", "GET, HEAD"),
+        (Method::DELETE, "/v2/hello/manifests/latest", "GET, HEAD"),
+        (Method::POST, "/v2/hello/blobs/uploads/", ""),
+        (Method::PATCH, "/v2/hello/blobs/uploads/0a1b2c", ""),
+        (Method::PUT, "/v2/hello/blobs/uploads/0a1b2c?digest=sha256:00", ""),
+        (Method::DELETE, "/v2/hello/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000", "GET, HEAD"),
+        (Method::POST, "/v2/", "GET, HEAD"),
     ] {
         let r = server.http().request(method.clone(), server.url(path)).body("{}").send().unwrap();
+        assert_eq!(header(&r, "allow"), allow, "{method} {path}: Allow");
+        assert!(r.headers().contains_key("allow"), "{method} {path}: no Allow");
         let (status, code, message, _) = error_of(r);
         assert_eq!((status, code.as_str()), (405, "UNSUPPORTED"), "{method} {path}: {message}");
+        assert!(message.contains(" is not allowed") || message.contains("accepts no uploads"), "{message}");
     }
+
+    // Tags: a path source resolves `latest` only (docs/configuration.md,
+    // Tags); any other tag, and one outside the grammar (the v1.1.1
+    // conformance suite's), is 404 MANIFEST_UNKNOWN, for GET and HEAD. No
+    // other tag's image is handed out.
+    for tag in ["v1", "abc1234", ".INVALID_MANIFEST_NAME", "-x"] {
+        let path = format!("/v2/shell/hello/manifests/{tag}");
+        let (status, code, message, _) = error_of(server.get(&path).send().unwrap());
+        assert_eq!((status, code.as_str()), (404, "MANIFEST_UNKNOWN"), "{tag}: {message}");
+        let r = server.http().head(server.url(&path)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 404, "HEAD {tag}");
+    }
+    let (_, _, message, detail) = error_of(server.get("/v2/shell/hello/manifests/v1").send().unwrap());
+    assert!(message.contains("tag `v1` does not resolve"), "{message}");
+    assert_eq!(detail["plugin"], "nixpkgs-source", "{detail}");
+    let tags: Value = server.get("/v2/shell/hello/tags/list").send().unwrap().json().unwrap();
+    assert_eq!(tags, serde_json::json!({ "name": "shell/hello", "tags": ["latest"] }));
 
     // An unknown blob.
     let zero = format!("sha256:{}", "0".repeat(64));
@@ -191,6 +213,28 @@ fn range_requests_on_blobs() {
     let beyond = server.get(&path).header("Range", format!("bytes={size}-")).send().unwrap();
     assert_eq!(beyond.status().as_u16(), 416);
     assert_eq!(header(&beyond, "content-range"), format!("bytes */{size}"));
+    let (_, code, message, _) = error_of(beyond);
+    assert_ne!(code, "BLOB_UNKNOWN", "the blob exists: {message}");
+
+    // RFC 9110 §14: a malformed range is ignored, and so is a range whose
+    // If-Range names another representation: the whole blob, 200.
+    for (range, if_range) in [
+        ("bytes=5-2", None),
+        ("bytes=x-9", None),
+        ("lines=0-9", None),
+        ("bytes=0-9", Some("\"sha256:0000\"")),
+        ("bytes=0-9", Some("Sun, 06 Nov 1994 08:49:37 GMT")),
+    ] {
+        let mut req = server.get(&path).header("Range", range);
+        if let Some(v) = if_range {
+            req = req.header("If-Range", v);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{range} {if_range:?}");
+        assert_eq!(r.bytes().unwrap().len() as u64, size, "{range} {if_range:?}");
+    }
+    let matching = server.get(&path).header("Range", "bytes=0-9").header("If-Range", format!("\"{digest}\"")).send().unwrap();
+    assert_eq!(matching.status().as_u16(), 206, "If-Range naming the blob's ETag");
 
     // HEAD: the size, no body.
     let head = server.http().head(server.url(&path)).send().unwrap();

@@ -5,7 +5,7 @@
 //! A crate of its own, with no dependencies, so that the fuzz targets
 //! (`fuzz/`) build it in seconds instead of instrumenting the whole host;
 //! the host turns an [`Invalid`] into its registry error (`NAME_INVALID`,
-//! `TAG_INVALID`, `DIGEST_INVALID`).
+//! `DIGEST_INVALID`; a bad tag is `MANIFEST_UNKNOWN`).
 
 /// Which rule a string broke, and a one-line reason that quotes at most a
 /// bounded prefix of it (the reason reaches HTTP error bodies and logs).

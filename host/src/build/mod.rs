@@ -292,6 +292,19 @@ impl Builder {
         Ok(Plan { expansion, system, source, grouper, cache_key })
     }
 
+    /// What `/tags/list` names: `latest` when the source resolves it. The
+    /// revisions a git source also resolves are not listed: there is no
+    /// end to them, and listing them would mean asking the repository.
+    pub async fn tags(&self) -> Result<Vec<&'static str>> {
+        let source = &self.plugins.source;
+        let input = SourceInput { config: serde_json::Value::Null, tag: "latest".into() };
+        match timed(source.name(), "render_source", source.render_source(input)).await {
+            Ok(_) => Ok(vec!["latest"]),
+            Err(f) if f.code == Some(crate::error::PluginCode::ManifestUnknown) => Ok(vec![]),
+            Err(f) => Err(f.into()),
+        }
+    }
+
     /// Everything that decides an image's bytes, hashed: the same key on any
     /// replica means the same manifests.
     fn cache_key(&self, e: &Expansion, s: &SourceOutput, grouper: &Plugin) -> String {

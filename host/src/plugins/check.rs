@@ -291,7 +291,10 @@ impl CheckReport {
             )),
             Err(e) => {
                 self.failures += 1;
-                self.lines.push(format!("{hook} ({what}): FAILED: {}", e.reason));
+                match e.code {
+                    Some(code) => self.lines.push(format!("{hook} ({what}): FAILED: refused with {code}: {}", e.reason)),
+                    None => self.lines.push(format!("{hook} ({what}): FAILED: {}", e.reason)),
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 use crate::config::PluginsConfig;
+use crate::error::PluginCode;
 use std::sync::Arc;
 use strata_plugin_sdk::wire::WireInput;
 use strata_plugin_sdk::{
@@ -26,11 +27,14 @@ pub struct PluginFailure {
     pub plugin: String,
     pub hook: &'static str,
     pub reason: String,
+    /// The registry code the plugin refused with (its `err` envelope's
+    /// `code`, one the host knows); `reason` is then its message alone.
+    pub code: Option<PluginCode>,
 }
 
 impl From<PluginFailure> for crate::error::Error {
     fn from(f: PluginFailure) -> Self {
-        crate::error::Error::Plugin { plugin: f.plugin, hook: f.hook.to_string(), reason: f.reason }
+        crate::error::Error::Plugin { plugin: f.plugin, hook: f.hook.to_string(), reason: f.reason, code: f.code }
     }
 }
 
@@ -174,7 +178,7 @@ impl Plugin {
     }
 
     fn failure(&self, hook: &'static str, reason: String) -> PluginFailure {
-        PluginFailure { plugin: self.name.clone(), hook, reason }
+        PluginFailure { plugin: self.name.clone(), hook, reason, code: None }
     }
 
     /// Runs a hook off the async workers: JSON encoding, the wasm call,
@@ -198,11 +202,11 @@ impl Plugin {
         let loaded = self.loaded.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let bytes = input.encode().map_err(|e| format!("host could not encode the input: {e}"))?;
-            let (out, stats) = loaded.call(export, &bytes)?;
-            let value: O = runtime::decode(&out)?;
-            check(&input, &value)?;
-            Ok::<_, String>((value, stats))
+            let bytes = input.encode().map_err(|e| (format!("host could not encode the input: {e}"), None))?;
+            let (out, stats) = loaded.call(export, &bytes).map_err(|reason| (reason, None))?;
+            let value: O = runtime::decode_refusal(&out)?;
+            check(&input, &value).map_err(|reason| (reason, None))?;
+            Ok::<_, (String, Option<PluginCode>)>((value, stats))
         })
         .await;
         match joined {
@@ -210,9 +214,9 @@ impl Plugin {
                 tracing::debug!(plugin = %self.name, hook, fuel = stats.fuel, wasm_us = stats.wasm_time.as_micros() as u64, "plugin call");
                 Ok((value, stats))
             }
-            Ok(Err(reason)) => {
-                tracing::debug!(plugin = %self.name, hook, %reason, "plugin call failed");
-                Err(self.failure(hook, reason))
+            Ok(Err((reason, code))) => {
+                tracing::debug!(plugin = %self.name, hook, %reason, ?code, "plugin call failed");
+                Err(PluginFailure { code, ..self.failure(hook, reason) })
             }
             Err(e) => Err(self.failure(hook, format!("host task failed: {e}"))),
         }

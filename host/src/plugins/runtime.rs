@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use crate::error::PluginCode;
 use strata_plugin_sdk::{Envelope, HOOKS};
 use wasmtime::{
     Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Module, OptLevel,
@@ -362,10 +363,24 @@ fn in_bounds(ptr: u32, len: u32, size: usize) -> Option<std::ops::Range<usize>> 
 
 /// Decodes an envelope into the hook's output, or the reason it is not one.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    decode_refusal(bytes).map_err(|(reason, _)| reason)
+}
+
+/// [`decode`], and the registry code of an `err` envelope naming one the
+/// host knows: the reason is then the plugin's message alone, for the
+/// client to read as it is.
+pub(crate) fn decode_refusal<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (String, Option<PluginCode>)> {
     match serde_json::from_slice::<Envelope<T>>(bytes) {
         Ok(Envelope::Ok(value)) => Ok(value),
-        Ok(Envelope::Err(e)) => Err(format!("reported an error: {}", clean_message(&e.message))),
-        Err(e) => Err(format!("returned malformed JSON: {e}")),
+        Ok(Envelope::Err(e)) => Err(match e.code.as_deref().map(|c| (c, PluginCode::from_wire(c))) {
+            Some((_, Some(code))) => (clean_message(&e.message), Some(code)),
+            Some((unknown, None)) => (
+                format!("reported an error with an unknown code {:?}: {}", clean_message(unknown), clean_message(&e.message)),
+                None,
+            ),
+            None => (format!("reported an error: {}", clean_message(&e.message)), None),
+        }),
+        Err(e) => Err((format!("returned malformed JSON: {e}"), None)),
     }
 }
 

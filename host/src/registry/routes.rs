@@ -28,9 +28,13 @@ pub fn router(builder: Arc<Builder>) -> Router {
         .with_state(builder)
 }
 
+/// What every route of a read-only registry allows (RFC 9110 `Allow`).
+const READ: &str = "GET, HEAD";
+
 async fn version_check(method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return Error::Unsupported(format!("{method} /v2/")).into_response();
+        let message = format!("{method} is not allowed on /v2/, which answers GET and HEAD only");
+        return Error::Unsupported { message, allow: READ }.into_response();
     }
     ([API_VERSION, (header::CONTENT_TYPE.as_str(), "application/json")], "{}").into_response()
 }
@@ -74,11 +78,18 @@ async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &Hea
     let read = method == Method::GET || method == Method::HEAD;
     let max_segments = builder.config().max_packages;
     match route {
-        Route::Upload => Err(Error::Unsupported("pushing blobs".into())),
-        _ if !read => Err(Error::Unsupported(format!("{method}: Strata builds images, it does not accept them"))),
+        Route::Upload => Err(Error::Unsupported {
+            message: "this registry accepts no uploads: Strata builds its images from Nix packages".into(),
+            allow: "",
+        }),
+        _ if !read => Err(Error::Unsupported {
+            message: format!("{method} is not allowed: Strata builds its images from Nix packages and accepts none"),
+            allow: READ,
+        }),
         Route::Tags(name) => {
             reference::parse_name(name, max_segments)?;
-            let body = serde_json::json!({ "name": name, "tags": ["latest"] }).to_string();
+            let tags = builder.tags().await?;
+            let body = serde_json::json!({ "name": name, "tags": tags }).to_string();
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Route::Manifest(name, r) => {
@@ -157,33 +168,51 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// `bytes=a-b`, `bytes=a-` or `bytes=-n` of a blob of `size` bytes; `None`
-/// when the header is absent or names several ranges (answered in full, as
-/// the spec allows).
-fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>> {
+/// The one range of a blob of `size` bytes a GET asks for, per RFC 9110
+/// §14: `bytes=a-b`, `bytes=a-` or `bytes=-n`. `None` (the whole blob, 200)
+/// when there is no Range, when it is malformed or names several ranges
+/// (a server may ignore those, §14.2), and when an `If-Range` does not
+/// match the blob's ETag (§13.1.5; a date never matches: blobs carry no
+/// Last-Modified). A well-formed range that starts at or past the end is
+/// unsatisfiable: 416 (§15.5.17).
+fn parse_range(headers: &HeaderMap, size: u64, etag: &str) -> Result<Option<Range<u64>>> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    if let Some(if_range) = headers.get(header::IF_RANGE) {
+        // A strong comparison: a weak validator never matches.
+        if if_range.to_str().ok().map(str::trim) != Some(etag) {
+            return Ok(None);
+        }
+    }
     let Some(spec) = value.trim().strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
     }
-    let invalid = || Error::RangeInvalid { size };
-    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
     let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| invalid())?;
-        if n == 0 {
-            return Err(invalid());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let unsatisfiable = Err(Error::RangeInvalid { size });
+    if a.is_empty() {
+        // A suffix: the last n bytes.
+        let Some(n) = Some(b).filter(|b| digits(b)).and_then(|b| b.parse::<u64>().ok()) else { return Ok(None) };
+        if n == 0 || size == 0 {
+            return unsatisfiable;
         }
-        size.saturating_sub(n)..size
-    } else {
-        let start: u64 = a.parse().map_err(|_| invalid())?;
-        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| invalid())?.saturating_add(1).min(size) };
-        start..end
-    };
-    if range.start >= size || range.start >= range.end {
-        return Err(invalid());
+        return Ok(Some(size.saturating_sub(n)..size));
     }
-    Ok(Some(range))
+    let Some(start) = Some(a).filter(|a| digits(a)).and_then(|a| a.parse::<u64>().ok()) else { return Ok(None) };
+    let end = if b.is_empty() {
+        size
+    } else {
+        let Some(last) = Some(b).filter(|b| digits(b)).and_then(|b| b.parse::<u64>().ok()) else { return Ok(None) };
+        if last < start {
+            return Ok(None);
+        }
+        last.saturating_add(1).min(size)
+    };
+    if start >= size {
+        return unsatisfiable;
+    }
+    Ok(Some(start..end))
 }
 
 async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, digest: &str) -> Result<Response> {
@@ -201,7 +230,12 @@ async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, 
             return Ok(resp);
         }
     }
-    let range = parse_range(headers, size)?;
+    // Range applies to GET only (RFC 9110 §14.2).
+    let etag = format!("\"{digest}\"");
+    let range = match *method == Method::GET {
+        true => parse_range(headers, size, &etag)?,
+        false => None,
+    };
     let (status, len) = match &range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
         None => (StatusCode::OK, size),
@@ -227,7 +261,7 @@ async fn blob_response(builder: &Builder, method: &Method, headers: &HeaderMap, 
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     set(h, "docker-content-digest", digest);
-    set(h, header::ETAG.as_str(), &format!("\"{digest}\""));
+    set(h, header::ETAG.as_str(), &etag);
     if let Some(r) = range {
         set(h, header::CONTENT_RANGE.as_str(), &format!("bytes {}-{}/{size}", r.start, r.end - 1));
     }
@@ -309,7 +343,7 @@ mod tests {
     fn range(v: &str, size: u64) -> Result<Option<Range<u64>>> {
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
-        parse_range(&h, size)
+        parse_range(&h, size, "\"sha256:00\"")
     }
 
     #[test]
@@ -317,11 +351,28 @@ mod tests {
         assert_eq!(range("bytes=0-9", 100).unwrap(), Some(0..10));
         assert_eq!(range("bytes=90-", 100).unwrap(), Some(90..100));
         assert_eq!(range("bytes=-5", 100).unwrap(), Some(95..100));
+        assert_eq!(range("bytes=-500", 100).unwrap(), Some(0..100));
         assert_eq!(range("bytes=95-200", 100).unwrap(), Some(95..100));
-        assert!(range("bytes=100-", 100).is_err());
-        assert!(range("bytes=5-2", 100).is_err());
-        assert!(range("bytes=x-", 100).is_err());
-        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
+        // Unsatisfiable: 416.
+        assert!(matches!(range("bytes=100-", 100), Err(Error::RangeInvalid { size: 100 })));
+        assert!(matches!(range("bytes=-0", 100), Err(Error::RangeInvalid { size: 100 })));
+        assert!(matches!(range("bytes=0-", 0), Err(Error::RangeInvalid { size: 0 })));
+        // Malformed, or several: ignored, the whole blob.
+        for ignored in ["bytes=5-2", "bytes=x-", "bytes=-", "bytes=1-x", "bytes=+1-2", "items=0-1", "bytes=0-1,5-6", "bytes"] {
+            assert_eq!(range(ignored, 100).unwrap(), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn if_range() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-9"));
+        h.insert(header::IF_RANGE, HeaderValue::from_static("\"sha256:00\""));
+        assert_eq!(parse_range(&h, 100, "\"sha256:00\"").unwrap(), Some(0..10));
+        for other in ["\"sha256:11\"", "W/\"sha256:00\"", "Sun, 06 Nov 1994 08:49:37 GMT"] {
+            h.insert(header::IF_RANGE, HeaderValue::from_static(other));
+            assert_eq!(parse_range(&h, 100, "\"sha256:00\"").unwrap(), None, "{other}");
+        }
     }
 
     #[test]

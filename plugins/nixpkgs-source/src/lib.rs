@@ -7,9 +7,14 @@
 //! channel = "nixos-unstable"            # or
 //! git = "https://github.com/NixOS/nixpkgs.git"   # or
 //! path = "/srv/nixpkgs"                 # with optional: immutable = true
+//! any_tag = true                        # optional, any source: Nixery's tags
 //! ```
-//! The tag is the version selector. `immutable` in the output is a promise
-//! the host builds a forever-cache on, so it is only given when the tag is a
+//! The tag is the version selector ([`select`] holds the whole policy). A
+//! tag the source cannot resolve is refused with `MANIFEST_UNKNOWN`, so
+//! that a registry client is told the truth (404) instead of being handed
+//! another tag's image; `any_tag = true` restores Nixery's behaviour, where
+//! such a tag builds `latest`. `immutable` in the output is a promise the
+//! host builds a forever-cache on, so it is only given when the tag is a
 //! full commit hash (or the operator declares a path immutable).
 
 use serde::Deserialize;
@@ -27,6 +32,59 @@ struct Config {
     git: Option<String>,
     path: Option<String>,
     immutable: Option<bool>,
+    /// Nixery's "every tag is the same image": a tag the source cannot
+    /// resolve builds `latest` instead of being refused.
+    #[serde(default)]
+    any_tag: bool,
+}
+
+/// What a tag selects in a source.
+#[derive(Debug, PartialEq, Eq)]
+enum Selected {
+    /// The source as configured: a channel's or a path's current state, a
+    /// git repository's default branch.
+    Latest,
+    /// A commit (lower case): 7 to 40 hex digits for git, 40 for a channel
+    /// (which then pins nixpkgs itself).
+    Revision(String),
+}
+
+/// The kinds of source, for [`select`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Channel,
+    Git,
+    Path,
+}
+
+/// The tag policy of every source, in one place: `latest` (or no tag)
+/// always resolves; a channel also takes a full nixpkgs commit, a git
+/// repository any commit hash of 7 to 40 hex digits; a path nothing else.
+/// Any other tag is refused with `MANIFEST_UNKNOWN` (404), unless
+/// `any_tag` makes it `latest`.
+fn select(kind: Kind, tag: &str, any_tag: bool) -> Result<Selected, PluginError> {
+    if is_latest(tag) {
+        return Ok(Selected::Latest);
+    }
+    let revision = match kind {
+        Kind::Channel => is_full_commit(tag),
+        Kind::Git => (7..=40).contains(&tag.len()) && is_hex(tag),
+        Kind::Path => false,
+    };
+    if revision {
+        return Ok(Selected::Revision(tag.to_ascii_lowercase()));
+    }
+    if any_tag {
+        return Ok(Selected::Latest);
+    }
+    let resolves = match kind {
+        Kind::Channel => "`latest` or a full nixpkgs commit hash (40 hex digits)",
+        Kind::Git => "`latest` (the default branch) or a commit hash of 7 to 40 hex digits",
+        Kind::Path => "only `latest`",
+    };
+    Err(PluginError::manifest_unknown(format!(
+        "tag `{tag}` does not resolve: this registry's package source resolves {resolves}"
+    )))
 }
 
 /// A Docker client asks for `latest` when the user names no tag; Nixery
@@ -70,10 +128,8 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         if channel.is_empty() {
             return Err(PluginError::new("`channel` is empty"));
         }
-        // Nixery ignored the tag for channels. A commit hash is the one tag
-        // worth honouring: it pins nixpkgs, which a channel name never does.
-        if is_full_commit(tag) {
-            let commit = tag.to_ascii_lowercase();
+        // A commit hash pins nixpkgs, which a channel name never does.
+        if let Selected::Revision(commit) = select(Kind::Channel, tag, config.any_tag)? {
             return Ok(SourceOutput {
                 identity: format!("channel:{commit}"),
                 source: NixSource::Channel { channel: commit },
@@ -94,7 +150,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         if url.is_empty() {
             return Err(PluginError::new("`git` is empty"));
         }
-        if is_latest(tag) {
+        let Selected::Revision(rev) = select(Kind::Git, tag, config.any_tag)? else {
             return Ok(SourceOutput {
                 identity: format!("git:{url}@HEAD"),
                 source: NixSource::Git {
@@ -104,14 +160,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
                 },
                 immutable: false,
             });
-        }
-        if !(7..=40).contains(&tag.len()) || !is_hex(tag) {
-            return Err(PluginError::new(format!(
-                "tag `{tag}` is not a git revision: with a git package source, a tag \
-                 is `latest` (the default branch) or a commit hash of 7 to 40 hex digits"
-            )));
-        }
-        let rev = tag.to_ascii_lowercase();
+        };
         return Ok(SourceOutput {
             identity: format!("git:{url}@{rev}"),
             immutable: is_full_commit(&rev),
@@ -130,6 +179,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
              is); got `{path}`"
         )));
     }
+    select(Kind::Path, tag, config.any_tag)?;
     Ok(SourceOutput {
         identity: format!("path:{path}"),
         source: NixSource::Path { path },
@@ -152,9 +202,18 @@ mod tests {
     }
 
     #[test]
-    fn channel_ignores_ordinary_tags() {
+    fn channel_refuses_ordinary_tags() {
+        for tag in ["v1", "abc1234", "1.0"] {
+            let err = run(json!({ "channel": "nixos-unstable" }), tag).unwrap_err();
+            assert_eq!(err.code.as_deref(), Some("MANIFEST_UNKNOWN"), "{tag}");
+            assert!(err.message.contains(&format!("tag `{tag}` does not resolve")), "{err}");
+        }
+    }
+
+    #[test]
+    fn any_tag_makes_unresolvable_tags_latest() {
         for tag in ["latest", "v1", "", "abc1234"] {
-            let out = run(json!({ "channel": "nixos-unstable" }), tag).unwrap();
+            let out = run(json!({ "channel": "nixos-unstable", "any_tag": true }), tag).unwrap();
             assert_eq!(
                 out.source,
                 NixSource::Channel {
@@ -164,6 +223,16 @@ mod tests {
             assert_eq!(out.identity, "channel:nixos-unstable");
             assert!(!out.immutable);
         }
+        let out = run(json!({ "path": "/srv/nixpkgs", "any_tag": true }), "v1").unwrap();
+        assert_eq!(out.identity, "path:/srv/nixpkgs");
+        let url = "https://example.org/nixpkgs.git";
+        let out = run(json!({ "git": url, "any_tag": true }), "master").unwrap();
+        assert_eq!(out.identity, format!("git:{url}@HEAD"));
+        // A revision is still a revision.
+        let out = run(json!({ "git": url, "any_tag": true }), COMMIT).unwrap();
+        assert_eq!(out.identity, format!("git:{url}@{COMMIT}"));
+        let out = run(json!({ "channel": "nixos-unstable" }), "").unwrap();
+        assert_eq!(out.identity, "channel:nixos-unstable");
     }
 
     #[test]
@@ -235,16 +304,19 @@ mod tests {
         ] {
             let err = run(json!({ "git": url }), tag).unwrap_err();
             assert!(
-                err.message
-                    .contains(&format!("tag `{tag}` is not a git revision")),
+                err.message.contains(&format!("tag `{tag}` does not resolve")),
                 "{err}"
             );
+            assert_eq!(err.code.as_deref(), Some("MANIFEST_UNKNOWN"));
         }
     }
 
     #[test]
     fn path_source() {
-        let out = run(json!({ "path": "/srv/nixpkgs" }), "anything").unwrap();
+        let err = run(json!({ "path": "/srv/nixpkgs" }), "anything").unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("MANIFEST_UNKNOWN"));
+        assert!(err.message.contains("resolves only `latest`"), "{err}");
+        let out = run(json!({ "path": "/srv/nixpkgs" }), "latest").unwrap();
         assert_eq!(
             out.source,
             NixSource::Path {
