@@ -84,8 +84,10 @@ fn writable(dir: &Path, setting: &str) -> anyhow::Result<()> {
 /// What the server's Nix commands will open, by `nix store ping`: its
 /// `Store URL:` line comes before any error.
 async fn nix_store() -> anyhow::Result<()> {
+    let args = ["--extra-experimental-features", "nix-command", "store", "ping"];
+    crate::nix::process::started("nix", &args);
     let mut cmd = tokio::process::Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command", "store", "ping"])
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(PING_TIMEOUT, cmd.output()).await {

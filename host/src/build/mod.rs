@@ -55,6 +55,9 @@ pub struct Builder {
     /// manifest's blobs, and a replica that kept serving it would answer
     /// for an image whose layers are gone.
     by_digest: moka::sync::Cache<String, Manifest>,
+    /// (name, tag) → an inspection and its image's cache key: a repeated
+    /// `/api/inspect` runs no Nix. Kept as long as a mutable image is.
+    inspections: moka::sync::Cache<(String, String), (Arc<Inspection>, String)>,
     /// One build per (name, tag) at a time; later requests await the first.
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
     /// Builds of different images at once, and how many may wait.
@@ -103,6 +106,7 @@ impl Builder {
         let memory = cfg.cache.memory_mib * 1024 * 1024;
         let mark_interval = cfg.cache.access_mark_interval();
         let build_slots = Arc::new(Semaphore::new(cfg.builds.max_concurrent()));
+        let mutable_ttl = Duration::from_secs(cfg.cache.mutable_ttl_secs.max(1));
         let leases = Leases::from_config(storage.clone(), &cfg.storage);
         Ok(Arc::new(Builder {
             cfg,
@@ -113,9 +117,14 @@ impl Builder {
             popularity,
             images: image_cache(memory / 2),
             by_digest: moka::sync::Cache::builder()
-                .max_capacity(memory / 2)
+                .max_capacity(memory / 4)
                 .weigher(|k: &String, m: &Manifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
                 .time_to_live(mark_interval)
+                .build(),
+            inspections: moka::sync::Cache::builder()
+                .max_capacity(memory / 4)
+                .weigher(|_, (i, _): &(Arc<Inspection>, String)| i.weight())
+                .time_to_live(mutable_ttl)
                 .build(),
             inflight: Mutex::default(),
             build_slots,
@@ -541,9 +550,20 @@ impl Builder {
         Ok((resolved, grouping))
     }
 
-    /// What an image would hold and how it would be layered, without packing.
+    /// What an image would hold and how it would be layered, without
+    /// packing. Remembered as images are, and run under the builds' limit
+    /// (`builds.max_concurrent`): an inspection runs Nix as a build does.
     pub async fn inspect(&self, name: &str, tag: &str) -> Result<Inspection> {
+        let key = (name.to_string(), tag.to_string());
+        if let Some(found) = self.remembered_inspection(&key).await? {
+            return Ok(found);
+        }
         let plan = self.plan(name, tag).await?;
+        let _slot = self.build_slot().await?;
+        // Asked for by another request while this one waited for its slot.
+        if let Some(found) = self.remembered_inspection(&key).await? {
+            return Ok(found);
+        }
         let (resolved, grouping) = self.resolve_and_group(&plan).await?;
         let layers = grouping
             .named(&resolved.graph)
@@ -552,7 +572,7 @@ impl Builder {
             .map(|(paths, nar_size)| InspectedLayer { nar_size, paths })
             .collect();
         let built = self.built(name, &plan.cache_key).await?;
-        Ok(Inspection {
+        let inspection = Inspection {
             built,
             name: name.to_string(),
             tag: tag.to_string(),
@@ -565,7 +585,18 @@ impl Builder {
             roots: resolved.roots,
             closure: resolved.graph.paths,
             layers,
-        })
+        };
+        self.inspections.insert(key, (Arc::new(inspection.clone()), plan.cache_key));
+        Ok(inspection)
+    }
+
+    /// A remembered inspection, with what the store now holds of its image
+    /// (it may have been built, or collected, since).
+    async fn remembered_inspection(&self, key: &(String, String)) -> Result<Option<Inspection>> {
+        let Some((inspection, cache_key)) = self.inspections.get(key) else { return Ok(None) };
+        let mut inspection = (*inspection).clone();
+        inspection.built = self.built(&key.0, &cache_key).await?;
+        Ok(Some(inspection))
     }
 
     /// What the store holds of an inspected image, if it was built.

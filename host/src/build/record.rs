@@ -120,6 +120,15 @@ pub struct Inspection {
     pub built: Option<Built>,
 }
 
+impl Inspection {
+    /// Roughly its bytes in memory, for the cache's bound: every store path
+    /// appears in the closure and in one layer, with its references.
+    pub(crate) fn weight(&self) -> u32 {
+        let closure: usize = self.closure.iter().map(|p| 2 * p.path.len() + 8 * p.references.len() + 64).sum();
+        (closure + 512).try_into().unwrap_or(u32::MAX)
+    }
+}
+
 /// An inspected image as stored: its manifests and where its SBOM is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Built {

@@ -229,8 +229,8 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
 /// The source as the document names it: a channel or a git revision as
 /// is, a local path by its last component only, so that one package set
 /// checked out in two places gives one document (and no server path is
-/// published).
-fn source_name(identity: &str) -> String {
+/// published). `/api/inspect` names it so too.
+pub fn source_name(identity: &str) -> String {
     match identity.strip_prefix("path:") {
         Some(path) => format!("path:{}", path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)),
         None => identity.to_string(),

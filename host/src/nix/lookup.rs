@@ -169,7 +169,14 @@ impl Evaluator {
             }
         }
         let ask_packages: Vec<String> = packages.iter().filter(|n| !remembered.contains_key(*n)).cloned().collect();
-        let ask_optional: Vec<String> = optional.iter().filter(|n| known(n).is_none()).cloned().collect();
+        // A remembered missing or refused name fails the request whatever
+        // the optional names are: they are not asked about again (Nixery's
+        // `cacert` and `iana-etc` would otherwise cost an evaluation of the
+        // whole set on every repeat of a missing name).
+        let ask_optional: Vec<String> = match remembered.is_empty() {
+            true => optional.iter().filter(|n| known(n).is_none()).cloned().collect(),
+            false => Vec::new(),
+        };
 
         let lookup = if ask_packages.is_empty() && ask_optional.is_empty() {
             Lookup { packages: Vec::new(), optional: Vec::new() }

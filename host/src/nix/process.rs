@@ -17,6 +17,42 @@ use tokio::time::Instant;
 
 use crate::error::{BuildFailure, Unavailable};
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct InvocationLabels {
+    kind: &'static str,
+}
+
+type Invocations = prometheus_client::metrics::family::Family<InvocationLabels, prometheus_client::metrics::counter::Counter>;
+
+/// Every Nix process Strata starts, by kind: what a request costs in Nix is
+/// then measurable from outside (`strata_nix_invocations_total`, which
+/// `ops::metrics` registers). Here, where the processes start, so that no
+/// start goes uncounted.
+pub fn invocations() -> &'static Invocations {
+    static COUNTS: std::sync::OnceLock<Invocations> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(Invocations::default)
+}
+
+/// Counts one Nix process about to start: `kind` is the program, and for
+/// `nix` its subcommand (`instantiate`, `build`, `store`, `path-info`,
+/// `store-ping`, `show-config`).
+pub fn started<A: AsRef<std::ffi::OsStr>>(program: &str, args: &[A]) {
+    let sub = |names: &[&'static str]| {
+        args.iter().find_map(|a| names.iter().copied().find(|n| a.as_ref() == std::ffi::OsStr::new(n)))
+    };
+    let kind = match program {
+        "nix-instantiate" => "instantiate",
+        "nix-build" => "build",
+        "nix-store" => "store",
+        _ => match sub(&["path-info", "ping", "show-config"]) {
+            Some("ping") => "store-ping",
+            Some(other) => other,
+            None => "nix",
+        },
+    };
+    invocations().get_or_create(&InvocationLabels { kind }).inc();
+}
+
 /// Enough of Nix's stderr to show why a build failed (the builder's last
 /// lines and Nix's error), without keeping a whole build log per request.
 const LOG_TAIL_LINES: usize = 40;
@@ -53,6 +89,7 @@ pub(crate) async fn run(program: &str, args: &[OsString], deadline: Instant, tim
         cmd.env("NIX_CONFIG", config);
     }
     tracing::debug!(program, ?args, "running nix");
+    started(program, args);
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");

@@ -27,6 +27,7 @@ pub(crate) async fn nix_store(args: &[OsString]) -> Result<(bool, String, String
 pub(crate) async fn run_nix(program: &str, args: &[OsString]) -> Result<(bool, String, String)> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    crate::nix::process::started(program, args);
     let out = tokio::time::timeout(NIX_STORE_TIMEOUT, cmd.output())
         .await
         .map_err(|_| internal(program, format!("no answer within {NIX_STORE_TIMEOUT:?}")))?

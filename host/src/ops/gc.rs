@@ -102,6 +102,8 @@ pub struct Report {
     pub access_marks_removed: usize,
     pub staging_removed: usize,
     pub leases_removed: usize,
+    /// Empty lease directories of a `file://` store, older than a day.
+    pub lease_dirs_removed: usize,
     /// Images recorded during the run that named a removed blob: their
     /// records were removed so that they are rebuilt.
     pub images_repaired: usize,
@@ -394,6 +396,7 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     for key in doomed_blobs.iter().chain(&staging).chain(&leases) {
         storage.delete(key).await?;
     }
+    report.lease_dirs_removed = storage.prune_empty_dirs(LEASE_PREFIX, debris_cutoff).await?;
     report.images_repaired = repair(storage, started, &doomed_digests).await?;
     report.removed_digests = doomed_digests;
     Ok(report)
@@ -475,6 +478,9 @@ impl fmt::Display for Report {
             self.layer_records_removed, self.referrer_records_removed, self.access_marks_removed
         )?;
         writeln!(f, "debris:        {} staged uploads, {} leases older than a day {verb}", self.staging_removed, self.leases_removed)?;
+        if self.lease_dirs_removed > 0 {
+            writeln!(f, "               {} empty lease directories older than a day removed", self.lease_dirs_removed)?;
+        }
         if self.images_repaired > 0 {
             writeln!(f, "repaired:      {} images built during gc reused a removed blob; they will be rebuilt", self.images_repaired)?;
         }

@@ -85,6 +85,11 @@ fn metrics() -> &'static Metrics {
         );
         let gc_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register("gc_runs", "gc runs by outcome", gc_runs.clone());
+        registry.register(
+            "nix_invocations",
+            "Nix processes started, by kind (instantiate: look-ups; build; path-info; store: gc's queries)",
+            crate::nix::process::invocations().clone(),
+        );
         Metrics {
             registry,
             requests,

@@ -100,6 +100,11 @@ impl Auth {
         Ok(Some(Arc::new(auth)))
     }
 
+    /// Whether the `Authorization` header proves a user.
+    pub fn authenticated(&self, headers: &HeaderMap) -> bool {
+        self.authenticate(headers).is_some()
+    }
+
     /// The user the `Authorization` header proves, if any.
     fn authenticate(&self, headers: &HeaderMap) -> Option<&Entry> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

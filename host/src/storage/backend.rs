@@ -22,6 +22,9 @@ pub(super) struct Opened {
     pub prefix: Path,
     /// The URL without credentials, for logs and the web page.
     pub description: String,
+    /// The directory of a `file://` store: the one store with directories,
+    /// which gc prunes ([`super::Storage::prune_empty_dirs`]).
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 /// Opens `url`; credentials come from the environment the way each SDK
@@ -31,11 +34,12 @@ pub(super) fn open(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Opened
     let parsed = Url::parse(url).map_err(|e| anyhow::anyhow!("storage url {url:?}: {e}"))?;
     let description = without_secrets(&parsed);
     let err = |e: object_store::Error| anyhow::anyhow!("storage {description}: {e}");
-    let local = |store: Arc<dyn ObjectStore>| Opened {
+    let local = |store: Arc<dyn ObjectStore>, local_root| Opened {
         store,
         signer: None,
         prefix: Path::default(),
         description: description.clone(),
+        local_root,
     };
     // For the clouds the host is the bucket (container) and the path a
     // prefix inside it, as in `s3://bucket/team/strata`.
@@ -48,10 +52,14 @@ pub(super) fn open(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Opened
             let dir =
                 parsed.to_file_path().map_err(|_| anyhow::anyhow!("storage url {url:?} is not an absolute path"))?;
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("storage url {url:?}: {e}"))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(err)?;
-            return Ok(local(Arc::new(store)));
+            // Deleting an object removes the directories it leaves empty:
+            // every image ever asked for got a `leases/<key>/` otherwise.
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(err)?
+                .with_automatic_cleanup(true);
+            return Ok(local(Arc::new(store), Some(dir)));
         }
-        "memory" => return Ok(local(Arc::new(object_store::memory::InMemory::new()))),
+        "memory" => return Ok(local(Arc::new(object_store::memory::InMemory::new()), None)),
         "s3" | "s3a" => {
             let builder = configure(AmazonS3Builder::from_env().with_url(url), options, &description, |b, k, v| {
                 b.with_config(k, v)
@@ -77,7 +85,7 @@ pub(super) fn open(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Opened
         other => return Err(unsupported(&description, other)),
     };
     let store = if prefix.as_ref().is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix.clone())) };
-    Ok(Opened { store, signer: Some(signer), prefix, description })
+    Ok(Opened { store, signer: Some(signer), prefix, description, local_root: None })
 }
 
 /// Applies `options` to a builder; a key the backend does not know is an

@@ -48,6 +48,8 @@ pub struct Storage {
     /// For logs and the web page; never contains credentials.
     description: String,
     marks: access::Marks,
+    /// The directory of a `file://` store.
+    local_root: Option<Arc<std::path::PathBuf>>,
 }
 
 #[derive(Clone)]
@@ -99,7 +101,8 @@ impl Storage {
     /// which cannot give each store its own process environment.
     pub fn open_with(url: &str, options: &[(&str, &str)]) -> anyhow::Result<Storage> {
         let opened = backend::open(url, options)?;
-        Ok(Storage::from_store(opened.store, &opened.description))
+        let local_root = opened.local_root.map(Arc::new);
+        Ok(Storage { local_root, ..Storage::from_store(opened.store, &opened.description) })
     }
 
     /// The store `[storage]` describes, serving and leasing as configured.
@@ -122,6 +125,7 @@ impl Storage {
             redirect,
             description: opened.description,
             marks: access::Marks::new(cfg.cache.access_mark_interval()),
+            local_root: opened.local_root.map(Arc::new),
         })
     }
 
@@ -134,6 +138,7 @@ impl Storage {
             redirect: None,
             description: description.to_string(),
             marks: access::Marks::new(crate::config::MARK_INTERVAL),
+            local_root: None,
         }
     }
 
@@ -303,6 +308,29 @@ impl Storage {
             }
         }
         Ok(found)
+    }
+
+    /// Removes the empty directories right under `prefix` last modified
+    /// before `cutoff`, in a `file://` store (object stores have no
+    /// directories: 0 there); how many went. Deleting an object prunes the
+    /// directories it empties, so what this finds are the leftovers of
+    /// older versions (one `leases/<key>/` per image ever asked for). Only
+    /// an empty directory can be removed, so one a lease is being created
+    /// in at this moment stays, or is recreated by the create.
+    pub async fn prune_empty_dirs(&self, prefix: &str, cutoff: std::time::SystemTime) -> Result<usize> {
+        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let dir = root.join(prefix);
+        let pruned = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.modified().is_ok_and(|t| t < cutoff)))
+                .filter(|e| std::fs::remove_dir(e.path()).is_ok())
+                .count()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("pruning {prefix}: {e}")))?;
+        Ok(pruned)
     }
 
     /// Deletes one object; one already gone is not an error.

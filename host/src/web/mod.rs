@@ -11,9 +11,9 @@
 //! - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 when
 //!   the plugins are loaded and the storage answers, 503 otherwise.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,17 +23,12 @@ use sha2::{Digest, Sha256};
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 use crate::build::Builder;
 use crate::config::{Config, GroupRule};
 use crate::error::Error;
 use crate::plugins::PluginSet;
 
-/// Inspections run Nix; at most this many at once from the web.
-const INSPECT_SLOTS: usize = 4;
-/// How long an inspection waits for a slot before the client is told to retry.
-const INSPECT_QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// How long `/readyz` gives the storage to answer.
 const READY_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,12 +54,15 @@ const EMBEDDED_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 struct WebState {
     builder: Arc<Builder>,
     web_dir: Option<Arc<PathBuf>>,
-    inspect_slots: Arc<Semaphore>,
+    /// Access control, when on: `/api/info` shows an anonymous client less.
+    auth: Option<Arc<crate::registry::auth::Auth>>,
 }
 
 pub fn router(builder: Arc<Builder>) -> Router {
     let web_dir = builder.config().web_dir.clone().map(Arc::new);
-    let state = WebState { builder, web_dir, inspect_slots: Arc::new(Semaphore::new(INSPECT_SLOTS)) };
+    // `strata serve` checked the same `[auth]` before it got here.
+    let auth = crate::registry::auth::Auth::from_config(&builder.config().auth).ok().flatten();
+    let state = WebState { builder, web_dir, auth };
     Router::new()
         .route("/api/info", get(api_info))
         .route("/api/inspect/{*name}", get(api_inspect))
@@ -107,9 +105,10 @@ async fn readyz(State(st): State<WebState>) -> Response {
 
 // ---------------------------------------------------------------- /api/info
 
-async fn api_info(State(st): State<WebState>) -> Response {
+async fn api_info(State(st): State<WebState>, headers: HeaderMap) -> Response {
     let b = &st.builder;
-    let doc = info_document(b.config(), &roles_of(&b.plugins), &entries_of(&b.plugins), b.storage.description());
+    let anonymous = st.auth.as_ref().is_some_and(|a| !a.authenticated(&headers));
+    let doc = info_document(b.config(), &roles_of(&b.plugins), &entries_of(&b.plugins), b.storage.description(), anonymous);
     no_store(Json(doc).into_response())
 }
 
@@ -151,22 +150,40 @@ fn entries_of(set: &PluginSet) -> Vec<PluginEntry> {
             version: p.info().version.clone(),
             hooks: p.info().hooks.clone(),
             digest: format!("sha256:{}", p.digest()),
-            origin: p.origin().to_string(),
+            // A plugin file's name, not where it is on the server.
+            origin: match p.origin() {
+                "built-in" => "built-in".to_string(),
+                path => std::path::Path::new(path)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "a file".into()),
+            },
         })
         .collect()
 }
 
-/// The `/api/info` document (shape in `docs/web.md`).
-fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: &str) -> Value {
-    let source_config = cfg
-        .plugins
-        .config
-        .get(&roles.source)
-        .and_then(|t| serde_json::to_value(t).ok())
-        .map(redact)
-        .unwrap_or_else(|| json!({}));
+/// The `/api/info` document (shape in `docs/web.md`). It shows no server
+/// path: the storage by its kind, a `path` source as `(server path)`,
+/// plugin files by name. With access control on, an `anonymous` client
+/// (no valid credentials) sees neither the source's configuration nor the
+/// name prefixes of group rules: those describe what the names it may not
+/// pull are.
+fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: &str, anonymous: bool) -> Value {
+    let source_config = match anonymous {
+        true => json!({}),
+        false => cfg
+            .plugins
+            .config
+            .get(&roles.source)
+            .and_then(|t| serde_json::to_value(t).ok())
+            .map(redact)
+            .map(without_paths)
+            .unwrap_or_else(|| json!({})),
+    };
+    let storage = storage.split_once("://").map(|(scheme, _)| scheme).unwrap_or("unknown");
+    let shown = |text: &Option<String>| if anonymous { None } else { text.clone() };
     let rule_json = |i: usize, rule: &GroupRule, plugin: &str| {
-        json!({ "index": i, "prefix": rule.prefix, "tag": rule.tag, "plugin": plugin })
+        json!({ "index": i, "prefix": shown(&rule.prefix), "tag": shown(&rule.tag), "plugin": plugin })
     };
     let plugins: Vec<Value> = plugins
         .iter()
@@ -182,7 +199,7 @@ fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: 
             }
             for (i, (rule, name)) in roles.group_rules.iter().enumerate() {
                 if *name == p.name {
-                    plays.push(json!({ "role": "group_rule", "index": i, "prefix": rule.prefix, "tag": rule.tag }));
+                    plays.push(json!({ "role": "group_rule", "index": i, "prefix": shown(&rule.prefix), "tag": shown(&rule.tag) }));
                 }
             }
             if roles.source == p.name {
@@ -220,7 +237,23 @@ fn info_document(cfg: &Config, roles: &Roles, plugins: &[PluginEntry], storage: 
             "source": roles.source,
         },
         "plugins": plugins,
+        "restricted": anonymous,
     })
+}
+
+/// A source's `path` is a directory on the server: not shown.
+fn without_paths(v: Value) -> Value {
+    match v {
+        Value::Object(mut map) => {
+            if let Some(path) = map.get_mut("path") {
+                if path.is_string() {
+                    *path = json!("(server path)");
+                }
+            }
+            Value::Object(map)
+        }
+        other => other,
+    }
 }
 
 /// The source table is shown publicly: drop credentials from URLs
@@ -264,20 +297,21 @@ struct InspectQuery {
 
 async fn api_inspect(
     State(st): State<WebState>,
-    name: Result<Path<String>, PathRejection>,
+    uri: Uri,
     query: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
+    // The name as `/v2/` reads it: from the raw path, nothing
+    // percent-decoded (`hello%2Fgit` is refused, not read as `hello/git`),
+    // which is also the name the auth guard checked.
+    let name = uri.path().strip_prefix("/api/inspect/").unwrap_or_default();
     // Rejections answer in the spec's JSON too, not axum's plain text.
-    let Path(name) = name.map_err(|e| Error::NameInvalid(e.body_text()))?;
     let Query(q) = query.map_err(|e| Error::TagInvalid(e.body_text()))?;
     let tag = q.tag.filter(|t| !t.is_empty()).unwrap_or_else(|| "latest".to_string());
-    crate::registry::reference::parse_name(&name, st.builder.config().max_packages)?;
+    crate::registry::reference::parse_name(name, st.builder.config().max_packages)?;
     crate::registry::reference::parse_tag(&tag)?;
-    let _slot = tokio::time::timeout(INSPECT_QUEUE_WAIT, st.inspect_slots.clone().acquire_owned())
-        .await
-        .map_err(|_| Error::Busy { retry_after_secs: 10 })?
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let inspection = st.builder.inspect(&name, &tag).await?;
+    let mut inspection = st.builder.inspect(name, &tag).await?;
+    // As the SBOM names it: a `path` source by its last component only.
+    inspection.source = crate::image::sbom::source_name(&inspection.source);
     Ok(no_store(Json(inspection).into_response()))
 }
 
@@ -532,13 +566,14 @@ mod tests {
             entry("popularity", &["group_layers"]),
             entry("nixpkgs-source", &["render_source"]),
         ];
-        let doc = info_document(&cfg, &roles, &plugins, "memory:///");
+        let doc = info_document(&cfg, &roles, &plugins, "file:///var/lib/strata", false);
 
         assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(doc["storage"], "memory:///");
+        assert_eq!(doc["storage"], "file", "no server path");
+        assert_eq!(doc["restricted"], false);
         assert_eq!(doc["layers"]["budget"], 94);
         assert_eq!(doc["source"]["plugin"], "nixpkgs-source");
-        assert_eq!(doc["source"]["config"]["path"], "/srv/pkgs");
+        assert_eq!(doc["source"]["config"]["path"], "(server path)");
         assert_eq!(doc["source"]["config"]["git"], "https://example.com/pkgs.git");
         assert_eq!(doc["source"]["config"]["token"], "(redacted)");
         assert_eq!(doc["roles"]["expand"], json!(["bundles"]));
@@ -558,12 +593,20 @@ mod tests {
         assert_eq!(ps[1]["roles"], json!([{"role": "group"}]));
         assert_eq!(ps[2]["roles"], json!([{"role": "group_rule", "index": 0, "prefix": "big/", "tag": null}]));
         assert_eq!(ps[3]["roles"], json!([{"role": "source"}]));
+
+        // Anonymous, with access control on: nothing that describes names.
+        let doc = info_document(&cfg, &roles, &plugins, "s3://bucket/prefix", true);
+        assert_eq!(doc["storage"], "s3");
+        assert_eq!(doc["restricted"], true);
+        assert_eq!(doc["source"]["config"], json!({}));
+        assert_eq!(doc["roles"]["group_rules"][0], json!({"index": 0, "prefix": null, "tag": null, "plugin": "popularity"}));
+        assert_eq!(doc["plugins"][2]["roles"], json!([{"role": "group_rule", "index": 0, "prefix": null, "tag": null}]));
     }
 
     #[test]
     fn info_without_source_table() {
         let roles = Roles { expand: vec![], group: "size".into(), group_rules: vec![], source: "src".into() };
-        let doc = info_document(&Config::default(), &roles, &[], "file:///x");
+        let doc = info_document(&Config::default(), &roles, &[], "file:///x", false);
         assert_eq!(doc["source"], json!({"plugin": "src", "config": {}}));
         assert_eq!(doc["plugins"], json!([]));
     }
