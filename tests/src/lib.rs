@@ -298,6 +298,24 @@ let
     pkgs
 }
 
+/// Builds a one-file C plugin with Debian's clang and the SDK's header
+/// (plugin-sdk/c/strata_plugin.h), as examples/c-plugin/build.sh does.
+pub fn build_c_plugin(source: &Path, wasm: &Path) {
+    require_tool("clang");
+    require_tool("wasm-ld");
+    let sdk = repo_root().join("plugin-sdk/c");
+    run(
+        Command::new("clang")
+            .args(["--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wall", "-Werror", "-Wl,--no-entry", "-I"])
+            .arg(&sdk)
+            .arg("-o")
+            .arg(wasm)
+            .arg(source),
+        Duration::from_secs(120),
+    )
+    .assert_ok();
+}
+
 /// A value no other call makes, in this process, another one running beside
 /// it (scripts/test-binaries.sh) or an earlier run: for names that must be
 /// new to the Nix store, and for STRATA_FAULT_NONCE, which makes

@@ -180,17 +180,7 @@ const char *render(const char *json, uint32_t len, strata_json *out) {
     )
     .unwrap();
     let wasm = work.path().join("json_hooks.wasm");
-    let sdk = repo_root().join("plugin-sdk/c");
-    run(
-        Command::new("clang")
-            .args(["--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wall", "-Werror", "-Wl,--no-entry", "-I"])
-            .arg(&sdk)
-            .arg("-o")
-            .arg(&wasm)
-            .arg(&source),
-        Duration::from_secs(120),
-    )
-    .assert_ok();
+    build_c_plugin(&source, &wasm);
     let out = check(&[wasm.as_os_str()]);
     assert!(!out.success(), "render_source fails on purpose:\n{out}");
     assert!(out.stdout.contains("hooks: expand_names, render_source"), "{out}");

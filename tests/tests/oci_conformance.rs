@@ -60,7 +60,7 @@ fn the_oci_conformance_suite_passes() {
         let (passed, failed, out) = conformance(&server, &bin, name, &results);
         eprintln!("{name}: conformance: {passed} passed, {failed} failed");
         assert_eq!(failed, 0, "{name}: the suite failed:\n{out}");
-        assert!(passed >= 30, "{name}: only {passed} passed: is the suite running at all?\n{out}");
+        assert!(passed >= 20, "{name}: only {passed} passed: is the suite running at all?\n{out}");
     }
     // What the v1.1.1 suite asks of an invalid tag, beyond the newest one.
     for method in ["GET", "HEAD"] {

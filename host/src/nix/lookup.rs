@@ -106,6 +106,10 @@ pub(crate) struct Evaluator {
     evaluations: AtomicU64,
     /// (system, source, name) → why it cannot be had, for `negative_ttl`.
     negative: moka::sync::Cache<(String, String, String), Negative>,
+    /// (system, source, name) of names found, for `negative_ttl`: with a
+    /// remembered missing one beside them, a request is answered without
+    /// asking Nix again (`hello/nope`, five times, is one evaluation).
+    found: moka::sync::Cache<(String, String, String), ()>,
 }
 
 impl Evaluator {
@@ -114,7 +118,11 @@ impl Evaluator {
             .max_capacity(10_000)
             .time_to_live(negative_ttl.max(Duration::from_millis(1)))
             .build();
-        Evaluator { build_image_nix, timeout, negative_ttl, evaluations: AtomicU64::new(0), negative }
+        let found = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(negative_ttl.max(Duration::from_millis(1)))
+            .build();
+        Evaluator { build_image_nix, timeout, negative_ttl, evaluations: AtomicU64::new(0), negative, found }
     }
 
     /// How many `nix-instantiate` evaluations have been started.
@@ -168,14 +176,21 @@ impl Evaluator {
                 remembered.insert(name.clone(), n);
             }
         }
-        let ask_packages: Vec<String> = packages.iter().filter(|n| !remembered.contains_key(*n)).cloned().collect();
         // A remembered missing or refused name fails the request whatever
-        // the optional names are: they are not asked about again (Nixery's
-        // `cacert` and `iana-etc` would otherwise cost an evaluation of the
-        // whole set on every repeat of a missing name).
-        let ask_optional: Vec<String> = match remembered.is_empty() {
-            true => optional.iter().filter(|n| known(n).is_none()).cloned().collect(),
-            false => Vec::new(),
+        // the other names are: the ones found before are not asked about
+        // again, and neither are the optional names (Nixery's `cacert` and
+        // `iana-etc` would otherwise cost an evaluation of the whole set on
+        // every repeat of a missing name). Only names never asked about
+        // are, so that the answer still names every missing one.
+        let failed_before = !remembered.is_empty();
+        let ask_packages: Vec<String> = packages
+            .iter()
+            .filter(|n| !remembered.contains_key(*n) && !(failed_before && self.found.contains_key(&key(n))))
+            .cloned()
+            .collect();
+        let ask_optional: Vec<String> = match failed_before {
+            false => optional.iter().filter(|n| known(n).is_none()).cloned().collect(),
+            true => Vec::new(),
         };
 
         let lookup = if ask_packages.is_empty() && ask_optional.is_empty() {
@@ -205,6 +220,9 @@ impl Evaluator {
                 (Some(n), _) => Some(n.clone()),
                 (None, Some(s)) => match s.status {
                     StatusKind::Found => {
+                        if ttl {
+                            self.found.insert(key(name), ());
+                        }
                         found.push(s.clone());
                         None
                     }
@@ -213,6 +231,8 @@ impl Evaluator {
                         s.reason.clone().or_else(|| reasons.get(name).cloned()).unwrap_or_else(|| "evaluation failed".into()),
                     )),
                 },
+                // Found before, not asked again: the request fails anyway.
+                (None, None) if failed_before => None,
                 (None, None) => return Err(NixError::Parse(format!("the lookup did not report {name}"))),
             };
             match negative {
