@@ -207,10 +207,16 @@ async fn names_the_set_refuses_are_reported_with_its_reasons_beside_missing_ones
     assert_eq!(nix.evaluations(), 1 + 4);
     assert_eq!(nix.builds_started(), 0);
 
-    // Asked again soon: the refused and missing names are remembered, only
-    // `hello` is looked up again.
+    // Asked again soon: the refused and missing names are remembered, and
+    // so is `hello`, found beside them: no evaluation at all.
     let (missing_again, refused_again) = unavailable(nix.resolve(&source, &request, &system()).await.unwrap_err());
-    assert_eq!((missing_again, refused_again), (missing, refused));
+    assert_eq!((missing_again, refused_again), (missing.clone(), refused));
+    assert_eq!(nix.evaluations(), 1 + 4);
+    // A name never asked about beside them is looked up (alone), so that
+    // the answer names every missing one.
+    let more = names(&["hello", "nope", "nope-too"]);
+    let (missing_more, _) = unavailable(nix.resolve(&source, &more, &system()).await.unwrap_err());
+    assert_eq!(missing_more, names(&["nope", "nope-too"]));
     assert_eq!(nix.evaluations(), 1 + 4 + 1);
 
     // Without the refused names the same request builds.
