@@ -53,8 +53,22 @@ fn skopeo_pulls_with_creds_and_is_refused_without() {
         assert!(challenge.starts_with("Basic realm=\"strata-test\""), "{path}: {challenge:?}");
         assert_eq!(spec_error(&r.bytes().unwrap()).0, "UNAUTHORIZED", "{path}");
     }
-    // The page and health checks stay open.
+    // The page and health checks stay open; /api/info shows an anonymous
+    // client nothing that describes names (the source's table), and no
+    // server path to anyone.
     assert_eq!(server.get("/healthz").send().unwrap().status().as_u16(), 200);
+    let anonymous: Value = server.get("/api/info").send().unwrap().json().unwrap();
+    assert_eq!((&anonymous["restricted"], &anonymous["source"]["config"]), (&serde_json::json!(true), &serde_json::json!({})), "{anonymous}");
+    assert_eq!(anonymous["storage"], "file", "{anonymous}");
+    let basic_ci = base64::engine::general_purpose::STANDARD.encode(format!("ci:{CI_SECRET}"));
+    let known: Value = server.get("/api/info").header("Authorization", format!("Basic {basic_ci}")).send().unwrap().json().unwrap();
+    assert_eq!((&known["restricted"], &known["source"]["config"]["path"]), (&serde_json::json!(false), &serde_json::json!("(server path)")), "{known}");
+    // /api/inspect reads the name as /v2/ does, and auth checks that name:
+    // an encoded slash is not a way around the prefixes.
+    let r = server.get("/api/inspect/busybox%2Fhello").header("Authorization", format!("Basic {basic_ci}")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403, "outside ci's prefixes");
+    let r = server.get("/api/inspect/shell%2Fhello").header("Authorization", format!("Bearer {OPS_SECRET}")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400, "an encoded slash is no name separator");
     let out = skopeo_inspect_with(&server, "shell/hello", None);
     assert!(!out.success(), "skopeo without credentials was let in: {out}");
     assert!(out.stderr.to_lowercase().contains("unauthorized") || out.stderr.contains("401"), "{out}");
