@@ -17,7 +17,12 @@ use strata_plugin_sdk::{
 fn as_reason(e: PluginError) -> String {
     let one_line: String =
         e.message.chars().take(1000).map(|c| if c.is_control() { ' ' } else { c }).collect();
-    format!("reported an error: {one_line}")
+    // A refusal with a registry code the host knows reaches the client as
+    // the plugin's own words.
+    match e.code.as_deref() {
+        Some(code) if PluginError::CODES.contains(&code) => one_line,
+        _ => format!("reported an error: {one_line}"),
+    }
 }
 
 /// All four built-ins, each with `config` (a TOML document of
@@ -228,7 +233,11 @@ async fn sources_match_the_native_plugin() {
         for tag in tags {
             let input = SourceInput { config: json_config(config, "nixpkgs-source"), tag: tag.into() };
             let expected = strata_plugin_nixpkgs_source::render_source(input.clone()).map_err(as_reason);
-            let got = set.source.render_source(input).await.map_err(|f| f.reason);
+            let native_code = strata_plugin_nixpkgs_source::render_source(input.clone()).err().and_then(|e| e.code);
+            let got = set.source.render_source(input).await.map_err(|f| {
+                assert_eq!(f.code.map(|c| c.to_string()), native_code, "the code, tag {tag:?}, config {config:?}");
+                f.reason
+            });
             assert_eq!(got, expected, "nixpkgs-source, tag {tag:?}, config {config:?}");
         }
     }
