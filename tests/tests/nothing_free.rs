@@ -2,6 +2,7 @@
 //! Nix again, and what a client can make it do is bounded and measurable
 //! (`strata_nix_invocations_total`, every Nix process the server starts).
 
+use std::process::Command;
 use std::time::Duration;
 use strata_e2e::*;
 
@@ -62,4 +63,30 @@ fn repeated_questions_run_no_nix() {
 
     // Refusals are not errors in the log.
     assert!(!server.log().lines().any(|l| l.contains("ERROR")), "{}", server.log());
+
+    // Empty lease directories an older Strata left (one per image key ever
+    // asked for) go with `strata gc` once a day old; a young one, and one
+    // holding a lease, stay.
+    for (key, old, lease) in [("old-empty", true, false), ("young-empty", false, false), ("old-held", true, true)] {
+        let dir = leases.join(key);
+        std::fs::create_dir_all(&dir).unwrap();
+        if lease {
+            std::fs::write(dir.join("00000000000000000000"), "{}").unwrap();
+        }
+        if old {
+            run(Command::new("touch").args(["-d", "2 days ago"]).arg(&dir), Duration::from_secs(10)).assert_ok();
+        }
+    }
+    let mut gc = Command::new(strata_bin());
+    gc.arg("--config")
+        .arg(server.temp_dir().join("strata.toml"))
+        .args(["gc", "--older-than", "30d", "--delete"])
+        .env("NIXERY_PKGS_PATH", repo_root().join("examples/demo-pkgs"))
+        .env("STRATA_NIX_OFFLINE", "1")
+        .env("NIX_CONFIG", "substituters =")
+        .env("RUST_LOG", "warn");
+    let out = run(&mut gc, Duration::from_secs(300)).assert_ok();
+    assert!(out.stdout.contains("1 empty lease directories older than a day removed"), "{out}");
+    assert!(!leases.join("old-empty").exists(), "{out}");
+    assert!(leases.join("young-empty").is_dir() && leases.join("old-held").is_dir(), "{out}");
 }
