@@ -298,8 +298,9 @@ impl Builder {
         let mut plugins: Vec<&str> = self.plugins.expand.iter().map(|p| p.digest()).collect();
         plugins.push(grouper.digest());
         plugins.push(self.plugins.source.digest());
+        // v2: the final layer gained /usr/bin/env and /bin/sh.
         let key = serde_json::json!({
-            "v": 1,
+            "v": 2,
             "source": s.identity,
             "packages": e.packages,
             "optional": e.optional,
@@ -365,9 +366,14 @@ impl Builder {
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
         let roots = resolved.roots.clone();
+        let closure: Vec<String> = resolved.graph.paths.iter().map(|p| p.path.clone()).collect();
+        let account = plan.expansion.image.account.clone();
         let encodings = crate::image::compress::encodings(&self.cfg.layers);
         let (ca_bundle, final_blobs, final_bytes) = tokio::task::spawn_blocking(move || {
-            let forest = FinalLayer::new(&roots)?;
+            let mut forest = FinalLayer::new(&roots, &closure)?;
+            if let Some(a) = &account {
+                forest.add_account(a);
+            }
             let (blobs, bytes) = forest.pack(&encodings, vec![Vec::new(); encodings.len()])?;
             Ok::<_, std::io::Error>((forest.ca_bundle(), blobs, bytes))
         })

@@ -226,12 +226,15 @@ fn append_tree<W: Write>(
 #[derive(Debug, Clone)]
 enum Entry {
     Dir(u32),
+    /// A directory owned by a user of the image (its home).
+    OwnedDir { mode: u32, uid: u32, gid: u32 },
     Link(String),
     File(Vec<u8>, u32),
 }
 
 /// The final layer: the symlink forest of the requested packages plus what
-/// users expect of any image (`/tmp`, `/etc/passwd`, `/etc/group`).
+/// users expect of any image (`/tmp`, `/etc/passwd`, `/etc/group`,
+/// `/usr/bin/env` and `/bin/sh` for scripts' shebangs).
 pub struct FinalLayer {
     entries: BTreeMap<String, Entry>,
 }
@@ -239,8 +242,10 @@ pub struct FinalLayer {
 impl FinalLayer {
     /// Merges the top-level store paths as `symlinkJoin` would: directories
     /// become real directories, everything else a symlink into the store;
-    /// on a clash the package named first wins.
-    pub fn new(roots: &[String]) -> io::Result<FinalLayer> {
+    /// on a clash the package named first wins. `closure` (the image's
+    /// whole runtime closure) is where `/usr/bin/env` and `/bin/sh` are
+    /// looked for when no requested package brings them.
+    pub fn new(roots: &[String], closure: &[String]) -> io::Result<FinalLayer> {
         let mut layer = FinalLayer { entries: BTreeMap::new() };
         for root in roots {
             if fs::symlink_metadata(root)?.is_dir() {
@@ -248,7 +253,93 @@ impl FinalLayer {
             }
         }
         layer.add_defaults();
+        layer.add_shebang_links(closure);
         Ok(layer)
+    }
+
+    /// `#!/usr/bin/env python3` and `#!/bin/sh` are what scripts expect of
+    /// any Unix (Nixery's #109, #133): a link to the image's own `env`
+    /// (the forest's `bin/env`, else coreutils' from the closure) and
+    /// shell (the forest's `bin/sh`, else its `bash` or `busybox`, else
+    /// bash's or busybox's from the closure). Added only where the forest
+    /// has nothing: a package's own file is never shadowed.
+    fn add_shebang_links(&mut self, closure: &[String]) {
+        let forest = |layer: &FinalLayer, path: &str| match layer.entries.get(path) {
+            Some(Entry::Link(target)) => Some(target.clone()),
+            _ => None,
+        };
+        let in_closure = |names: &[&str], file: &str| {
+            closure
+                .iter()
+                .filter(|p| {
+                    let name = strata_plugin_sdk::store_name(p);
+                    names.iter().any(|n| name.strip_prefix(n).is_some_and(|rest| rest.starts_with('-')))
+                })
+                .map(|p| format!("{p}/{file}"))
+                .find(|f| fs::metadata(f).is_ok_and(|m| m.is_file()))
+        };
+        let env = forest(self, "bin/env").or_else(|| in_closure(&["coreutils", "coreutils-full"], "bin/env"));
+        if let Some(target) = env {
+            self.add_link("usr/bin/env", target);
+        }
+        let sh = forest(self, "bin/sh")
+            .or_else(|| forest(self, "bin/bash"))
+            .or_else(|| forest(self, "bin/busybox"))
+            .or_else(|| in_closure(&["bash", "bash-interactive"], "bin/bash"))
+            .or_else(|| in_closure(&["busybox"], "bin/busybox"));
+        if let Some(target) = sh {
+            self.add_link("bin/sh", target);
+        }
+    }
+
+    /// A link at `path`, its parent directories made as needed; nothing
+    /// when the path, or a parent that is not a directory, is taken.
+    fn add_link(&mut self, path: &str, target: String) {
+        if self.entries.contains_key(path) {
+            return;
+        }
+        let mut parent = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, dirs)| dirs).unwrap_or_default() {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            match self.entries.get(&parent) {
+                Some(Entry::Dir(_) | Entry::OwnedDir { .. }) => {}
+                Some(_) => return,
+                None => {
+                    self.entries.insert(parent.clone(), Entry::Dir(0o755));
+                }
+            }
+        }
+        self.entries.insert(path.to_string(), Entry::Link(target));
+    }
+
+    /// A user beside root: a line in `/etc/passwd` and `/etc/group` (when
+    /// they are the host's, not a package's own) and a home it owns.
+    pub fn add_account(&mut self, a: &strata_plugin_sdk::Account) {
+        let lines = [
+            ("etc/passwd", format!("{}:x:{}:{}:{}:{}:/bin/sh\n", a.name, a.uid, a.gid, a.name, a.home)),
+            ("etc/group", format!("{}:x:{}:\n", a.name, a.gid)),
+        ];
+        for (file, line) in lines {
+            if let Some(Entry::File(bytes, _)) = self.entries.get_mut(file) {
+                bytes.extend_from_slice(line.as_bytes());
+            }
+        }
+        let home = a.home.trim_matches('/');
+        let mut path = String::new();
+        for part in home.split('/') {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            let entry = self.entries.entry(path.clone()).or_insert(Entry::Dir(0o755));
+            if !matches!(entry, Entry::Dir(_) | Entry::OwnedDir { .. }) {
+                return;
+            }
+        }
+        self.entries.insert(path, Entry::OwnedDir { mode: 0o755, uid: a.uid, gid: a.gid });
     }
 
     fn merge_dir(&mut self, src: &Path, rel: &str) -> io::Result<()> {
@@ -310,6 +401,12 @@ impl FinalLayer {
             for (path, entry) in &self.entries {
                 match entry {
                     Entry::Dir(mode) => append_dir(b, path, *mode)?,
+                    Entry::OwnedDir { mode, uid, gid } => {
+                        let mut h = header(tar::EntryType::Directory, *mode, 0);
+                        h.set_uid((*uid).into());
+                        h.set_gid((*gid).into());
+                        b.append_data(&mut h, format!("{path}/"), io::empty())?;
+                    }
                     Entry::Link(target) => append_symlink(b, path, Path::new(target))?,
                     Entry::File(bytes, mode) => {
                         let mut h = header(tar::EntryType::Regular, *mode, bytes.len() as u64);
@@ -400,7 +497,7 @@ mod tests {
         fs::write(b.join("bin/other"), b"").unwrap();
         fs::write(b.join("etc/ssl/certs/ca-bundle.crt"), b"").unwrap();
         let roots = vec![a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned()];
-        let layer = FinalLayer::new(&roots).unwrap();
+        let layer = FinalLayer::new(&roots, &roots).unwrap();
         match layer.entries.get("bin/hello") {
             Some(Entry::Link(t)) => assert!(t.starts_with(&roots[0])),
             other => panic!("{other:?}"),
