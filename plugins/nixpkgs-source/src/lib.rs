@@ -6,7 +6,8 @@
 //! [plugins.config.nixpkgs-source]
 //! channel = "nixos-unstable"            # or
 //! git = "https://github.com/NixOS/nixpkgs.git"   # or
-//! path = "/srv/nixpkgs"                 # with optional: immutable = true
+//! path = "/srv/nixpkgs"                 # with optional: immutable = true, or
+//! flake = "github:NixOS/nixpkgs/nixos-unstable"  # github:, git+https://, git+file://, path:
 //! ```
 //! The tag is the version selector. `immutable` in the output is a promise
 //! the host builds a forever-cache on, so it is only given when the tag is a
@@ -26,8 +27,16 @@ struct Config {
     channel: Option<String>,
     git: Option<String>,
     path: Option<String>,
+    flake: Option<String>,
     immutable: Option<bool>,
 }
+
+/// The kinds of flake reference a tag can select a revision of, by prefix.
+/// `github:`-like ones take the revision or ref as a path segment, git
+/// ones as a query parameter; `path:` flakes have no revisions.
+const FORGE_FLAKES: [&str; 3] = ["github:", "gitlab:", "sourcehut:"];
+const GIT_FLAKES: [&str; 4] = ["git+https://", "git+http://", "git+ssh://", "git+file://"];
+const PATH_FLAKE: &str = "path:";
 
 /// A Docker client asks for `latest` when the user names no tag; Nixery
 /// treated an empty tag the same way.
@@ -48,13 +57,13 @@ fn is_full_commit(s: &str) -> bool {
 pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
     let config: Config = strata_plugin_sdk::config(&input.config)?;
     let tag = input.tag.as_str();
-    let given = [&config.channel, &config.git, &config.path]
+    let given = [&config.channel, &config.git, &config.path, &config.flake]
         .iter()
         .filter(|v| v.is_some())
         .count();
     if given != 1 {
         return Err(PluginError::new(format!(
-            "nixpkgs-source needs exactly one of `channel`, `git` or `path` in its \
+            "nixpkgs-source needs exactly one of `channel`, `git`, `path` or `flake` in its \
              configuration ([plugins.config.nixpkgs-source]); {given} given"
         )));
     }
@@ -123,6 +132,10 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         });
     }
 
+    if let Some(flake) = config.flake {
+        return flake_source(flake.trim(), tag);
+    }
+
     let path = config.path.unwrap_or_default();
     if !path.starts_with('/') {
         return Err(PluginError::new(format!(
@@ -135,6 +148,47 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         source: NixSource::Path { path },
         immutable: config.immutable.unwrap_or(false),
     })
+}
+
+/// `latest` is the flake as configured (its default branch, or the ref it
+/// names); a full commit hash is that commit, for ever; any other tag is a
+/// short commit or a ref name, which can move. Whether the revision exists
+/// only Nix can tell: an unknown one is the host's 404.
+fn flake_source(url: &str, tag: &str) -> Result<SourceOutput, PluginError> {
+    let forge = FORGE_FLAKES.iter().any(|p| url.starts_with(p));
+    let git = GIT_FLAKES.iter().any(|p| url.starts_with(p));
+    if !forge && !git && !url.starts_with(PATH_FLAKE) {
+        return Err(PluginError::new(format!(
+            "`flake` must be a github:, gitlab:, sourcehut:, git+https://, git+http://, \
+             git+ssh://, git+file:// or path: flake reference; got `{url}`"
+        )));
+    }
+    if url.starts_with(PATH_FLAKE) && !url[PATH_FLAKE.len()..].starts_with('/') {
+        return Err(PluginError::new(format!(
+            "a path: flake must be absolute (the Nix evaluator does not run where strata.toml is); got `{url}`"
+        )));
+    }
+    let source = |rev: Option<String>, r#ref: Option<String>| NixSource::Flake { url: url.to_string(), rev, r#ref };
+    if is_latest(tag) {
+        return Ok(SourceOutput { identity: format!("flake:{url}"), source: source(None, None), immutable: false });
+    }
+    if !forge && !git {
+        return Err(PluginError::new(format!(
+            "tag `{tag}` names a revision, and a path: flake has none: its only tag is `latest`"
+        )));
+    }
+    if is_full_commit(tag) {
+        let rev = tag.to_ascii_lowercase();
+        return Ok(SourceOutput { identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: true });
+    }
+    // A short hash is a ref to the forges (their API resolves it), and the
+    // host resolves it in a local repository; a git remote fetches commits
+    // by full hash only.
+    if (7..40).contains(&tag.len()) && is_hex(tag) && git {
+        let rev = tag.to_ascii_lowercase();
+        return Ok(SourceOutput { identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: false });
+    }
+    Ok(SourceOutput { identity: format!("flake:{url}@{tag}"), source: source(None, Some(tag.to_string())), immutable: false })
 }
 
 #[cfg(test)]
@@ -278,6 +332,41 @@ mod tests {
         assert!(err.message.contains("unknown field"), "{err}");
         let err = run(json!({ "channel": "x", "immutable": true }), "latest").unwrap_err();
         assert!(err.message.contains("only to a `path`"), "{err}");
+    }
+
+    #[test]
+    fn flake_tags_select_revisions() {
+        let url = "git+file:///srv/flake";
+        let out = run(json!({ "flake": url }), "latest").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: None, r#ref: None });
+        assert_eq!((out.identity.as_str(), out.immutable), ("flake:git+file:///srv/flake", false));
+        let out = run(json!({ "flake": url }), &COMMIT.to_uppercase()).unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: Some(COMMIT.into()), r#ref: None });
+        assert_eq!(out.identity, format!("flake:{url}@{COMMIT}"));
+        assert!(out.immutable);
+        let out = run(json!({ "flake": url }), "abc1234").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: Some("abc1234".into()), r#ref: None });
+        assert!(!out.immutable);
+        let out = run(json!({ "flake": url }), "release-1.0").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: None, r#ref: Some("release-1.0".into()) });
+        assert!(!out.immutable);
+
+        let gh = "github:NixOS/nixpkgs/nixos-unstable";
+        let out = run(json!({ "flake": gh }), "abc1234").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: gh.into(), rev: None, r#ref: Some("abc1234".into()) });
+        let out = run(json!({ "flake": gh }), COMMIT).unwrap();
+        assert!(out.immutable);
+
+        let path = "path:/srv/flake";
+        assert!(!run(json!({ "flake": path }), "latest").unwrap().immutable);
+        let err = run(json!({ "flake": path }), COMMIT).unwrap_err();
+        assert!(err.message.contains("only tag is `latest`"), "{err}");
+        for bad in ["nixpkgs", "https://example.org/x.tar.gz", "path:relative", "flake:nixpkgs"] {
+            let err = run(json!({ "flake": bad }), "latest").unwrap_err();
+            assert!(err.message.contains("flake"), "{bad}: {err}");
+        }
+        let err = run(json!({ "flake": url, "path": "/x" }), "latest").unwrap_err();
+        assert!(err.message.contains("exactly one of"), "{err}");
     }
 
     #[test]
