@@ -20,10 +20,23 @@ let
     then set (builtins.intersectAttrs (builtins.functionArgs set) offered)
     else set;
 
+  # `allow_unfree` of the source plugin, as nixpkgs' own switches: all
+  # unfree packages, or those named (by `pname`, as nixpkgs' lib.getName).
+  unfree = src.allowUnfree or null;
+  nameOf = pkg: pkg.pname or (builtins.parseDrvName (pkg.name or "")).name;
+  unfreeConfig =
+    if unfree == true then { allowUnfree = true; }
+    else if builtins.isList unfree then { allowUnfreePredicate = pkg: builtins.elem (nameOf pkg) unfree; }
+    else { };
+
   # For nixpkgs proper we also pin `config` and `overlays`: otherwise it
   # reads ~/.config/nixpkgs of whichever user runs the server, and two
   # servers on the same revision could build different images.
-  nixpkgsArgs = { inherit system; config = { }; overlays = [ ]; };
+  nixpkgsArgs = { inherit system; config = unfreeConfig; overlays = [ ]; };
+
+  # What a git or path set is offered: `config` only when unfree packages
+  # are allowed (a set that takes it, as nixpkgs and the demo set do).
+  setArgs = { inherit system; } // (if unfree == null then { } else { config = unfreeConfig; });
 
   isCommit = s: builtins.match "[0-9a-f]{40}" s != null;
 
@@ -50,21 +63,30 @@ let
         // (if ref != null then { inherit ref; } else { })
         // (if rev != null && ref == null then { allRefs = true; } else { }));
     in
-    { pkgs = call { inherit system; } (import fetched); revision = fetched.rev or null; };
+    { pkgs = call setArgs (import fetched); revision = fetched.rev or null; };
 
   fromPath = path:
     if builtins.substring 0 1 path != "/"
     then throw "strata: a path source must be absolute, got ${builtins.toJSON path}"
-    else { pkgs = call { inherit system; } (import path); revision = null; };
+    else { pkgs = call setArgs (import path); revision = null; };
 
   # The host hands over the flake reference complete, revision included.
   # `legacyPackages` first (nixpkgs' packages, nested sets and all), then
   # `packages`; its inputs are those its flake.lock pins. A dirty git tree
-  # or a path: flake has no commit.
+  # or a path: flake has no commit. A flake's outputs are instantiated
+  # already, with the flake's own config: to allow unfree packages, a flake
+  # whose default.nix is a package-set function taking `config` (nixpkgs'
+  # is) is imported from there instead, as a git source would be.
   fromFlake = url:
-    let flake = builtins.getFlake url;
+    let
+      flake = builtins.getFlake url;
+      root = flake.outPath + "/default.nix";
+      set = import root;
+      reimport = unfree != null && builtins.pathExists root
+        && builtins.isFunction set && (builtins.functionArgs set) ? config;
     in {
-      pkgs = (flake.packages.${system} or { }) // (flake.legacyPackages.${system} or { });
+      pkgs = (flake.packages.${system} or { })
+        // (if reimport then call nixpkgsArgs set else flake.legacyPackages.${system} or { });
       revision = flake.rev or null;
     };
 in

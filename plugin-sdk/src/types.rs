@@ -327,4 +327,20 @@ pub struct SourceOutput {
     /// True when the same identity always yields the same packages (a git
     /// commit), so that built images may be cached forever.
     pub immutable: bool,
+    /// Which unfree packages the set may give: handed to nixpkgs (and any
+    /// set taking a `config`) as `config.allowUnfree` (`true`) or
+    /// `config.allowUnfreePredicate` (the names, by `pname`). Absent: the
+    /// set's own default (nixpkgs refuses them all). Added in ABI 3 without
+    /// a version change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unfree: Option<AllowUnfree>,
+}
+
+/// All unfree packages (`true`; `false` is the same as none), or those named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum AllowUnfree {
+    All(bool),
+    Names(Vec<String>),
 }

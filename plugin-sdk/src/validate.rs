@@ -132,6 +132,11 @@ pub fn source(out: &SourceOutput) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_TEXT || id.chars().any(char::is_control) {
         return Err("returned an invalid source: the identity must be one non-empty line of at most 1000 bytes".into());
     }
+    if let Some(crate::AllowUnfree::Names(names)) = &out.allow_unfree {
+        if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(format!("returned an invalid source: allow_unfree name {:?} is empty or has whitespace", clean_message(bad)));
+        }
+    }
     Ok(())
 }
 

@@ -192,3 +192,35 @@ fn nonroot_images_and_shebang_basics() {
     let sh = std::fs::read_link(rootfs.join("bin/sh")).unwrap();
     assert!(sh.to_string_lossy().contains("-busybox-"), "bin/sh -> {}", sh.display());
 }
+
+#[test]
+fn unfree_packages_by_allow_list() {
+    // The demo set refuses `unrar` (unfree) as nixpkgs does; `allow_unfree`
+    // reaches its `config` as nixpkgs' allowUnfreePredicate.
+    let path = repo_root().join("examples/demo-pkgs");
+    let server_allowing = |list: &str| {
+        Server::start_with(ServerOptions {
+            extra_toml: format!("[plugins.config.nixpkgs-source]\npath = \"{}\"\nallow_unfree = {list}\n", path.display()),
+            env: vec![("NIXERY_PKGS_PATH".into(), String::new())],
+            ..ServerOptions::default()
+        })
+    };
+    let server = server_allowing(r#"["hello"]"#);
+    let (status, body) = get_manifest(&server, "unrar");
+    let (code, message, detail) = spec_error(&body);
+    assert_eq!((status, code.as_str()), (404, "MANIFEST_UNKNOWN"), "{message}");
+    let reason = detail["unavailable"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("unfree license"), "the set's own reason: {detail}");
+    drop(server);
+
+    let server = server_allowing(r#"["unrar"]"#);
+    let (status, body) = get_manifest(&server, "unrar");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = get_manifest(&server, "hello");
+    assert_eq!(status, 200);
+    drop(server);
+
+    let server = server_allowing("true");
+    let (status, body) = get_manifest(&server, "unrar");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}

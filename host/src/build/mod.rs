@@ -299,7 +299,7 @@ impl Builder {
         plugins.push(grouper.digest());
         plugins.push(self.plugins.source.digest());
         // v2: the final layer gained /usr/bin/env and /bin/sh.
-        let key = serde_json::json!({
+        let mut key = serde_json::json!({
             "v": 2,
             "source": s.identity,
             "packages": e.packages,
@@ -310,6 +310,9 @@ impl Builder {
             "budget": self.cfg.layers.budget,
             "encodings": self.encoding_ids(),
         });
+        if let Some(allow) = &s.allow_unfree {
+            key["allow_unfree"] = serde_json::json!(allow);
+        }
         hex_sha256(key.to_string().as_bytes())
     }
 
@@ -533,7 +536,10 @@ impl Builder {
     /// which stops here.
     async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
         let e = &plan.expansion;
-        let resolved = self.nix.resolve_with_optional(&plan.source.source, &e.packages, &e.optional, plan.system).await?;
+        let resolved = self
+            .nix
+            .resolve_allowing(&plan.source.source, plan.source.allow_unfree.as_ref(), &e.packages, &e.optional, plan.system)
+            .await?;
         // One layer of the budget is the host's own final layer.
         let mut graph = resolved.graph.clone();
         graph.set_popularity(&self.popularity);

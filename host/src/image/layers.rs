@@ -511,4 +511,80 @@ mod tests {
         sorted.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(names, sorted);
     }
+
+    #[test]
+    fn shebang_links_come_from_the_forest_then_the_closure_and_never_shadow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, files: &[&str]| {
+            let root = dir.path().join(name);
+            for f in files {
+                let p = root.join(f);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, b"").unwrap();
+            }
+            root.to_string_lossy().into_owned()
+        };
+        let coreutils = mk("aaa-coreutils-9.3", &["bin/env", "bin/ls"]);
+        let bash = mk("bbb-bash-5.2", &["bin/bash"]);
+        let app = mk("ccc-app-1.0", &["bin/app"]);
+        let link = |layer: &FinalLayer, p: &str| match layer.entries.get(p) {
+            Some(Entry::Link(t)) => Some(t.clone()),
+            _ => None,
+        };
+
+        // From the closure only: the app brings neither.
+        let closure = vec![coreutils.clone(), bash.clone(), app.clone()];
+        let layer = FinalLayer::new(std::slice::from_ref(&app), &closure).unwrap();
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{coreutils}/bin/env")));
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{bash}/bin/bash")));
+        assert!(matches!(layer.entries.get("usr/bin"), Some(Entry::Dir(0o755))));
+
+        // From the forest: the requested package's own env and bash.
+        let layer = FinalLayer::new(&[coreutils.clone(), bash.clone()], &[]).unwrap();
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{coreutils}/bin/env")));
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{bash}/bin/bash")));
+
+        // A package's own /bin/sh and /usr/bin/env stay.
+        let own = mk("ddd-own-1", &["bin/sh", "usr/bin/env"]);
+        let layer = FinalLayer::new(std::slice::from_ref(&own), &closure).unwrap();
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{own}/bin/sh")));
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{own}/usr/bin/env")));
+
+        // No env or shell anywhere: nothing made up.
+        let layer = FinalLayer::new(std::slice::from_ref(&app), std::slice::from_ref(&app)).unwrap();
+        assert!(!layer.entries.contains_key("usr/bin/env") && !layer.entries.contains_key("bin/sh"));
+        assert!(!layer.entries.contains_key("usr"));
+    }
+
+    #[test]
+    fn an_account_gets_passwd_group_and_an_owned_home() {
+        let layer = |account: Option<&strata_plugin_sdk::Account>| {
+            let mut l = FinalLayer::new(&[], &[]).unwrap();
+            if let Some(a) = account {
+                l.add_account(a);
+            }
+            let (_, bytes) = l.pack(&[Encoding::gzip(6)], vec![Vec::new()]).unwrap();
+            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[0][..]));
+            let mut out = BTreeMap::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let mut text = String::new();
+                io::Read::read_to_string(&mut e, &mut text).unwrap();
+                let path = e.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+                out.insert(path, (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap(), text));
+            }
+            out
+        };
+        let a = strata_plugin_sdk::Account { name: "user".into(), uid: 1000, gid: 1001, home: "/home/user".into() };
+        let with = layer(Some(&a));
+        assert!(with["etc/passwd"].3.ends_with("user:x:1000:1001:user:/home/user:/bin/sh\n"), "{:?}", with["etc/passwd"]);
+        assert!(with["etc/passwd"].3.starts_with("root:x:0:0:"));
+        assert!(with["etc/group"].3.ends_with("user:x:1001:\n"));
+        assert_eq!((with["home/user"].0, with["home/user"].1, with["home/user"].2), (1000, 1001, 0o755));
+        assert_eq!((with["home"].0, with["home"].2), (0, 0o755));
+        assert_eq!(with["tmp"].2, 0o1777);
+        let without = layer(None);
+        assert!(!without.contains_key("home/user") && !without["etc/passwd"].3.contains("user:"));
+    }
 }

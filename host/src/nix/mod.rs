@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use strata_plugin_sdk::{store_name, ClosureGraph, NixSource};
+use strata_plugin_sdk::{store_name, AllowUnfree, ClosureGraph, NixSource};
 use tokio::time::Instant;
 
 pub use crate::error::{BuildFailure, Refused, Unavailable};
@@ -169,6 +169,19 @@ impl NixRunner {
         optional: &[String],
         system: &str,
     ) -> Result<Resolved, NixError> {
+        self.resolve_allowing(source, None, packages, optional, system).await
+    }
+
+    /// [`NixRunner::resolve_with_optional`] with the unfree packages the
+    /// source plugin allows handed to the package set's `config`.
+    pub async fn resolve_allowing(
+        &self,
+        source: &NixSource,
+        allow_unfree: Option<&AllowUnfree>,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+    ) -> Result<Resolved, NixError> {
         let deadline = Instant::now() + self.opts.timeout;
         if packages.is_empty() {
             return Ok(Resolved {
@@ -183,7 +196,14 @@ impl NixRunner {
             });
         }
         let source = absolute_source(source)?;
-        let to_json = |s: &NixSource| serde_json::to_string(s).map_err(|e| NixError::Parse(format!("serialising the source: {e}")));
+        // `allowUnfree` rides along in the source's JSON (load-pkgs.nix).
+        let to_json = |s: &NixSource| {
+            let mut value = serde_json::to_value(s).map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
+            if let (Some(allow), Some(object)) = (allow_unfree, value.as_object_mut()) {
+                object.insert("allowUnfree".into(), serde_json::to_value(allow).unwrap_or_default());
+            }
+            Ok::<String, NixError>(value.to_string())
+        };
         let source_json = to_json(&flake::for_nix(&source, deadline).await?)?;
         let optional: Vec<String> = optional.iter().filter(|o| !packages.contains(o)).cloned().collect();
 

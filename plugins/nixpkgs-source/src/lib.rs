@@ -14,7 +14,7 @@
 //! full commit hash (or the operator declares a path immutable).
 
 use serde::Deserialize;
-use strata_plugin_sdk::{NixSource, PluginError, SourceInput, SourceOutput};
+use strata_plugin_sdk::{AllowUnfree, NixSource, PluginError, SourceInput, SourceOutput};
 
 strata_plugin_sdk::export_plugin! {
     name: "nixpkgs-source",
@@ -29,6 +29,8 @@ struct Config {
     path: Option<String>,
     flake: Option<String>,
     immutable: Option<bool>,
+    /// `true`, or the unfree packages (by name) the set may give.
+    allow_unfree: Option<AllowUnfree>,
 }
 
 /// The kinds of flake reference a tag can select a revision of, by prefix.
@@ -55,8 +57,24 @@ fn is_full_commit(s: &str) -> bool {
 
 /// The `render_source` hook.
 pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
-    let config: Config = strata_plugin_sdk::config(&input.config)?;
-    let tag = input.tag.as_str();
+    let mut config: Config = strata_plugin_sdk::config(&input.config)?;
+    // `false` and `[]` allow nothing, as no setting does: one cache key.
+    let allow_unfree = match config.allow_unfree.take() {
+        Some(AllowUnfree::All(false)) => None,
+        Some(AllowUnfree::Names(names)) if names.is_empty() => None,
+        Some(AllowUnfree::Names(mut names)) => {
+            names.sort();
+            names.dedup();
+            Some(AllowUnfree::Names(names))
+        }
+        other => other,
+    };
+    let mut out = render(config, &input.tag)?;
+    out.allow_unfree = allow_unfree;
+    Ok(out)
+}
+
+fn render(config: Config, tag: &str) -> Result<SourceOutput, PluginError> {
     let given = [&config.channel, &config.git, &config.path, &config.flake]
         .iter()
         .filter(|v| v.is_some())
@@ -84,12 +102,14 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         if is_full_commit(tag) {
             let commit = tag.to_ascii_lowercase();
             return Ok(SourceOutput {
+                allow_unfree: None,
                 identity: format!("channel:{commit}"),
                 source: NixSource::Channel { channel: commit },
                 immutable: true,
             });
         }
         return Ok(SourceOutput {
+                allow_unfree: None,
             identity: format!("channel:{channel}"),
             source: NixSource::Channel {
                 channel: channel.to_string(),
@@ -105,6 +125,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         }
         if is_latest(tag) {
             return Ok(SourceOutput {
+                allow_unfree: None,
                 identity: format!("git:{url}@HEAD"),
                 source: NixSource::Git {
                     url: url.to_string(),
@@ -122,6 +143,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         }
         let rev = tag.to_ascii_lowercase();
         return Ok(SourceOutput {
+                allow_unfree: None,
             identity: format!("git:{url}@{rev}"),
             immutable: is_full_commit(&rev),
             source: NixSource::Git {
@@ -144,6 +166,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         )));
     }
     Ok(SourceOutput {
+                allow_unfree: None,
         identity: format!("path:{path}"),
         source: NixSource::Path { path },
         immutable: config.immutable.unwrap_or(false),
@@ -170,7 +193,7 @@ fn flake_source(url: &str, tag: &str) -> Result<SourceOutput, PluginError> {
     }
     let source = |rev: Option<String>, r#ref: Option<String>| NixSource::Flake { url: url.to_string(), rev, r#ref };
     if is_latest(tag) {
-        return Ok(SourceOutput { identity: format!("flake:{url}"), source: source(None, None), immutable: false });
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}"), source: source(None, None), immutable: false });
     }
     if !forge && !git {
         return Err(PluginError::new(format!(
@@ -179,16 +202,16 @@ fn flake_source(url: &str, tag: &str) -> Result<SourceOutput, PluginError> {
     }
     if is_full_commit(tag) {
         let rev = tag.to_ascii_lowercase();
-        return Ok(SourceOutput { identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: true });
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: true });
     }
     // A short hash is a ref to the forges (their API resolves it), and the
     // host resolves it in a local repository; a git remote fetches commits
     // by full hash only.
     if (7..40).contains(&tag.len()) && is_hex(tag) && git {
         let rev = tag.to_ascii_lowercase();
-        return Ok(SourceOutput { identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: false });
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: false });
     }
-    Ok(SourceOutput { identity: format!("flake:{url}@{tag}"), source: source(None, Some(tag.to_string())), immutable: false })
+    Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{tag}"), source: source(None, Some(tag.to_string())), immutable: false })
 }
 
 #[cfg(test)]
@@ -367,6 +390,20 @@ mod tests {
         }
         let err = run(json!({ "flake": url, "path": "/x" }), "latest").unwrap_err();
         assert!(err.message.contains("exactly one of"), "{err}");
+    }
+
+    #[test]
+    fn unfree_allow_list_is_passed_on_sorted() {
+        let out = run(json!({ "path": "/p", "allow_unfree": ["vault", "terraform", "vault"] }), "latest").unwrap();
+        assert_eq!(out.allow_unfree, Some(AllowUnfree::Names(vec!["terraform".into(), "vault".into()])));
+        let out = run(json!({ "channel": "nixos-unstable", "allow_unfree": true }), "latest").unwrap();
+        assert_eq!(out.allow_unfree, Some(AllowUnfree::All(true)));
+        for none in [json!(false), json!([])] {
+            assert_eq!(run(json!({ "flake": "path:/f", "allow_unfree": none }), "latest").unwrap().allow_unfree, None);
+        }
+        assert!(run(json!({ "path": "/p", "allow_unfree": "terraform" }), "latest").is_err());
+        let out = run(json!({ "git": "u", "allow_unfree": true }), "latest").unwrap();
+        assert_eq!(serde_json::to_value(&out).unwrap()["allow_unfree"], json!(true));
     }
 
     #[test]
