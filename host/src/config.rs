@@ -443,7 +443,7 @@ pub fn process_env() -> Env {
 
 /// The `nixpkgs-source` keys that name a package source (exactly one is
 /// set): what a Nixery variable replaces, and what the default fills in.
-const NIXPKGS_SOURCE_KEYS: [&str; 3] = ["channel", "git", "path"];
+const NIXPKGS_SOURCE_KEYS: [&str; 4] = ["channel", "git", "path", "flake"];
 
 impl Config {
     /// TOML file (if any), then the environment, then validation.

@@ -229,7 +229,9 @@
     $("r-packages").replaceChildren(...data.packages.map((p) => el("li", { text: p })));
     $("r-arch").textContent = data.arch;
     $("r-source").textContent =
-      data.source + (data.immutable ? " (immutable: built once, kept)" : " (mutable: rebuilt when the cached image expires)");
+      data.source +
+      (data.revision ? " at revision " + data.revision : "") +
+      (data.immutable ? " (immutable: built once, kept)" : " (mutable: rebuilt when the cached image expires)");
     $("r-grouping").textContent = "plugin " + data.grouping_plugin + ", strategy “" + data.strategy + "”";
     renderSbom(data);
     renderLayers(data);

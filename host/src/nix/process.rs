@@ -53,6 +53,11 @@ pub fn started<A: AsRef<std::ffi::OsStr>>(program: &str, args: &[A]) {
     invocations().get_or_create(&InvocationLabels { kind }).inc();
 }
 
+/// Strata's own Nix calls use the `nix` command and flakes (a flake source
+/// is fetched with `builtins.getFlake`), whatever the machine's nix.conf
+/// enables; nothing else on the machine is affected.
+pub(crate) const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
 /// Enough of Nix's stderr to show why a build failed (the builder's last
 /// lines and Nix's error), without keeping a whole build log per request.
 const LOG_TAIL_LINES: usize = 40;
@@ -65,6 +70,9 @@ pub enum NixError {
     BuildFailed(BuildFailure),
     #[error("nix timed out after {0:?}")]
     Timeout(Duration),
+    /// The revision or ref a tag selected is not in the source.
+    #[error("revision {revision} is unknown: {reason}")]
+    UnknownRevision { revision: String, reason: String },
     #[error("nix failed ({status}): {log_tail}")]
     Failed { status: String, log_tail: String },
     #[error("running nix: {0}")]

@@ -6,19 +6,22 @@
 //! [plugins.config.nixpkgs-source]
 //! channel = "nixos-unstable"            # or
 //! git = "https://github.com/NixOS/nixpkgs.git"   # or
-//! path = "/srv/nixpkgs"                 # with optional: immutable = true
+//! path = "/srv/nixpkgs"                 # with optional: immutable = true, or
+//! flake = "github:NixOS/nixpkgs/nixos-unstable"  # github:, git+https://, git+file://, path:
 //! any_tag = true                        # optional, any source: Nixery's tags
 //! ```
-//! The tag is the version selector ([`select`] holds the whole policy). A
-//! tag the source cannot resolve is refused with `MANIFEST_UNKNOWN`, so
-//! that a registry client is told the truth (404) instead of being handed
-//! another tag's image; `any_tag = true` restores Nixery's behaviour, where
-//! such a tag builds `latest`. `immutable` in the output is a promise the
-//! host builds a forever-cache on, so it is only given when the tag is a
-//! full commit hash (or the operator declares a path immutable).
+//! The tag is the version selector ([`select`] holds the policy of the
+//! channel, git and path sources; a flake's tag is a revision or a ref,
+//! resolved by the host). A tag the source cannot resolve is refused with
+//! `MANIFEST_UNKNOWN`, so that a registry client is told the truth (404)
+//! instead of being handed another tag's image; `any_tag = true` restores
+//! Nixery's behaviour, where such a tag builds `latest`. `immutable` in the
+//! output is a promise the host builds a forever-cache on, so it is only
+//! given when the tag is a full commit hash (or the operator declares a
+//! path immutable).
 
 use serde::Deserialize;
-use strata_plugin_sdk::{NixSource, PluginError, SourceInput, SourceOutput};
+use strata_plugin_sdk::{AllowUnfree, NixSource, PluginError, SourceInput, SourceOutput};
 
 strata_plugin_sdk::export_plugin! {
     name: "nixpkgs-source",
@@ -31,7 +34,10 @@ struct Config {
     channel: Option<String>,
     git: Option<String>,
     path: Option<String>,
+    flake: Option<String>,
     immutable: Option<bool>,
+    /// `true`, or the unfree packages (by name) the set may give.
+    allow_unfree: Option<AllowUnfree>,
     /// Nixery's "every tag is the same image": a tag the source cannot
     /// resolve builds `latest` instead of being refused.
     #[serde(default)]
@@ -49,7 +55,7 @@ enum Selected {
     Revision(String),
 }
 
-/// The kinds of source, for [`select`].
+/// The kinds of source [`select`] decides for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Channel,
@@ -57,11 +63,11 @@ enum Kind {
     Path,
 }
 
-/// The tag policy of every source, in one place: `latest` (or no tag)
-/// always resolves; a channel also takes a full nixpkgs commit, a git
-/// repository any commit hash of 7 to 40 hex digits; a path nothing else.
-/// Any other tag is refused with `MANIFEST_UNKNOWN` (404), unless
-/// `any_tag` makes it `latest`.
+/// The tag policy of the channel, git and path sources, in one place:
+/// `latest` (or no tag) always resolves; a channel also takes a full
+/// nixpkgs commit, a git repository any commit hash of 7 to 40 hex digits;
+/// a path nothing else. Any other tag is refused with `MANIFEST_UNKNOWN`
+/// (404), unless `any_tag` makes it `latest`.
 fn select(kind: Kind, tag: &str, any_tag: bool) -> Result<Selected, PluginError> {
     if is_latest(tag) {
         return Ok(Selected::Latest);
@@ -87,6 +93,13 @@ fn select(kind: Kind, tag: &str, any_tag: bool) -> Result<Selected, PluginError>
     )))
 }
 
+/// The kinds of flake reference a tag can select a revision of, by prefix.
+/// `github:`-like ones take the revision or ref as a path segment, git
+/// ones as a query parameter; `path:` flakes have no revisions.
+const FORGE_FLAKES: [&str; 3] = ["github:", "gitlab:", "sourcehut:"];
+const GIT_FLAKES: [&str; 4] = ["git+https://", "git+http://", "git+ssh://", "git+file://"];
+const PATH_FLAKE: &str = "path:";
+
 /// A Docker client asks for `latest` when the user names no tag; Nixery
 /// treated an empty tag the same way.
 fn is_latest(tag: &str) -> bool {
@@ -104,15 +117,31 @@ fn is_full_commit(s: &str) -> bool {
 
 /// The `render_source` hook.
 pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
-    let config: Config = strata_plugin_sdk::config(&input.config)?;
-    let tag = input.tag.as_str();
-    let given = [&config.channel, &config.git, &config.path]
+    let mut config: Config = strata_plugin_sdk::config(&input.config)?;
+    // `false` and `[]` allow nothing, as no setting does: one cache key.
+    let allow_unfree = match config.allow_unfree.take() {
+        Some(AllowUnfree::All(false)) => None,
+        Some(AllowUnfree::Names(names)) if names.is_empty() => None,
+        Some(AllowUnfree::Names(mut names)) => {
+            names.sort();
+            names.dedup();
+            Some(AllowUnfree::Names(names))
+        }
+        other => other,
+    };
+    let mut out = render(config, &input.tag)?;
+    out.allow_unfree = allow_unfree;
+    Ok(out)
+}
+
+fn render(config: Config, tag: &str) -> Result<SourceOutput, PluginError> {
+    let given = [&config.channel, &config.git, &config.path, &config.flake]
         .iter()
         .filter(|v| v.is_some())
         .count();
     if given != 1 {
         return Err(PluginError::new(format!(
-            "nixpkgs-source needs exactly one of `channel`, `git` or `path` in its \
+            "nixpkgs-source needs exactly one of `channel`, `git`, `path` or `flake` in its \
              configuration ([plugins.config.nixpkgs-source]); {given} given"
         )));
     }
@@ -131,12 +160,14 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         // A commit hash pins nixpkgs, which a channel name never does.
         if let Selected::Revision(commit) = select(Kind::Channel, tag, config.any_tag)? {
             return Ok(SourceOutput {
+                allow_unfree: None,
                 identity: format!("channel:{commit}"),
                 source: NixSource::Channel { channel: commit },
                 immutable: true,
             });
         }
         return Ok(SourceOutput {
+                allow_unfree: None,
             identity: format!("channel:{channel}"),
             source: NixSource::Channel {
                 channel: channel.to_string(),
@@ -152,6 +183,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
         }
         let Selected::Revision(rev) = select(Kind::Git, tag, config.any_tag)? else {
             return Ok(SourceOutput {
+                allow_unfree: None,
                 identity: format!("git:{url}@HEAD"),
                 source: NixSource::Git {
                     url: url.to_string(),
@@ -162,6 +194,7 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
             });
         };
         return Ok(SourceOutput {
+                allow_unfree: None,
             identity: format!("git:{url}@{rev}"),
             immutable: is_full_commit(&rev),
             source: NixSource::Git {
@@ -170,6 +203,10 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
                 r#ref: None,
             },
         });
+    }
+
+    if let Some(flake) = config.flake {
+        return flake_source(flake.trim(), tag, config.any_tag);
     }
 
     let path = config.path.unwrap_or_default();
@@ -181,10 +218,52 @@ pub fn render_source(input: SourceInput) -> Result<SourceOutput, PluginError> {
     }
     select(Kind::Path, tag, config.any_tag)?;
     Ok(SourceOutput {
+                allow_unfree: None,
         identity: format!("path:{path}"),
         source: NixSource::Path { path },
         immutable: config.immutable.unwrap_or(false),
     })
+}
+
+/// `latest` is the flake as configured (its default branch, or the ref it
+/// names); a full commit hash is that commit, for ever; any other tag is a
+/// short commit or a ref name, which can move. Whether the revision exists
+/// only Nix can tell: an unknown one is the host's 404.
+fn flake_source(url: &str, tag: &str, any_tag: bool) -> Result<SourceOutput, PluginError> {
+    let forge = FORGE_FLAKES.iter().any(|p| url.starts_with(p));
+    let git = GIT_FLAKES.iter().any(|p| url.starts_with(p));
+    if !forge && !git && !url.starts_with(PATH_FLAKE) {
+        return Err(PluginError::new(format!(
+            "`flake` must be a github:, gitlab:, sourcehut:, git+https://, git+http://, \
+             git+ssh://, git+file:// or path: flake reference; got `{url}`"
+        )));
+    }
+    if url.starts_with(PATH_FLAKE) && !url[PATH_FLAKE.len()..].starts_with('/') {
+        return Err(PluginError::new(format!(
+            "a path: flake must be absolute (the Nix evaluator does not run where strata.toml is); got `{url}`"
+        )));
+    }
+    let source = |rev: Option<String>, r#ref: Option<String>| NixSource::Flake { url: url.to_string(), rev, r#ref };
+    if is_latest(tag) || (any_tag && !forge && !git) {
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}"), source: source(None, None), immutable: false });
+    }
+    if !forge && !git {
+        return Err(PluginError::manifest_unknown(format!(
+            "tag `{tag}` names a revision, and a path: flake has none: its only tag is `latest`"
+        )));
+    }
+    if is_full_commit(tag) {
+        let rev = tag.to_ascii_lowercase();
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: true });
+    }
+    // A short hash is a ref to the forges (their API resolves it), and the
+    // host resolves it in a local repository; a git remote fetches commits
+    // by full hash only.
+    if (7..40).contains(&tag.len()) && is_hex(tag) && git {
+        let rev = tag.to_ascii_lowercase();
+        return Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{rev}"), source: source(Some(rev), None), immutable: false });
+    }
+    Ok(SourceOutput { allow_unfree: None, identity: format!("flake:{url}@{tag}"), source: source(None, Some(tag.to_string())), immutable: false })
 }
 
 #[cfg(test)]
@@ -231,6 +310,8 @@ mod tests {
         // A revision is still a revision.
         let out = run(json!({ "git": url, "any_tag": true }), COMMIT).unwrap();
         assert_eq!(out.identity, format!("git:{url}@{COMMIT}"));
+        let out = run(json!({ "flake": "path:/srv/flake", "any_tag": true }), COMMIT).unwrap();
+        assert_eq!(out.identity, "flake:path:/srv/flake");
         let out = run(json!({ "channel": "nixos-unstable" }), "").unwrap();
         assert_eq!(out.identity, "channel:nixos-unstable");
     }
@@ -350,6 +431,55 @@ mod tests {
         assert!(err.message.contains("unknown field"), "{err}");
         let err = run(json!({ "channel": "x", "immutable": true }), "latest").unwrap_err();
         assert!(err.message.contains("only to a `path`"), "{err}");
+    }
+
+    #[test]
+    fn flake_tags_select_revisions() {
+        let url = "git+file:///srv/flake";
+        let out = run(json!({ "flake": url }), "latest").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: None, r#ref: None });
+        assert_eq!((out.identity.as_str(), out.immutable), ("flake:git+file:///srv/flake", false));
+        let out = run(json!({ "flake": url }), &COMMIT.to_uppercase()).unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: Some(COMMIT.into()), r#ref: None });
+        assert_eq!(out.identity, format!("flake:{url}@{COMMIT}"));
+        assert!(out.immutable);
+        let out = run(json!({ "flake": url }), "abc1234").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: Some("abc1234".into()), r#ref: None });
+        assert!(!out.immutable);
+        let out = run(json!({ "flake": url }), "release-1.0").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: url.into(), rev: None, r#ref: Some("release-1.0".into()) });
+        assert!(!out.immutable);
+
+        let gh = "github:NixOS/nixpkgs/nixos-unstable";
+        let out = run(json!({ "flake": gh }), "abc1234").unwrap();
+        assert_eq!(out.source, NixSource::Flake { url: gh.into(), rev: None, r#ref: Some("abc1234".into()) });
+        let out = run(json!({ "flake": gh }), COMMIT).unwrap();
+        assert!(out.immutable);
+
+        let path = "path:/srv/flake";
+        assert!(!run(json!({ "flake": path }), "latest").unwrap().immutable);
+        let err = run(json!({ "flake": path }), COMMIT).unwrap_err();
+        assert!(err.message.contains("only tag is `latest`"), "{err}");
+        for bad in ["nixpkgs", "https://example.org/x.tar.gz", "path:relative", "flake:nixpkgs"] {
+            let err = run(json!({ "flake": bad }), "latest").unwrap_err();
+            assert!(err.message.contains("flake"), "{bad}: {err}");
+        }
+        let err = run(json!({ "flake": url, "path": "/x" }), "latest").unwrap_err();
+        assert!(err.message.contains("exactly one of"), "{err}");
+    }
+
+    #[test]
+    fn unfree_allow_list_is_passed_on_sorted() {
+        let out = run(json!({ "path": "/p", "allow_unfree": ["vault", "terraform", "vault"] }), "latest").unwrap();
+        assert_eq!(out.allow_unfree, Some(AllowUnfree::Names(vec!["terraform".into(), "vault".into()])));
+        let out = run(json!({ "channel": "nixos-unstable", "allow_unfree": true }), "latest").unwrap();
+        assert_eq!(out.allow_unfree, Some(AllowUnfree::All(true)));
+        for none in [json!(false), json!([])] {
+            assert_eq!(run(json!({ "flake": "path:/f", "allow_unfree": none }), "latest").unwrap().allow_unfree, None);
+        }
+        assert!(run(json!({ "path": "/p", "allow_unfree": "terraform" }), "latest").is_err());
+        let out = run(json!({ "git": "u", "allow_unfree": true }), "latest").unwrap();
+        assert_eq!(serde_json::to_value(&out).unwrap()["allow_unfree"], json!(true));
     }
 
     #[test]
