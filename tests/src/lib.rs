@@ -298,6 +298,49 @@ let
     pkgs
 }
 
+/// `[builds] platforms` of a two-platform server (amd64 and arm64).
+pub const TWO_PLATFORMS: &str = "[builds]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n";
+
+/// Nix here builds aarch64-linux derivations through `extra-platforms`: the
+/// busybox builder runs as is, so an arm64 image of a test holds amd64
+/// binaries, whose output names the system they were built *for*.
+pub const ARM64_NIX_CONFIG: &str = "substituters =\nextra-platforms = aarch64-linux";
+
+/// A package set whose outputs record the system they were built for:
+/// `whichsys` prints it; `armfails` builds on x86_64-linux only. Under
+/// `dir`, every name carrying `nonce`.
+pub fn platform_set(dir: &Path, nonce: &str) -> PathBuf {
+    write_busybox_set(
+        dir,
+        nonce,
+        "",
+        r#"  whichsys = mk "whichsys" ''
+    mkdir -p $out/bin
+    printf '#!%s sh\necho %s\n' ${bb} ${system} > $out/bin/whichsys
+    chmod 755 $out/bin/whichsys
+  '' {};
+  armfails = mk "armfails" (if system == "aarch64-linux"
+    then "echo this package does not build for aarch64 >&2; exit 1"
+    else "mkdir -p $out/share; echo ${system} > $out/share/armfails") {};
+"#,
+    )
+}
+
+/// A server of [`platform_set`] for amd64 and arm64, on `storage` (a new
+/// directory when `None`); the set is written under `dir`.
+pub fn two_platform_server(dir: &Path, nonce: &str, storage: Option<PathBuf>) -> Server {
+    let pkgs = platform_set(dir, nonce);
+    Server::start_with(ServerOptions {
+        storage,
+        extra_toml: TWO_PLATFORMS.into(),
+        env: vec![
+            ("NIXERY_PKGS_PATH".into(), pkgs.display().to_string()),
+            ("NIX_CONFIG".into(), ARM64_NIX_CONFIG.into()),
+        ],
+        ..Default::default()
+    })
+}
+
 /// A value no other call makes, in this process, another one running beside
 /// it (scripts/test-binaries.sh) or an earlier run: for names that must be
 /// new to the Nix store, and for STRATA_FAULT_NONCE, which makes
