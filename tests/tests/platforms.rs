@@ -187,3 +187,56 @@ fn a_platform_that_fails_names_itself_and_the_others_are_kept() {
     assert_eq!(server.metric("strata_manifest_cache_total{result=\"built\"}") - built, 1.0, "only arm64 is built again");
     assert_eq!(server.metric("strata_manifest_cache_total{result=\"store\"}"), 1.0, "amd64 comes from the store");
 }
+
+/// gc keeps an index while it keeps every image it lists, and removes it
+/// (record and blobs) with the first of them to go. The arm64 image of
+/// `whichsys` is also `arm64/whichsys`: requesting that alone keeps it
+/// fresh while the amd64 image goes stale. Access marks every second, so
+/// that a window of seconds works (tests/tests/nix_gc.rs).
+#[test]
+fn gc_removes_an_index_with_its_first_image_and_keeps_it_with_all() {
+    let work = tempfile::tempdir().unwrap();
+    let pkgs = platform_set(work.path(), &unique_suffix());
+    let server = Server::start_with(ServerOptions {
+        extra_toml: format!("{TWO_PLATFORMS}\n[cache]\naccess_mark_secs = 1\n"),
+        env: vec![
+            ("NIXERY_PKGS_PATH".into(), pkgs.display().to_string()),
+            ("NIX_CONFIG".into(), ARM64_NIX_CONFIG.into()),
+        ],
+        ..Default::default()
+    });
+    let gc = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(strata_bin());
+        cmd.arg("--config").arg(server.temp_dir().join("strata.toml")).args(["gc", "--no-nix", "--older-than", "10s"]).args(args);
+        cmd.env("NIXERY_PKGS_PATH", &pkgs).env("STRATA_NIX_OFFLINE", "1").env("RUST_LOG", "warn");
+        run(&mut cmd, Duration::from_secs(120)).assert_ok().stdout
+    };
+    let index_blob = |digest: &str| server.storage.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index_records = || std::fs::read_dir(server.storage.join("meta/indexes")).map(|d| d.count()).unwrap_or(0);
+
+    let (_, index, _) = manifest(&server, "GET", "whichsys", &[OCI_INDEX]);
+    let (_, list, _) = manifest(&server, "GET", "whichsys", &[DOCKER_LIST]);
+    assert_eq!(index_records(), 1);
+    std::thread::sleep(Duration::from_secs(12));
+    manifest(&server, "GET", "arm64/whichsys", &[OCI_MANIFEST]);
+
+    let dry = gc(&[]);
+    assert!(dry.contains("images:        1 kept, 1 to remove"), "{dry}");
+    assert!(dry.contains(" 1 index records,"), "{dry}");
+    let done = gc(&["--delete"]);
+    assert!(done.contains("images:        1 kept, 1 removed"), "{done}");
+    assert!(!index_blob(&index).exists() && !index_blob(&list).exists(), "the index's blobs go with it: {done}");
+    assert_eq!(index_records(), 0);
+
+    // Asked for again: the amd64 image is rebuilt, and the index is the
+    // same, byte for byte.
+    let (_, again, _) = manifest(&server, "GET", "whichsys", &[OCI_INDEX]);
+    assert_eq!(again, index);
+    assert!(index_blob(&index).exists());
+    // Both images fresh: the index stays.
+    let kept = gc(&["--delete"]);
+    assert!(kept.contains("images:        2 kept, 0 removed") && kept.contains(" 0 index records,"), "{kept}");
+    assert!(index_blob(&index).exists() && index_records() == 1, "{kept}");
+    let r = server.get(&format!("/v2/whichsys/manifests/{index}")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -396,10 +396,9 @@ impl Builder {
                 })
                 .collect();
             let bytes = Bytes::from(manifest::index_json(format, &entries)?);
-            let digest = match self.by_digest.contains_key(&layers::sha256_digest(&bytes)) {
-                true => layers::sha256_digest(&bytes),
-                false => self.storage.put_blob(bytes.clone()).await?,
-            };
+            // Put every time the tag is assembled: gc may have removed the
+            // blob while its images stayed in memory.
+            let digest = self.storage.put_blob(bytes.clone()).await?;
             both.push(Manifest { bytes, digest, media_type: format.index_media_type() });
         }
         let oci = both.pop().expect("two indexes");
