@@ -240,3 +240,61 @@ fn gc_removes_an_index_with_its_first_image_and_keeps_it_with_all() {
     let r = server.get(&format!("/v2/whichsys/manifests/{index}")).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// `strata build --platform`: one platform gives its image; two give an
+/// OCI layout whose entry is the index, from which skopeo takes either.
+#[test]
+fn strata_build_writes_one_platform_or_the_index() {
+    let work = tempfile::tempdir().unwrap();
+    let pkgs = platform_set(work.path(), &unique_suffix());
+    let config = work.path().join("strata.toml");
+    let toml = format!(
+        "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n",
+        work.path().join("storage").display(),
+        work.path().join("nix").display()
+    );
+    std::fs::create_dir_all(work.path().join("storage")).unwrap();
+    std::fs::write(&config, toml).unwrap();
+    let strata = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(strata_bin());
+        cmd.arg("--config").arg(&config).args(args).current_dir(work.path());
+        cmd.env("NIXERY_PKGS_PATH", &pkgs).env("STRATA_NIX_OFFLINE", "1").env("NIX_CONFIG", ARM64_NIX_CONFIG).env("RUST_LOG", "warn");
+        run(&mut cmd, Duration::from_secs(300))
+    };
+    let entry = |layout: &std::path::Path| -> Value {
+        let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        index["manifests"][0].clone()
+    };
+
+    let one = work.path().join("arm");
+    strata(&["build", "whichsys", "--quiet", "--platform", "linux/arm64", "--output", &format!("oci:{}:t", one.display())]).assert_ok();
+    assert_eq!(entry(&one)["mediaType"], OCI_MANIFEST);
+    let rootfs = umoci_unpack(&one, "t", &work.path().join("bundle-arm"));
+    assert_eq!(chroot(&rootfs, &["/bin/whichsys"]).assert_ok().stdout.trim(), "aarch64-linux");
+
+    let both = work.path().join("both");
+    let out = strata(&[
+        "build", "whichsys", "--quiet", "--platform", "linux/amd64", "--platform", "linux/arm64",
+        "--output", &format!("oci:{}:t", both.display()),
+    ])
+    .assert_ok();
+    assert!(out.stdout.contains("index sha256:") && out.stdout.contains("linux/amd64, linux/arm64/v8"), "{out}");
+    let e = entry(&both);
+    assert_eq!(e["mediaType"], OCI_INDEX, "{e}");
+    let index: Value = serde_json::from_slice(
+        &std::fs::read(both.join("blobs/sha256").join(e["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
+    let arches: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    assert_eq!(arches, ["amd64", "arm64"]);
+    for (arch, system) in [("arm64", "aarch64-linux"), ("amd64", "x86_64-linux")] {
+        let picked = work.path().join(format!("picked-{arch}"));
+        let (src, dest) = (format!("oci:{}:t", both.display()), format!("oci:{}:t", picked.display()));
+        skopeo(&["copy", "--override-arch", arch, &src, &dest], Duration::from_secs(120)).assert_ok();
+        let rootfs = umoci_unpack(&picked, "t", &work.path().join(format!("bundle-{arch}")));
+        assert_eq!(chroot(&rootfs, &["/bin/whichsys"]).assert_ok().stdout.trim(), system);
+    }
+    // A docker archive holds one platform.
+    let refused = strata(&["build", "whichsys", "--quiet", "--platform", "linux/amd64", "--platform", "linux/arm64", "--output", "docker-archive:x.tar"]);
+    assert!(!refused.success() && refused.stderr.contains("--platform"), "{refused}");
+}
