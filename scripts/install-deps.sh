@@ -75,6 +75,9 @@ TEST_PACKAGES=(
   clang lld
   # load testing and everyday tools the tests call
   wrk git python3 xxd coreutils tar gzip zstd procps
+  # the peers `strata-bench perf` runs side by side: pigz (gzip on every
+  # core) and nginx (static files with sendfile)
+  pigz nginx-light
   # the browser test: Debian's headless Chromium driven from Node
   chromium nodejs
 )

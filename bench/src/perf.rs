@@ -8,9 +8,15 @@
 //! nix-build before any clock starts, so the cold build measures what Strata
 //! does (plugins, closure, packing, storing) and not the fixture's builders.
 //!
-//! - P1 warm manifest GETs/s (wrk) of the same image, Strata vs registry.
-//! - P2 download throughput of the largest layer of the big image (curl).
+//! - P1 warm manifest GETs/s (wrk) of the same image, Strata vs registry,
+//!   and vs nginx serving the same bytes from Strata's store with sendfile.
+//! - P2 download throughput of the largest layer of the big image (curl),
+//!   against the same two peers.
 //! - P3 the cold build of the big image vs `tar -c <closure> | gzip -6`.
+//! - P3r, P3z the cold build of a realistic corpus (`corpus.nix`: real
+//!   binaries, libraries, JavaScript, catalogs and docs of this machine),
+//!   gzip against `tar | pigz -6`, `compression = "zstd"` against
+//!   `tar | zstd -3 -T0`, with peak RSS over each.
 //! - P5 the plugin overhead benchmark (`cargo bench --bench
 //!   plugin_overhead`), when run from a checkout with cargo.
 //! - P6 Strata's peak RSS (VmHWM) over its start and that cold build.
@@ -26,6 +32,7 @@
 
 use crate::layering::pulls::{manifest_blobs, Blob};
 use anyhow::{bail, Context, Result};
+use sha2::Digest as _;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +44,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// machine may build the set for aarch64-linux (P9).
 const ARM64_NIX_CONFIG: &str = "substituters =\nextra-platforms = aarch64-linux";
 const GENERATED_NIX: &str = include_str!("../../examples/demo-pkgs/generated.nix");
+const CORPUS_NIX: &str = include_str!("../../examples/demo-pkgs/corpus.nix");
 /// Where `--write` puts the results, between these markers.
 const BEGIN: &str = "<!-- bench perf: begin -->";
 const END: &str = "<!-- bench perf: end -->";
@@ -50,7 +58,7 @@ pub struct Args {
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// A short run: scale 0.5, 3 s of wrk, no plugin benchmark.
+    /// A short run: scale 0.5, 3 s of wrk, no corpus, no plugin benchmark.
     #[arg(long)]
     pub quick: bool,
     /// Scratch directory (stores, logs, the registry); default: a new
@@ -75,7 +83,7 @@ pub async fn run(mut args: Args) -> Result<()> {
     if !(args.scale.is_finite() && args.scale > 0.0) {
         bail!("--scale {} is not a positive number", args.scale);
     }
-    for tool in ["docker-registry", "wrk", "skopeo", "curl", "nix-build", "nix-store", "tar", "gzip"] {
+    for tool in ["docker-registry", "nginx", "wrk", "skopeo", "curl", "nix-build", "nix-store", "nix-instantiate", "tar", "gzip", "pigz", "zstd"] {
         which(tool).with_context(|| format!("{tool} is needed (scripts/install-deps.sh installs it)"))?;
     }
     let (work, scratch) = match &args.work_dir {
@@ -111,9 +119,13 @@ struct Report {
     fixture_secs: f64,
     p1_strata: f64,
     p1_registry: f64,
+    p1_nginx: f64,
     p2_blob_bytes: u64,
     p2_strata: f64,
     p2_registry: f64,
+    p2_nginx: f64,
+    /// None with `--quick`.
+    corpus: Option<Corpus>,
     p3_strata_secs: f64,
     p3_strata_bytes: u64,
     p3_layers: usize,
@@ -215,21 +227,34 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
         bail!("the registry serves other manifest bytes for {SMALL} than Strata");
     }
 
+    // nginx serves Strata's own store: the manifest and the layer are the
+    // same files, sent with sendfile.
+    let nginx = Server::nginx(work, &work.join("strata-one").join("storage"), &http).await?;
+    let small_digest = format!("{:x}", sha2::Sha256::digest(&small));
+    let nginx_manifest = format!("{}/blobs/sha256/{small_digest}", nginx.base);
+    if http.get(&nginx_manifest).send().await?.error_for_status()?.bytes().await? != small {
+        bail!("nginx serves other bytes for {SMALL}'s manifest than Strata");
+    }
+
     // P1: warm manifest GETs.
     eprintln!("P1: wrk, {} s each…", args.seconds);
     r.p1_strata = wrk(&format!("{}/v2/{SMALL}/manifests/latest", one.base), args.seconds)?;
     r.p1_registry = wrk(&format!("{}/v2/{SMALL}/manifests/latest", registry.base), args.seconds)?;
+    r.p1_nginx = wrk(&nginx_manifest, args.seconds)?;
 
     // P2: the big image's largest layer, best of three each, alternating.
     let Blob { digest, size, .. } = big_layers.iter().max_by_key(|l| l.size).cloned().context("the big image has no layers")?;
     r.p2_blob_bytes = size;
     eprintln!("P2: GET of a {} blob, best of 3…", mib(size));
-    let (mut s, mut g) = (0f64, 0f64);
+    let (mut s, mut g, mut n) = (0f64, 0f64, 0f64);
+    let hex = digest.trim_start_matches("sha256:");
     for _ in 0..3 {
         s = s.max(curl_speed(&format!("{}/v2/{BIG}/blobs/{digest}", one.base), size)?);
         g = g.max(curl_speed(&format!("{}/v2/{BIG}/blobs/{digest}", registry.base), size)?);
+        n = n.max(curl_speed(&format!("{}/blobs/sha256/{hex}", nginx.base), size)?);
     }
-    (r.p2_strata, r.p2_registry) = (s, g);
+    (r.p2_strata, r.p2_registry, r.p2_nginx) = (s, g, n);
+    drop(nginx);
     drop(registry);
     drop(one);
 
@@ -294,12 +319,115 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
         }
     }
 
+    if !args.quick {
+        r.corpus = Some(measure_corpus(work, &http).await?);
+    }
+
     if !args.no_plugin_bench {
         eprintln!("P5: cargo bench -p strata-bench --bench plugin_overhead…");
         r.p5 = Some(plugin_bench()?);
     }
     r.load.1 = loadavg();
     Ok(r)
+}
+
+/// The realistic corpus's cold builds and their peers.
+#[derive(Default)]
+struct Corpus {
+    /// The packages `corpus.nix` found on this machine, as the image name.
+    image: String,
+    paths: usize,
+    bytes: u64,
+    fixture_secs: f64,
+    gzip: ColdBuild,
+    pigz: Peer,
+    zstd: ColdBuild,
+    zstd_cli: Peer,
+}
+
+#[derive(Default)]
+struct ColdBuild {
+    secs: f64,
+    /// The compressed layers of the OCI manifest.
+    bytes: u64,
+    layers: usize,
+    peak_rss_kib: u64,
+}
+
+#[derive(Default)]
+struct Peer {
+    secs: f64,
+    bytes: u64,
+}
+
+/// `tar -cf - <paths> | <compressor>` into a file: its time and size.
+fn tar_into(work: &Path, paths: &[&str], compressor: &str) -> Result<Peer> {
+    let file = work.join("closure.tar.compressed");
+    let script = format!("tar -cf - \"$@\" | {compressor} > {}", shell_quote(&file));
+    let t = Instant::now();
+    output(Command::new("sh").args(["-c", &script, "sh"]).args(paths))?;
+    let peer = Peer { secs: t.elapsed().as_secs_f64(), bytes: std::fs::metadata(&file)?.len() };
+    std::fs::remove_file(&file)?;
+    Ok(peer)
+}
+
+/// The corpus's cold builds on fresh stores: gzip (the default) against
+/// pigz, zstd level 3 against the zstd CLI on every core. Each peer runs
+/// right before Strata's build, so both meet the same page cache.
+async fn measure_corpus(work: &Path, http: &reqwest::Client) -> Result<Corpus> {
+    let dir = std::path::absolute(work.join("corpus"))?;
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("corpus.nix"), CORPUS_NIX)?;
+    std::fs::write(
+        dir.join("default.nix"),
+        "# Written by `strata-bench perf`.\n{ system ? builtins.currentSystem, ... }:\nimport ./corpus.nix { inherit system; }\n",
+    )?;
+    let names: Vec<String> = serde_json::from_str(&output(Command::new("nix-instantiate").args(["--eval", "--json", "--strict", "-E"]).arg(format!(
+        "builtins.filter (n: n != \"all\" && n != \"base\") (builtins.attrNames (import {} {{}}))",
+        dir.display()
+    )))?)?;
+    if names.is_empty() {
+        bail!("corpus.nix found none of its directories on this machine");
+    }
+    let mut c = Corpus { image: names.join("/"), ..Default::default() };
+    eprintln!("corpus: copying {} into the store with Nix (once; later runs reuse it)…", names.join(", "));
+    let t = Instant::now();
+    let mut roots = Vec::new();
+    for name in &names {
+        roots.push(output(Command::new("nix-build").arg(&dir).args(["--no-out-link", "-A", name]))?.trim().to_string());
+    }
+    c.fixture_secs = t.elapsed().as_secs_f64();
+    let closure = output(Command::new("nix-store").arg("-qR").args(&roots))?;
+    let closure: Vec<&str> = closure.lines().collect();
+    c.paths = closure.len();
+    c.bytes = output(Command::new("nix-store").args(["-q", "--size"]).args(&closure))?
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum();
+
+    for (codec, extra) in [("gzip", ""), ("zstd", "\n[layers]\ncompression = \"zstd\"\nlevel = 3\n")] {
+        eprintln!("corpus ({}, {} paths): tar | {codec} on every core, then Strata's cold build…", mib(c.bytes), c.paths);
+        let peer = tar_into(work, &closure, if codec == "gzip" { "pigz -6" } else { "zstd -3 -T0 -q" })?;
+        let server = Server::strata(work, &format!("corpus-{codec}"), &dir, http, extra).await?;
+        let t = Instant::now();
+        let manifest = get_manifest(http, &server.base, &c.image).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let layers = blobs_of(&manifest)?.split_off(1);
+        let build = ColdBuild {
+            secs,
+            bytes: layers.iter().map(|l| l.size).sum(),
+            layers: layers.len(),
+            peak_rss_kib: server.peak_rss_kib()?,
+        };
+        drop(server);
+        std::fs::remove_dir_all(work.join(format!("strata-corpus-{codec}")))?;
+        if codec == "gzip" {
+            (c.gzip, c.pigz) = (build, peer);
+        } else {
+            (c.zstd, c.zstd_cli) = (build, peer);
+        }
+    }
+    Ok(c)
 }
 
 impl Report {
@@ -321,11 +449,24 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Big image `{BIG}`: {} store paths, {} (NAR); realising them with Nix first took {:.0} s (not counted).\n",
+            "Big image `{BIG}`: {} store paths, {} (NAR); realising them with Nix first took {:.0} s (not counted).",
             self.closure_paths,
             mib(self.closure_bytes),
             self.fixture_secs
         );
+        let none = Corpus::default();
+        let c = self.corpus.as_ref().unwrap_or(&none);
+        let _ = match &self.corpus {
+            Some(c) => writeln!(
+                s,
+                "Corpus `{}` (`corpus.nix`, this machine's files): {} store paths, {} (NAR); copying them with Nix first took {:.0} s (not counted).\n",
+                c.image,
+                c.paths,
+                mib(c.bytes),
+                c.fixture_secs
+            ),
+            None => writeln!(s, "The corpus (P3r, P3z) was not run (`--quick`).\n"),
+        };
         let _ = writeln!(s, "| | Strata | peer | ratio | goal | |");
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         let p1 = ratio(self.p1_strata, self.p1_registry);
@@ -336,6 +477,14 @@ impl Report {
             self.p1_registry,
             verdict(p1 >= 10.0)
         );
+        let p1n = ratio(self.p1_strata, self.p1_nginx);
+        let _ = writeln!(
+            s,
+            "| P1 the same, against nginx (2 workers, sendfile) serving the same bytes | {:.0} req/s | nginx {:.0} req/s | {p1n:.2}× | ≥ 0.8× | {} |",
+            self.p1_strata,
+            self.p1_nginx,
+            verdict(p1n >= 0.8)
+        );
         let p2 = ratio(self.p2_strata, self.p2_registry);
         let _ = writeln!(
             s,
@@ -344,6 +493,14 @@ impl Report {
             self.p2_strata / 1e6,
             self.p2_registry / 1e6,
             verdict(p2 >= 1.0)
+        );
+        let p2n = ratio(self.p2_strata, self.p2_nginx);
+        let _ = writeln!(
+            s,
+            "| P2 the same blob, against nginx | {:.0} MB/s | nginx {:.0} MB/s | {p2n:.2}× | ≥ 0.9× | {} |",
+            self.p2_strata / 1e6,
+            self.p2_nginx / 1e6,
+            verdict(p2n >= 0.9)
         );
         let p3 = ratio(self.p3_tar_secs, self.p3_strata_secs);
         let size = ratio(self.p3_strata_bytes as f64, self.p3_tar_bytes as f64);
@@ -359,6 +516,27 @@ impl Report {
             mib(self.p3_tar_bytes),
             verdict(p3 >= 1.5 && size <= 1.02)
         );
+        for (label, build, peer, peer_name, goal_secs, goal) in [
+            ("P3r cold build of the corpus, gzip -6", &c.gzip, &c.pigz, "`tar -c \\| pigz -6`", 1.0, "≥ 1.0× at ≤ 1.02×"),
+            ("P3z cold build of the corpus, `compression = \"zstd\"` (level 3)", &c.zstd, &c.zstd_cli, "`tar -c \\| zstd -3 -T0`", 1.0 / 1.3, "≤ 1.3× the time at ≤ 1.02×, ≤ 150 MiB"),
+        ]
+        .into_iter()
+        .filter(|_| self.corpus.is_some())
+        {
+            let speed = ratio(peer.secs, build.secs);
+            let size = ratio(build.bytes as f64, peer.bytes as f64);
+            let peak = build.peak_rss_kib as f64 / 1024.0;
+            let _ = writeln!(
+                s,
+                "| {label} | {:.1} s, {} in {} layers, peak RSS {peak:.0} MiB | {peer_name} {:.1} s, {} | {speed:.2}× as fast, {size:.3}× the size | {goal} | {} |",
+                build.secs,
+                mib(build.bytes),
+                build.layers,
+                peer.secs,
+                mib(peer.bytes),
+                verdict(speed >= goal_secs && size <= 1.02 && peak <= 150.0)
+            );
+        }
         let peak = self.p6_peak_kib as f64 / 1024.0;
         let _ = writeln!(
             s,
@@ -543,6 +721,39 @@ impl Server {
                 .arg(&config)
                 .stdout(std::fs::File::create(&log)?)
                 .stderr(std::fs::File::create(&log)?);
+            Ok((command, log))
+        })
+        .await
+    }
+
+    /// nginx (Debian's nginx-light) serving `root` as static files, the
+    /// way a file server is set up for speed: two workers, sendfile, no
+    /// access log.
+    async fn nginx(work: &Path, root: &Path, http: &reqwest::Client) -> Result<Server> {
+        let dir = work.join("nginx");
+        let root = std::path::absolute(root)?;
+        Server::start(http, &dir, "nginx", |host| {
+            let config = dir.join("nginx.conf");
+            // `/v2/` answers 200 like a registry's, for wait_ready.
+            std::fs::write(
+                &config,
+                format!(
+                    "user root;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n  default_type {OCI};\n  client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n  server {{\n    listen {host};\n    root {root};\n    location = /v2/ {{ return 200 '{{}}'; }}\n  }}\n}}\n",
+                    dir = dir.display(),
+                    root = root.display()
+                ),
+            )?;
+            std::fs::create_dir_all(dir.join("tmp"))?;
+            let log = dir.join("error.log");
+            let mut command = Command::new("nginx");
+            command
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&config)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("nginx.err"))?);
             Ok((command, log))
         })
         .await
