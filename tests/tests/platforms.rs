@@ -166,6 +166,18 @@ fn a_tag_is_an_index_of_one_image_per_platform_each_built_for_its_system() {
     assert_eq!(other_digest, index_digest);
 }
 
+/// The platforms of one index build at once: `meet`'s builder for each
+/// system finishes only once the other's has started.
+#[test]
+fn the_platforms_of_an_index_build_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let server = two_platform_server(work.path(), &unique_suffix(), None);
+    let (ct, _, body) = manifest(&server, "GET", "meet", &[OCI_INDEX]);
+    assert_eq!(ct, OCI_INDEX);
+    let index: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+}
+
 #[test]
 fn a_platform_that_fails_names_itself_and_the_others_are_kept() {
     let work = tempfile::tempdir().unwrap();
