@@ -338,6 +338,12 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
     println!("image     {}:{}", i.name, i.tag);
     println!("packages  {}", i.packages.join(" "));
     println!("arch      {}", i.arch);
+    if i.platforms.len() > 1 {
+        // An index: the lines below are the host platform's.
+        for p in &i.platforms {
+            println!("platform  {}: {} paths, {}, {} layers", p.platform, p.closure_paths, human(p.closure_nar_size), p.layers);
+        }
+    }
     println!("source    {}{}", i.source, if i.immutable { " (immutable)" } else { "" });
     let total: u64 = i.closure.iter().map(|p| p.nar_size).sum();
     println!("closure   {} paths, {}", i.closure.len(), human(total));
