@@ -23,7 +23,7 @@
 #                            "licenses":[{"spdxId":"GPL-2.0-or-later","name":"gpl2Plus"}]}},
 #                   {"name":"nope","status":"missing"},
 #                   {"name":"oldpkg","status":"unavailable"}],
-#       "optional":[…]}
+#       "optional":[…], "revision":"<commit the source was fetched at>" or null}
 #    `unavailable`: looking the name up, or asking for its paths, threw or
 #    failed an assertion (a removed alias, nixpkgs refusing a broken, unfree
 #    or insecure package). `builtins.tryEval` keeps one such name from
@@ -47,7 +47,8 @@
 { source, packages, optional ? "[]", system ? builtins.currentSystem }:
 
 let
-  pkgs = import ./load-pkgs.nix { inherit source system; };
+  loaded = import ./load-pkgs.nix { inherit source system; };
+  pkgs = loaded.pkgs;
 
   isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
 
@@ -169,7 +170,11 @@ in
   lookup = {
     packages = map status names;
     optional = map status (builtins.fromJSON optional);
+    inherit (loaded) revision;
   };
+
+  # Fetches the source and nothing more: whether a revision exists.
+  revision = loaded.revision;
 
   # Whether the package set itself evaluates (when a lookup failed outside
   # tryEval: the set, or one of the names?).

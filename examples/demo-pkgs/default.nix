@@ -15,6 +15,9 @@
 { system ? builtins.currentSystem
   # Directory holding a *static* busybox. Only that one file is imported.
 , busyboxDir ? /usr/bin
+  # nixpkgs' configuration; only its unfree switches mean something here
+  # (`allowUnfree`, `allowUnfreePredicate`), as in nixpkgs' check-meta.
+, config ? { }
 , ...
 }:
 
@@ -91,11 +94,15 @@ let
   # a `throw` naming the package and the file that defines it. The same
   # here, worded as nixpkgs words it, so that Strata meets these errors as
   # it does on a real channel. Unfree is refused, as nixpkgs does by
-  # default (`config.allowUnfree` is false).
+  # default (`config.allowUnfree` is false), unless `config` allows it:
+  # all (`allowUnfree = true`) or those its `allowUnfreePredicate` accepts,
+  # called with the package's attributes (`pname`, `name`, `meta`).
   checkMeta = { pname, version, meta, pos }: drv:
     let
+      allowed = config.allowUnfree or false
+        || (config.allowUnfreePredicate or (_: false)) { inherit pname version meta; name = "${pname}-${version}"; };
       # `meta.license` is one licence or a list of them, as in nixpkgs.
-      unfree = builtins.filter (l: !(l.free or true))
+      unfree = if allowed then [ ] else builtins.filter (l: !(l.free or true))
         (if builtins.isList (meta.license or [ ]) then meta.license or [ ] else [ meta.license ]);
       where = if pos == null then "«unknown-file»" else "${pos.file}:${toString pos.line}";
       problem =

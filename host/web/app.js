@@ -230,7 +230,9 @@
     $("r-arch").textContent = data.arch + (data.platforms.length > 1 ? " (shown below; every platform in Platforms)" : "");
     renderPlatforms(data);
     $("r-source").textContent =
-      data.source + (data.immutable ? " (immutable: built once, kept)" : " (mutable: rebuilt when the cached image expires)");
+      data.source +
+      (data.revision ? " at revision " + data.revision : "") +
+      (data.immutable ? " (immutable: built once, kept)" : " (mutable: rebuilt when the cached image expires)");
     $("r-grouping").textContent = "plugin " + data.grouping_plugin + ", strategy “" + data.strategy + "”";
     renderSbom(data);
     renderLayers(data);

@@ -87,6 +87,27 @@ pub struct ImageSettings {
     pub working_dir: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A user the image gets beside root: named in `/etc/passwd` and
+    /// `/etc/group`, with a home it owns. The host writes these files, so a
+    /// plugin can ask for a user but never for a file. `user` is what the
+    /// container runs as; set it too (the `nonroot` bundle sets
+    /// `uid:gid`). Added in ABI 3 without a version change, as `optional`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+}
+
+/// A non-root user of an image (see [`ImageSettings::account`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Account {
+    /// The login name: lowercase letters, digits, `_` and `-`, starting
+    /// with a letter or `_`, at most 32 characters; not `root` or `nobody`.
+    pub name: String,
+    /// Not 0 (that is root) nor 65534 (`nobody`).
+    pub uid: u32,
+    pub gid: u32,
+    /// An absolute path (`/home/user`), created and owned by `uid:gid`.
+    pub home: String,
 }
 
 /// The state an expansion chain passes from plugin to plugin. The first plugin
@@ -258,7 +279,7 @@ impl Layers {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SourceInput {
     /// The source plugin's configuration (for `nixpkgs-source`: `channel`,
-    /// `git` or `path`).
+    /// `git`, `path` or `flake`).
     #[serde(default)]
     pub config: Value,
     pub tag: String,
@@ -282,6 +303,18 @@ pub enum NixSource {
     /// A local directory or file that evaluates to a package set (or a
     /// function of `{}` returning one).
     Path { path: String },
+    /// A flake (`github:owner/repo`, `git+https://…`, `git+file://…`,
+    /// `path:…`) as configured, and the revision or ref a tag selects. The
+    /// host adds `rev`/`ref` to the flake reference in the form its type
+    /// takes (`github:o/r/<rev>`, `git+…?rev=<rev>`); packages come from
+    /// `legacyPackages.<system>`, then `packages.<system>`.
+    Flake {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rev: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,4 +327,20 @@ pub struct SourceOutput {
     /// True when the same identity always yields the same packages (a git
     /// commit), so that built images may be cached forever.
     pub immutable: bool,
+    /// Which unfree packages the set may give: handed to nixpkgs (and any
+    /// set taking a `config`) as `config.allowUnfree` (`true`) or
+    /// `config.allowUnfreePredicate` (the names, by `pname`). Absent: the
+    /// set's own default (nixpkgs refuses them all). Added in ABI 3 without
+    /// a version change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unfree: Option<AllowUnfree>,
+}
+
+/// All unfree packages (`true`; `false` is the same as none), or those named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum AllowUnfree {
+    All(bool),
+    Names(Vec<String>),
 }

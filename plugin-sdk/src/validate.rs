@@ -6,7 +6,7 @@
 //! only: a plugin author can run the host's verdict in a native test, and
 //! fuzz/ builds them without the host's dependencies.
 
-use crate::{ClosureGraph, Expansion, Layers, SourceOutput};
+use crate::{Account, ClosureGraph, Expansion, Layers, SourceOutput};
 
 /// Longest plugin-supplied text put into a reason or an image history entry.
 const MAX_TEXT: usize = 1000;
@@ -88,6 +88,41 @@ fn expansion_problem(e: &Expansion) -> Result<(), String> {
             _ => return Err(format!("environment entry {:?} is not KEY=value", clean_message(var))),
         }
     }
+    if let Some(a) = &e.image.account {
+        account_problem(a)?;
+    }
+    Ok(())
+}
+
+/// The account becomes a line of `/etc/passwd` and a directory: a name or
+/// home that could break the line (`:`, a newline) or leave the image's
+/// root (`..`) is refused, as are root's and nobody's ids.
+fn account_problem(a: &Account) -> Result<(), String> {
+    let name_ok = (1..=32).contains(&a.name.len())
+        && a.name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && a.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !name_ok || a.name == "root" || a.name == "nobody" {
+        return Err(format!(
+            "account name {:?} must be 1 to 32 of a-z, 0-9, _ and -, start with a letter or _, and not be root or nobody",
+            clean_message(&a.name)
+        ));
+    }
+    for (what, id) in [("uid", a.uid), ("gid", a.gid)] {
+        if id == 0 || id == 65534 {
+            return Err(format!("account {what} {id} is root's or nobody's"));
+        }
+    }
+    let parts: Vec<&str> = a.home.strip_prefix('/').map(|h| h.split('/').collect()).unwrap_or_default();
+    let home_ok = a.home.len() <= 200
+        && !parts.is_empty()
+        && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
+        && !a.home.chars().any(|c| c == ':' || c.is_control());
+    if !home_ok {
+        return Err(format!(
+            "account home {:?} must be an absolute path below / without `.`, `..`, `:` or empty parts",
+            clean_message(&a.home)
+        ));
+    }
     Ok(())
 }
 
@@ -97,6 +132,11 @@ pub fn source(out: &SourceOutput) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_TEXT || id.chars().any(char::is_control) {
         return Err("returned an invalid source: the identity must be one non-empty line of at most 1000 bytes".into());
     }
+    if let Some(crate::AllowUnfree::Names(names)) = &out.allow_unfree {
+        if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(format!("returned an invalid source: allow_unfree name {:?} is empty or has whitespace", clean_message(bad)));
+        }
+    }
     Ok(())
 }
 
@@ -104,6 +144,39 @@ pub fn source(out: &SourceOutput) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::StorePath;
+
+    #[test]
+    fn accounts_must_fit_a_passwd_line() {
+        let with = |name: &str, uid: u32, home: &str| Expansion {
+            packages: vec!["git".into()],
+            arch: "amd64".into(),
+            image: crate::ImageSettings {
+                account: Some(Account { name: name.into(), uid, gid: uid, home: home.into() }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(expansion(&with("user", 1000, "/home/user")), Ok(()));
+        assert_eq!(expansion(&with("_ci-1", 1001, "/srv/ci")), Ok(()));
+        for (name, uid, home) in [
+            ("root", 1000, "/root2"),
+            ("nobody", 1000, "/home/n"),
+            ("User", 1000, "/home/u"),
+            ("a:b", 1000, "/home/u"),
+            ("", 1000, "/home/u"),
+            ("user", 0, "/home/user"),
+            ("user", 65534, "/home/user"),
+            ("user", 1000, "home/user"),
+            ("user", 1000, "/"),
+            ("user", 1000, "/home/../etc"),
+            ("user", 1000, "/home//user"),
+            ("user", 1000, "/home/us:er"),
+            ("user", 1000, "/home/user\n"),
+        ] {
+            let home = home.replace("\\n", "\n");
+            assert!(expansion(&with(name, uid, &home)).is_err(), "{name} {uid} {home:?}");
+        }
+    }
 
     fn graph(names: &[&str]) -> ClosureGraph {
         ClosureGraph {

@@ -30,7 +30,7 @@ use crate::plugins::{Plugin, PluginSet};
 use crate::image::sbom;
 use crate::storage::lease::{Acquired, Leases};
 use crate::storage::{referrer_key, Storage};
-use strata_plugin_sdk::{store_name, ClosureGraph, Expansion, GroupInput, Layers, SourceInput, SourceOutput};
+use strata_plugin_sdk::{store_name, ClosureGraph, Expansion, GroupInput, Layers, NixSource, SourceInput, SourceOutput};
 
 /// Observes a build, for the CLI's progress bars; the server sets none.
 pub trait Progress: Send + Sync {
@@ -323,8 +323,9 @@ impl Builder {
         let mut plugins: Vec<&str> = self.plugins.expand.iter().map(|p| p.digest()).collect();
         plugins.push(grouper.digest());
         plugins.push(self.plugins.source.digest());
-        let key = serde_json::json!({
-            "v": 1,
+        // v2: the final layer gained /usr/bin/env and /bin/sh.
+        let mut key = serde_json::json!({
+            "v": 2,
             "source": s.identity,
             "packages": e.packages,
             "optional": e.optional,
@@ -334,6 +335,9 @@ impl Builder {
             "budget": self.cfg.layers.budget,
             "encodings": self.encoding_ids(),
         });
+        if let Some(allow) = &s.allow_unfree {
+            key["allow_unfree"] = serde_json::json!(allow);
+        }
         hex_sha256(key.to_string().as_bytes())
     }
 
@@ -460,9 +464,14 @@ impl Builder {
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
         let roots = resolved.roots.clone();
+        let closure: Vec<String> = resolved.graph.paths.iter().map(|p| p.path.clone()).collect();
+        let account = plan.expansion.image.account.clone();
         let encodings = crate::image::compress::encodings(&self.cfg.layers);
         let (ca_bundle, final_blobs, final_bytes) = tokio::task::spawn_blocking(move || {
-            let forest = FinalLayer::new(&roots)?;
+            let mut forest = FinalLayer::new(&roots, &closure)?;
+            if let Some(a) = &account {
+                forest.add_account(a);
+            }
             let (blobs, bytes) = forest.pack(&encodings, vec![Vec::new(); encodings.len()])?;
             Ok::<_, std::io::Error>((forest.ca_bundle(), blobs, bytes))
         })
@@ -493,11 +502,16 @@ impl Builder {
         if let Some(ca) = ca_bundle {
             env.push(format!("SSL_CERT_FILE={ca}"));
         }
+        // Where the packages came from, on the image itself (Nixery's #3,
+        // #27): the host's labels replace a plugin's of the same key.
+        let provenance = provenance(&plan.source.source, resolved.revision.as_deref());
+        let mut settings = plan.expansion.image.clone();
+        settings.labels.extend(provenance.clone());
         let config = manifest::config_json(&manifest::ConfigInput {
             arch: &plan.expansion.arch,
             layers: &descriptions,
             env,
-            settings: &plan.expansion.image,
+            settings: &settings,
         })?;
         let config_size = config.len() as u64;
         let config_digest = self.storage.put_blob(Bytes::from(config)).await?;
@@ -507,7 +521,8 @@ impl Builder {
             packed.iter().chain([&final_blobs]).map(|b| b.last().expect("an encoding").clone()).collect();
         let mut manifests = Vec::new();
         for (format, blobs) in [(Format::Docker, &docker_blobs), (Format::Oci, &oci_blobs)] {
-            let bytes = Bytes::from(manifest::manifest_json(format, (&config_digest, config_size), blobs)?);
+            let bytes =
+                Bytes::from(manifest::annotated_manifest_json(format, (&config_digest, config_size), blobs, &provenance)?);
             let digest = self.storage.put_blob(bytes.clone()).await?;
             manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
         }
@@ -545,6 +560,7 @@ impl Builder {
                 packages: resolved.packages.clone(),
                 arch: plan.expansion.arch.clone(),
                 source: plan.source.identity.clone(),
+                revision: resolved.revision.clone(),
                 strategy: grouping.strategy.clone(),
                 grouping_plugin: plan.grouper.name().to_string(),
                 layers: layer_summaries,
@@ -568,6 +584,7 @@ impl Builder {
             nar_hashes: &resolved.nar_hashes,
             arch: &plan.expansion.arch,
             source: &plan.source.identity,
+            revision: resolved.revision.as_deref(),
             plugins: &self.plugin_names(plan),
         })?;
         let size = doc.len() as u64;
@@ -614,7 +631,10 @@ impl Builder {
     /// which stops here.
     async fn resolve_and_group(&self, plan: &Plan) -> Result<(Resolved, Layers)> {
         let e = &plan.expansion;
-        let resolved = self.nix.resolve_with_optional(&plan.source.source, &e.packages, &e.optional, plan.system).await?;
+        let resolved = self
+            .nix
+            .resolve_allowing(&plan.source.source, plan.source.allow_unfree.as_ref(), &e.packages, &e.optional, plan.system)
+            .await?;
         // One layer of the budget is the host's own final layer.
         let mut graph = resolved.graph.clone();
         graph.set_popularity(&self.popularity);
@@ -671,6 +691,7 @@ impl Builder {
             packages: resolved.packages,
             arch: plan.expansion.arch,
             source: plan.source.identity,
+            revision: resolved.revision,
             immutable: plan.source.immutable,
             grouping_plugin: plan.grouper.name().to_string(),
             strategy: grouping.strategy,
@@ -812,6 +833,26 @@ pub struct Plan {
     pub source: SourceOutput,
     pub grouper: Arc<Plugin>,
     pub cache_key: String,
+}
+
+/// The OCI labels (and manifest annotations) naming an image's source and
+/// the commit it was built from: a git or flake source's URL as configured,
+/// nixpkgs' repository for a channel; the revision where Nix told it. A
+/// path source has neither.
+fn provenance(source: &NixSource, revision: Option<&str>) -> BTreeMap<String, String> {
+    let url = match source {
+        NixSource::Channel { .. } => Some("https://github.com/NixOS/nixpkgs"),
+        NixSource::Git { url, .. } | NixSource::Flake { url, .. } => Some(url.as_str()),
+        NixSource::Path { .. } => None,
+    };
+    let mut labels = BTreeMap::new();
+    if let Some(url) = url {
+        labels.insert("org.opencontainers.image.source".to_string(), url.to_string());
+        if let Some(rev) = revision {
+            labels.insert("org.opencontainers.image.revision".to_string(), rev.to_string());
+        }
+    }
+    labels
 }
 
 /// Times a plugin call into the metrics.

@@ -28,6 +28,9 @@ pub struct ImageSummary {
     pub packages: Vec<String>,
     pub arch: String,
     pub source: String,
+    /// The commit the source was fetched at, where Nix tells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub strategy: String,
     pub grouping_plugin: String,
     pub layers: Vec<LayerSummary>,
@@ -181,6 +184,9 @@ pub struct Inspection {
     pub packages: Vec<String>,
     pub arch: String,
     pub source: String,
+    /// The commit the source was fetched at, where Nix tells it (a git or
+    /// flake source, a channel pinned to a commit); `None` for a path.
+    pub revision: Option<String>,
     pub immutable: bool,
     pub grouping_plugin: String,
     pub strategy: String,
@@ -281,6 +287,7 @@ mod tests {
                 packages: vec![format!("p{i}")],
                 arch: "amd64".into(),
                 source: "test".into(),
+                revision: None,
                 strategy: "test".into(),
                 grouping_plugin: "test".into(),
                 layers: vec![],

@@ -226,12 +226,15 @@ fn append_tree<W: Write>(
 #[derive(Debug, Clone)]
 enum Entry {
     Dir(u32),
+    /// A directory owned by a user of the image (its home).
+    OwnedDir { mode: u32, uid: u32, gid: u32 },
     Link(String),
     File(Vec<u8>, u32),
 }
 
 /// The final layer: the symlink forest of the requested packages plus what
-/// users expect of any image (`/tmp`, `/etc/passwd`, `/etc/group`).
+/// users expect of any image (`/tmp`, `/etc/passwd`, `/etc/group`,
+/// `/usr/bin/env` and `/bin/sh` for scripts' shebangs).
 pub struct FinalLayer {
     entries: BTreeMap<String, Entry>,
 }
@@ -239,8 +242,10 @@ pub struct FinalLayer {
 impl FinalLayer {
     /// Merges the top-level store paths as `symlinkJoin` would: directories
     /// become real directories, everything else a symlink into the store;
-    /// on a clash the package named first wins.
-    pub fn new(roots: &[String]) -> io::Result<FinalLayer> {
+    /// on a clash the package named first wins. `closure` (the image's
+    /// whole runtime closure) is where `/usr/bin/env` and `/bin/sh` are
+    /// looked for when no requested package brings them.
+    pub fn new(roots: &[String], closure: &[String]) -> io::Result<FinalLayer> {
         let mut layer = FinalLayer { entries: BTreeMap::new() };
         for root in roots {
             if fs::symlink_metadata(root)?.is_dir() {
@@ -248,7 +253,93 @@ impl FinalLayer {
             }
         }
         layer.add_defaults();
+        layer.add_shebang_links(closure);
         Ok(layer)
+    }
+
+    /// `#!/usr/bin/env python3` and `#!/bin/sh` are what scripts expect of
+    /// any Unix (Nixery's #109, #133): a link to the image's own `env`
+    /// (the forest's `bin/env`, else coreutils' from the closure) and
+    /// shell (the forest's `bin/sh`, else its `bash` or `busybox`, else
+    /// bash's or busybox's from the closure). Added only where the forest
+    /// has nothing: a package's own file is never shadowed.
+    fn add_shebang_links(&mut self, closure: &[String]) {
+        let forest = |layer: &FinalLayer, path: &str| match layer.entries.get(path) {
+            Some(Entry::Link(target)) => Some(target.clone()),
+            _ => None,
+        };
+        let in_closure = |names: &[&str], file: &str| {
+            closure
+                .iter()
+                .filter(|p| {
+                    let name = strata_plugin_sdk::store_name(p);
+                    names.iter().any(|n| name.strip_prefix(n).is_some_and(|rest| rest.starts_with('-')))
+                })
+                .map(|p| format!("{p}/{file}"))
+                .find(|f| fs::metadata(f).is_ok_and(|m| m.is_file()))
+        };
+        let env = forest(self, "bin/env").or_else(|| in_closure(&["coreutils", "coreutils-full"], "bin/env"));
+        if let Some(target) = env {
+            self.add_link("usr/bin/env", target);
+        }
+        let sh = forest(self, "bin/sh")
+            .or_else(|| forest(self, "bin/bash"))
+            .or_else(|| forest(self, "bin/busybox"))
+            .or_else(|| in_closure(&["bash", "bash-interactive"], "bin/bash"))
+            .or_else(|| in_closure(&["busybox"], "bin/busybox"));
+        if let Some(target) = sh {
+            self.add_link("bin/sh", target);
+        }
+    }
+
+    /// A link at `path`, its parent directories made as needed; nothing
+    /// when the path, or a parent that is not a directory, is taken.
+    fn add_link(&mut self, path: &str, target: String) {
+        if self.entries.contains_key(path) {
+            return;
+        }
+        let mut parent = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, dirs)| dirs).unwrap_or_default() {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            match self.entries.get(&parent) {
+                Some(Entry::Dir(_) | Entry::OwnedDir { .. }) => {}
+                Some(_) => return,
+                None => {
+                    self.entries.insert(parent.clone(), Entry::Dir(0o755));
+                }
+            }
+        }
+        self.entries.insert(path.to_string(), Entry::Link(target));
+    }
+
+    /// A user beside root: a line in `/etc/passwd` and `/etc/group` (when
+    /// they are the host's, not a package's own) and a home it owns.
+    pub fn add_account(&mut self, a: &strata_plugin_sdk::Account) {
+        let lines = [
+            ("etc/passwd", format!("{}:x:{}:{}:{}:{}:/bin/sh\n", a.name, a.uid, a.gid, a.name, a.home)),
+            ("etc/group", format!("{}:x:{}:\n", a.name, a.gid)),
+        ];
+        for (file, line) in lines {
+            if let Some(Entry::File(bytes, _)) = self.entries.get_mut(file) {
+                bytes.extend_from_slice(line.as_bytes());
+            }
+        }
+        let home = a.home.trim_matches('/');
+        let mut path = String::new();
+        for part in home.split('/') {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            let entry = self.entries.entry(path.clone()).or_insert(Entry::Dir(0o755));
+            if !matches!(entry, Entry::Dir(_) | Entry::OwnedDir { .. }) {
+                return;
+            }
+        }
+        self.entries.insert(path, Entry::OwnedDir { mode: 0o755, uid: a.uid, gid: a.gid });
     }
 
     fn merge_dir(&mut self, src: &Path, rel: &str) -> io::Result<()> {
@@ -310,6 +401,12 @@ impl FinalLayer {
             for (path, entry) in &self.entries {
                 match entry {
                     Entry::Dir(mode) => append_dir(b, path, *mode)?,
+                    Entry::OwnedDir { mode, uid, gid } => {
+                        let mut h = header(tar::EntryType::Directory, *mode, 0);
+                        h.set_uid((*uid).into());
+                        h.set_gid((*gid).into());
+                        b.append_data(&mut h, format!("{path}/"), io::empty())?;
+                    }
                     Entry::Link(target) => append_symlink(b, path, Path::new(target))?,
                     Entry::File(bytes, mode) => {
                         let mut h = header(tar::EntryType::Regular, *mode, bytes.len() as u64);
@@ -400,7 +497,7 @@ mod tests {
         fs::write(b.join("bin/other"), b"").unwrap();
         fs::write(b.join("etc/ssl/certs/ca-bundle.crt"), b"").unwrap();
         let roots = vec![a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned()];
-        let layer = FinalLayer::new(&roots).unwrap();
+        let layer = FinalLayer::new(&roots, &roots).unwrap();
         match layer.entries.get("bin/hello") {
             Some(Entry::Link(t)) => assert!(t.starts_with(&roots[0])),
             other => panic!("{other:?}"),
@@ -413,5 +510,81 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn shebang_links_come_from_the_forest_then_the_closure_and_never_shadow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, files: &[&str]| {
+            let root = dir.path().join(name);
+            for f in files {
+                let p = root.join(f);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, b"").unwrap();
+            }
+            root.to_string_lossy().into_owned()
+        };
+        let coreutils = mk("aaa-coreutils-9.3", &["bin/env", "bin/ls"]);
+        let bash = mk("bbb-bash-5.2", &["bin/bash"]);
+        let app = mk("ccc-app-1.0", &["bin/app"]);
+        let link = |layer: &FinalLayer, p: &str| match layer.entries.get(p) {
+            Some(Entry::Link(t)) => Some(t.clone()),
+            _ => None,
+        };
+
+        // From the closure only: the app brings neither.
+        let closure = vec![coreutils.clone(), bash.clone(), app.clone()];
+        let layer = FinalLayer::new(std::slice::from_ref(&app), &closure).unwrap();
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{coreutils}/bin/env")));
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{bash}/bin/bash")));
+        assert!(matches!(layer.entries.get("usr/bin"), Some(Entry::Dir(0o755))));
+
+        // From the forest: the requested package's own env and bash.
+        let layer = FinalLayer::new(&[coreutils.clone(), bash.clone()], &[]).unwrap();
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{coreutils}/bin/env")));
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{bash}/bin/bash")));
+
+        // A package's own /bin/sh and /usr/bin/env stay.
+        let own = mk("ddd-own-1", &["bin/sh", "usr/bin/env"]);
+        let layer = FinalLayer::new(std::slice::from_ref(&own), &closure).unwrap();
+        assert_eq!(link(&layer, "bin/sh"), Some(format!("{own}/bin/sh")));
+        assert_eq!(link(&layer, "usr/bin/env"), Some(format!("{own}/usr/bin/env")));
+
+        // No env or shell anywhere: nothing made up.
+        let layer = FinalLayer::new(std::slice::from_ref(&app), std::slice::from_ref(&app)).unwrap();
+        assert!(!layer.entries.contains_key("usr/bin/env") && !layer.entries.contains_key("bin/sh"));
+        assert!(!layer.entries.contains_key("usr"));
+    }
+
+    #[test]
+    fn an_account_gets_passwd_group_and_an_owned_home() {
+        let layer = |account: Option<&strata_plugin_sdk::Account>| {
+            let mut l = FinalLayer::new(&[], &[]).unwrap();
+            if let Some(a) = account {
+                l.add_account(a);
+            }
+            let (_, bytes) = l.pack(&[Encoding::gzip(6)], vec![Vec::new()]).unwrap();
+            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[0][..]));
+            let mut out = BTreeMap::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let mut text = String::new();
+                io::Read::read_to_string(&mut e, &mut text).unwrap();
+                let path = e.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+                out.insert(path, (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap(), text));
+            }
+            out
+        };
+        let a = strata_plugin_sdk::Account { name: "user".into(), uid: 1000, gid: 1001, home: "/home/user".into() };
+        let with = layer(Some(&a));
+        assert!(with["etc/passwd"].3.ends_with("user:x:1000:1001:user:/home/user:/bin/sh\n"), "{:?}", with["etc/passwd"]);
+        assert!(with["etc/passwd"].3.starts_with("root:x:0:0:"));
+        assert!(with["etc/group"].3.ends_with("user:x:1001:\n"));
+        assert_eq!((with["home/user"].0, with["home/user"].1, with["home/user"].2), (1000, 1001, 0o755));
+        assert_eq!((with["home"].0, with["home"].2), (0, 0o755));
+        assert_eq!(with["tmp"].2, 0o1777);
+        let without = layer(None);
+        assert!(!without.contains_key("home/user") && !without["etc/passwd"].3.contains("user:"));
     }
 }

@@ -185,6 +185,17 @@ fn digest(s: &str) -> Result<Digest> {
 }
 
 pub fn manifest_json(format: Format, config: (&str, u64), layers: &[LayerBlob]) -> Result<Vec<u8>> {
+    annotated_manifest_json(format, config, layers, &std::collections::BTreeMap::new())
+}
+
+/// [`manifest_json`] with `annotations` (the image's provenance) in the OCI
+/// manifest; Docker's schema 2 has no such field.
+pub fn annotated_manifest_json(
+    format: Format,
+    config: (&str, u64),
+    layers: &[LayerBlob],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     let config_type = match format {
         Format::Docker => MediaType::Other(DOCKER_CONFIG.into()),
         Format::Oci => MediaType::ImageConfig,
@@ -208,6 +219,10 @@ pub fn manifest_json(format: Format, config: (&str, u64), layers: &[LayerBlob]) 
         )
         .build()
         .map_err(internal)?;
+    let mut manifest = manifest;
+    if format == Format::Oci && !annotations.is_empty() {
+        manifest.set_annotations(Some(annotations.clone().into_iter().collect()));
+    }
     to_canonical_json(&manifest)
 }
 

@@ -38,6 +38,8 @@ pub struct SbomInput<'a> {
     pub arch: &'a str,
     /// The package source's identity (channel, git revision, path).
     pub source: &'a str,
+    /// The commit the source was fetched at, where Nix tells it.
+    pub revision: Option<&'a str>,
     /// The plugins that decided the image, as `hook: name`.
     pub plugins: &'a [String],
 }
@@ -207,10 +209,11 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             created: CREATED,
             creators: vec![format!("Tool: strata-{}", env!("CARGO_PKG_VERSION"))],
             comment: format!(
-                "Built by Nix from {}; decided by the plugins {}. One package per store path of the image's \
+                "Built by Nix from {}{}; decided by the plugins {}. One package per store path of the image's \
                  runtime closure; checksums are SHA-256 NAR hashes as Nix records them; licences and homepages \
                  are the package set's meta, for the requested packages only.",
                 source_name(input.source),
+                input.revision.map(|r| format!(" at revision {r}")).unwrap_or_default(),
                 input.plugins.join(", ")
             ),
         },
@@ -227,14 +230,19 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
 }
 
 /// The source as the document names it: a channel or a git revision as
-/// is, a local path by its last component only, so that one package set
-/// checked out in two places gives one document (and no server path is
-/// published).
+/// is, a local path (a path source, a `path:` or `git+file://` flake) by
+/// its last component only, so that one package set checked out in two
+/// places gives one document (and no server path is published).
 fn source_name(identity: &str) -> String {
-    match identity.strip_prefix("path:") {
-        Some(path) => format!("path:{}", path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)),
-        None => identity.to_string(),
+    let last = |path: &str| path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).to_string();
+    for local in ["path:", "flake:path:", "flake:git+file://"] {
+        if let Some(rest) = identity.strip_prefix(local) {
+            let (path, at) = rest.split_once('@').map_or((rest, String::new()), |(p, r)| (p, format!("@{r}")));
+            let path = path.split('?').next().unwrap_or(path);
+            return format!("{local}{}{at}", last(path));
+        }
     }
+    identity.to_string()
 }
 
 fn sha2_256(bytes: &[u8]) -> [u8; 32] {
@@ -315,6 +323,16 @@ fn is_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_sources_are_named_by_their_last_component() {
+        assert_eq!(source_name("path:/srv/checkout/demo-pkgs/"), "path:demo-pkgs");
+        assert_eq!(source_name("flake:path:/srv/f?dir=x"), "flake:path:f");
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(source_name(&format!("flake:git+file:///srv/repo@{rev}")), format!("flake:git+file://repo@{rev}"));
+        assert_eq!(source_name("flake:github:o/r@abc1234"), "flake:github:o/r@abc1234");
+        assert_eq!(source_name("channel:nixos-unstable"), "channel:nixos-unstable");
+    }
     use crate::nix::PackageMeta;
     use serde_json::Value;
     use strata_plugin_sdk::NamedPath;
@@ -354,6 +372,7 @@ mod tests {
             nar_hashes: &hashes,
             arch: "amd64",
             source: "path:/srv/checkout/demo-pkgs/",
+            revision: None,
             plugins: &plugins,
         };
         let bytes = document(&input).unwrap();

@@ -65,6 +65,10 @@ pub(crate) struct Lookup {
     pub packages: Vec<Status>,
     #[serde(default)]
     pub optional: Vec<Status>,
+    /// The commit the source was fetched at, where Nix tells it (a git
+    /// or flake source, a channel pinned to a commit).
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,8 +151,8 @@ impl Evaluator {
         Ok(args)
     }
 
-    /// Step 1: the found packages, required ones first, or every name the
-    /// set cannot give with its reason. Remembered answers are used for
+    /// Step 1: the found packages, required ones first, and the source's
+    /// revision, or every name the set cannot give with its reason. Remembered answers are used for
     /// names asked about within `negative_ttl`; the others are evaluated in
     /// one `nix-instantiate`, and each unavailable one once more to read
     /// why ([`Evaluator::explain`]).
@@ -159,7 +163,7 @@ impl Evaluator {
         optional: &[String],
         system: &str,
         deadline: Instant,
-    ) -> Result<Vec<Status>, NixError> {
+    ) -> Result<(Vec<Status>, Option<String>), NixError> {
         let key = |name: &str| (system.to_string(), source_json.to_string(), name.to_string());
         let known = |name: &String| self.negative.get(&key(name));
         let mut remembered: HashMap<String, Negative> = HashMap::new();
@@ -172,7 +176,7 @@ impl Evaluator {
         let ask_optional: Vec<String> = optional.iter().filter(|n| known(n).is_none()).cloned().collect();
 
         let lookup = if ask_packages.is_empty() && ask_optional.is_empty() {
-            Lookup { packages: Vec::new(), optional: Vec::new() }
+            Lookup { packages: Vec::new(), optional: Vec::new(), revision: None }
         } else {
             self.evaluate_lookup(source_json, &ask_packages, &ask_optional, system, deadline).await?
         };
@@ -234,7 +238,7 @@ impl Evaluator {
         if !unavailable.missing.is_empty() || !unavailable.refused.is_empty() {
             return Err(NixError::Unavailable(unavailable));
         }
-        Ok(found)
+        Ok((found, lookup.revision))
     }
 
     /// One evaluation of `-A lookup`. A package set can fail in ways
@@ -268,10 +272,11 @@ impl Evaluator {
         names.extend(optional.iter().map(|n| (n.clone(), true)));
         let each = names.into_iter().map(|(name, o)| self.look_up_one(source_json, name, o, system, deadline));
         let each: Vec<Lookup> = futures::stream::iter(each).buffered(EXPLAIN_AT_ONCE).try_collect().await?;
-        let mut all = Lookup { packages: Vec::new(), optional: Vec::new() };
+        let mut all = Lookup { packages: Vec::new(), optional: Vec::new(), revision: None };
         for l in each {
             all.packages.extend(l.packages);
             all.optional.extend(l.optional);
+            all.revision = all.revision.or(l.revision);
         }
         Ok(all)
     }
@@ -311,6 +316,18 @@ impl Evaluator {
         }
     }
 
+    /// Whether the source itself can be fetched, and if not Nix's reason:
+    /// after a failed lookup of a source at a revision, tells an unknown
+    /// revision from a package set that fails to evaluate.
+    pub(crate) async fn fetch_failure(&self, source_json: &str, system: &str, deadline: Instant) -> Result<Option<String>, NixError> {
+        let args = self.expr_args("revision", source_json, &[], &[], system)?;
+        match self.instantiate(&args, deadline).await {
+            Ok(_) => Ok(None),
+            Err(NixError::Failed { log_tail, .. }) => Ok(Some(public_reason(&log_tail))),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Why `name` is unavailable, in the package set's words: evaluates it
     /// without `tryEval` and reads the error Nix prints.
     async fn explain(
@@ -333,7 +350,8 @@ impl Evaluator {
     /// Evaluates only: builds nothing (and, read-only, writes no `.drv`).
     async fn instantiate(&self, args: &[OsString], deadline: Instant) -> Result<Vec<u8>, NixError> {
         self.evaluations.fetch_add(1, Ordering::SeqCst);
-        let mut all: Vec<OsString> = vec!["--eval".into(), "--strict".into(), "--json".into()];
+        let mut all: Vec<OsString> = process::FEATURES.iter().map(OsString::from).collect();
+        all.extend(["--eval".into(), "--strict".into(), "--json".into()]);
         all.extend(args.iter().cloned());
         process::run("nix-instantiate", &all, deadline, self.timeout).await
     }
@@ -350,7 +368,7 @@ fn single_failure(packages: &[String], optional: &[String], log_tail: &str) -> L
         meta: None,
         reason: Some(public_reason(log_tail)),
     };
-    Lookup { packages: packages.iter().map(status).collect(), optional: optional.iter().map(status).collect() }
+    Lookup { packages: packages.iter().map(status).collect(), optional: optional.iter().map(status).collect(), revision: None }
 }
 
 /// The package set's reason, fit for a client: the last error Nix printed,

@@ -17,11 +17,13 @@
 //! imports pointing down):
 //! - `lookup`: which names the set has, and why it refuses the others;
 //! - `closure`: reading `nix path-info`;
+//! - `flake`: a flake source's reference at the revision a tag selected;
 //! - `gc`: what `strata gc` deletes from the store;
 //! - `roots`: the GC roots of builds and the claims that keep gc off them;
 //! - `process`: running one Nix command under a deadline, and stopping it.
 
 pub mod closure;
+mod flake;
 pub mod gc;
 pub mod lookup;
 pub mod process;
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use strata_plugin_sdk::{store_name, ClosureGraph, NixSource};
+use strata_plugin_sdk::{store_name, AllowUnfree, ClosureGraph, NixSource};
 use tokio::time::Instant;
 
 pub use crate::error::{BuildFailure, Refused, Unavailable};
@@ -78,6 +80,9 @@ pub struct Resolved {
     pub described: Vec<Described>,
     /// Store path → its NAR hash (SHA-256, hex), as Nix recorded it.
     pub nar_hashes: BTreeMap<String, String>,
+    /// The commit the source was fetched at, where Nix tells it (a git or
+    /// flake source; a channel pinned to a commit); never for a path.
+    pub revision: Option<String>,
     /// This build's claim on `gc_root`: keep it until the image record
     /// naming the directory is written, so that `strata gc` leaves the
     /// directory alone meanwhile.
@@ -93,6 +98,9 @@ impl From<NixError> for crate::error::Error {
             NixError::Unavailable(u) => Error::PackagesUnavailable(u),
             NixError::BuildFailed(b) => Error::BuildFailed(b),
             NixError::Timeout(d) => Error::Nix { timeout_secs: Some(d.as_secs()), message: format!("timed out after {d:?}") },
+            NixError::UnknownRevision { revision, reason } => {
+                Error::ManifestUnknown(format!("revision {revision} is not in the package source ({reason})"))
+            }
             other => Error::Nix { timeout_secs: None, message: other.to_string() },
         }
     }
@@ -161,6 +169,19 @@ impl NixRunner {
         optional: &[String],
         system: &str,
     ) -> Result<Resolved, NixError> {
+        self.resolve_allowing(source, None, packages, optional, system).await
+    }
+
+    /// [`NixRunner::resolve_with_optional`] with the unfree packages the
+    /// source plugin allows handed to the package set's `config`.
+    pub async fn resolve_allowing(
+        &self,
+        source: &NixSource,
+        allow_unfree: Option<&AllowUnfree>,
+        packages: &[String],
+        optional: &[String],
+        system: &str,
+    ) -> Result<Resolved, NixError> {
         let deadline = Instant::now() + self.opts.timeout;
         if packages.is_empty() {
             return Ok(Resolved {
@@ -170,15 +191,42 @@ impl NixRunner {
                 gc_root: None,
                 described: Vec::new(),
                 nar_hashes: BTreeMap::new(),
+                revision: None,
                 claim: None,
             });
         }
-        let source_json = serde_json::to_string(&absolute_source(source)?)
-            .map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
+        let source = absolute_source(source)?;
+        // `allowUnfree` rides along in the source's JSON (load-pkgs.nix).
+        let to_json = |s: &NixSource| {
+            let mut value = serde_json::to_value(s).map_err(|e| NixError::Parse(format!("serialising the source: {e}")))?;
+            if let (Some(allow), Some(object)) = (allow_unfree, value.as_object_mut()) {
+                object.insert("allowUnfree".into(), serde_json::to_value(allow).unwrap_or_default());
+            }
+            Ok::<String, NixError>(value.to_string())
+        };
+        let source_json = to_json(&flake::for_nix(&source, deadline).await?)?;
         let optional: Vec<String> = optional.iter().filter(|o| !packages.contains(o)).cloned().collect();
 
         // 1. Which names the set has, each tried on its own.
-        let found = self.evaluator.look_up(&source_json, packages, &optional, system, deadline).await?;
+        let looked_up = self.evaluator.look_up(&source_json, packages, &optional, system, deadline).await;
+        let (found, revision) = match looked_up {
+            // A revision that is not there fails the whole lookup: a 404
+            // naming it, not a failed build.
+            Err(NixError::Failed { status, log_tail }) => match selected_revision(&source) {
+                Some(selected) => match self.evaluator.fetch_failure(&source_json, system, deadline).await? {
+                    Some(reason) => return Err(NixError::UnknownRevision { revision: selected, reason }),
+                    None => return Err(NixError::Failed { status, log_tail }),
+                },
+                None => return Err(NixError::Failed { status, log_tail }),
+            },
+            other => other?,
+        };
+        // The build evaluates the commit the lookup saw, even if the
+        // branch moved since.
+        let build_json = match flake::pinned(&source, revision.as_deref()) {
+            same if same == source => source_json.clone(),
+            pinned => to_json(&flake::for_nix(&pinned, deadline).await?)?,
+        };
         let mut names = Vec::new();
         let mut roots = Vec::new();
         let mut drvs = Vec::new();
@@ -209,7 +257,8 @@ impl NixRunner {
         let gc_root = self.gc_roots.join(roots_key(&roots));
         let claim = RootsClaim::take(&gc_root).await?;
         let link = gc_root.join("result");
-        let mut args = self.evaluator.expr_args("contents", &source_json, &names, &[], system)?;
+        let mut args: Vec<OsString> = process::FEATURES.iter().map(OsString::from).collect();
+        args.extend(self.evaluator.expr_args("contents", &build_json, &names, &[], system)?);
         args.extend(["--out-link".into(), link.into()]);
         self.builds_started.fetch_add(1, Ordering::SeqCst);
         let out = match process::run("nix-build", &args, deadline, self.opts.timeout).await {
@@ -237,7 +286,24 @@ impl NixRunner {
         // Plugins are promised a closed graph containing the roots; a Nix
         // that printed less is caught here rather than as a broken image.
         let graph = ClosureGraph::from_named(&roots, paths).map_err(NixError::Parse)?;
-        Ok(Resolved { packages: names, roots, graph, gc_root: Some(gc_root), described, nar_hashes, claim: Some(claim) })
+        Ok(Resolved {
+            packages: names,
+            roots,
+            graph,
+            gc_root: Some(gc_root),
+            described,
+            nar_hashes,
+            revision,
+            claim: Some(claim),
+        })
+    }
+}
+
+/// The revision or ref a tag selected of a source, if it selected one.
+fn selected_revision(source: &NixSource) -> Option<String> {
+    match source {
+        NixSource::Flake { rev, r#ref, .. } | NixSource::Git { rev, r#ref, .. } => rev.clone().or(r#ref.clone()),
+        _ => None,
     }
 }
 

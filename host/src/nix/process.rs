@@ -17,6 +17,11 @@ use tokio::time::Instant;
 
 use crate::error::{BuildFailure, Unavailable};
 
+/// Strata's own Nix calls use the `nix` command and flakes (a flake source
+/// is fetched with `builtins.getFlake`), whatever the machine's nix.conf
+/// enables; nothing else on the machine is affected.
+pub(crate) const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
 /// Enough of Nix's stderr to show why a build failed (the builder's last
 /// lines and Nix's error), without keeping a whole build log per request.
 const LOG_TAIL_LINES: usize = 40;
@@ -29,6 +34,9 @@ pub enum NixError {
     BuildFailed(BuildFailure),
     #[error("nix timed out after {0:?}")]
     Timeout(Duration),
+    /// The revision or ref a tag selected is not in the source.
+    #[error("revision {revision} is unknown: {reason}")]
+    UnknownRevision { revision: String, reason: String },
     #[error("nix failed ({status}): {log_tail}")]
     Failed { status: String, log_tail: String },
     #[error("running nix: {0}")]

@@ -9,6 +9,10 @@
 //! The words `amd64` and `arm64` are not packages: they select the target
 //! architecture and are dropped from the list.
 //!
+//! The word `nonroot` is a built-in bundle of no packages: the image gets a
+//! user (`user`, 1000:1000, home `/home/user`, which it owns) and runs as
+//! `1000:1000` (Nixery's #136: GitLab CI and many clusters refuse root).
+//!
 //! Every image also gets the packages of `always` where the package set has
 //! them (an `optional` expansion: one the set lacks is skipped, never a
 //! 404). The default is Nixery's: `cacert` and `iana-etc`, so that TLS and
@@ -23,6 +27,19 @@
 //! acme-base = ["coreutils", "git"]                 # list form
 //! acme-dev = { packages = ["acme-base", "gdb"], cmd = ["bash"], env = ["EDITOR=nano"] }
 //! ```
+//! The `nonroot` user, and name prefixes whose images are all non-root:
+//! ```toml
+//! [plugins.config.bundles.nonroot]
+//! name = "ci"                # default "user"
+//! uid = 1001                 # default 1000
+//! gid = 1001                 # default 1000
+//! home = "/builds"           # default /home/<name>
+//! prefixes = ["shell"]       # shell/git is shell/nonroot/git
+//! ```
+//! A prefix is one or more leading segments of the image name; its words
+//! still mean what they mean (`shell` stays the bundle). To make a word of
+//! your own the switch, name `nonroot` in a bundle: `ci = ["nonroot"]`.
+//!
 //! A configured bundle replaces a built-in one of the same name. The list
 //! form only replaces the packages and keeps the built-in's image settings
 //! (so a custom `shell` still starts `bash`); the table form replaces the
@@ -32,7 +49,7 @@
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use strata_plugin_sdk::{ExpandInput, ExpandOutput, ImageSettings, PluginError};
+use strata_plugin_sdk::{Account, ExpandInput, ExpandOutput, ImageSettings, PluginError};
 
 strata_plugin_sdk::export_plugin! {
     name: "bundles",
@@ -49,11 +66,55 @@ struct Config {
     bundles: BTreeMap<String, BundleSpec>,
     #[serde(default = "nixery_defaults")]
     always: Vec<String>,
+    #[serde(default)]
+    nonroot: NonRoot,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { bundles: BTreeMap::new(), always: nixery_defaults() }
+        Config { bundles: BTreeMap::new(), always: nixery_defaults(), nonroot: NonRoot::default() }
+    }
+}
+
+/// The user of the `nonroot` bundle, and where it is the default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NonRoot {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: Option<String>,
+    prefixes: Vec<String>,
+}
+
+impl Default for NonRoot {
+    fn default() -> Self {
+        NonRoot { name: "user".into(), uid: 1000, gid: 1000, home: None, prefixes: Vec::new() }
+    }
+}
+
+impl NonRoot {
+    fn bundle(&self) -> Bundle {
+        Bundle {
+            packages: Vec::new(),
+            user: Some(format!("{}:{}", self.uid, self.gid)),
+            account: Some(Account {
+                name: self.name.clone(),
+                uid: self.uid,
+                gid: self.gid,
+                home: self.home.clone().unwrap_or_else(|| format!("/home/{}", self.name)),
+            }),
+            ..Bundle::default()
+        }
+    }
+
+    /// Whether the image name starts with one of the prefixes, segment by
+    /// segment (`shell` matches `shell/git`, not `shellcheck`).
+    fn is_default_for(&self, segments: &[String]) -> bool {
+        self.prefixes.iter().any(|prefix| {
+            let words: Vec<&str> = prefix.trim_matches('/').split('/').collect();
+            segments.len() >= words.len() && segments.iter().zip(&words).all(|(s, w)| s == w)
+        })
     }
 }
 
@@ -86,11 +147,13 @@ struct Bundle {
     working_dir: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    account: Option<Account>,
 }
 
 /// Nixery's one bundle. `cmd = ["bash"]` makes `docker run -ti HOST/shell/git`
 /// open a shell instead of failing for want of a command.
-fn builtin_bundles() -> BTreeMap<String, Bundle> {
+fn builtin_bundles(nonroot: &NonRoot) -> BTreeMap<String, Bundle> {
     let shell = Bundle {
         packages: [
             "bashInteractive",
@@ -105,11 +168,14 @@ fn builtin_bundles() -> BTreeMap<String, Bundle> {
         cmd: Some(vec!["bash".into()]),
         ..Bundle::default()
     };
-    BTreeMap::from([("shell".to_string(), shell)])
+    BTreeMap::from([("shell".to_string(), shell), (NONROOT.to_string(), nonroot.bundle())])
 }
 
+/// The built-in bundle that makes an image run as a user of its own.
+const NONROOT: &str = "nonroot";
+
 fn bundles(config: Config) -> Result<BTreeMap<String, Bundle>, PluginError> {
-    let mut table = builtin_bundles();
+    let mut table = builtin_bundles(&config.nonroot);
     for (name, spec) in config.bundles {
         if ARCHES.contains(&name.as_str()) {
             return Err(PluginError::new(format!(
@@ -137,6 +203,7 @@ fn bundles(config: Config) -> Result<BTreeMap<String, Bundle>, PluginError> {
 pub fn expand_names(input: ExpandInput) -> Result<ExpandOutput, PluginError> {
     let config: Config = strata_plugin_sdk::config(&input.config)?;
     let always = config.always.clone();
+    let nonroot_default = config.nonroot.is_default_for(&input.segments);
     let table = bundles(config)?;
     let mut out = input.current;
 
@@ -170,6 +237,11 @@ pub fn expand_names(input: ExpandInput) -> Result<ExpandOutput, PluginError> {
     }
     if let Some(a) = arch {
         out.arch = a.to_string();
+    }
+    // The prefix's default comes last: a bundle the request names keeps
+    // its say over the user.
+    if nonroot_default && !used.contains(&NONROOT) {
+        used.push(NONROOT);
     }
     for bundle in used {
         apply(&mut out.image, &table[bundle]);
@@ -213,6 +285,7 @@ fn apply(image: &mut ImageSettings, bundle: &Bundle) {
     fill(&mut image.entrypoint, &bundle.entrypoint);
     fill(&mut image.user, &bundle.user);
     fill(&mut image.working_dir, &bundle.working_dir);
+    fill(&mut image.account, &bundle.account);
     for entry in &bundle.env {
         let key = entry.split('=').next().unwrap_or_default();
         let taken = image
@@ -459,6 +532,48 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn nonroot_adds_a_user_and_runs_as_it() {
+        let e = run(json!({}), &["shell", "nonroot", "git"]).unwrap();
+        assert!(!e.packages.iter().any(|p| p == "nonroot"), "{e:?}");
+        assert_eq!(e.image.user.as_deref(), Some("1000:1000"));
+        assert_eq!(e.image.cmd, Some(vec!["bash".to_string()]));
+        assert_eq!(
+            e.image.account,
+            Some(Account { name: "user".into(), uid: 1000, gid: 1000, home: "/home/user".into() })
+        );
+        assert_eq!(strata_plugin_sdk::validate::expansion(&e), Ok(()));
+        let plain = run(json!({}), &["shell", "git"]).unwrap();
+        assert_eq!((plain.image.user, plain.image.account), (None, None));
+    }
+
+    #[test]
+    fn nonroot_user_is_configurable_and_a_prefix_default() {
+        let config = json!({ "nonroot": { "name": "ci", "uid": 1001, "gid": 1002, "prefixes": ["shell", "tools/ci"] } });
+        let e = run(config.clone(), &["nonroot", "git"]).unwrap();
+        assert_eq!(e.image.user.as_deref(), Some("1001:1002"));
+        assert_eq!(e.image.account.as_ref().map(|a| a.home.as_str()), Some("/home/ci"));
+        for name in [&["shell", "git"][..], &["tools", "ci", "git"]] {
+            let e = run(config.clone(), name).unwrap();
+            assert_eq!(e.image.user.as_deref(), Some("1001:1002"), "{name:?}");
+        }
+        for name in [&["git", "shell"][..], &["tools", "git"], &["shellcheck"]] {
+            let e = run(config.clone(), name).unwrap();
+            assert_eq!(e.image.account, None, "{name:?}");
+        }
+        // A bundle the request names keeps its user over the prefix's.
+        let config = json!({ "nonroot": { "prefixes": ["shell"] },
+                             "bundles": { "svc": { "packages": ["x"], "user": "svc" } } });
+        let e = run(config, &["shell", "svc"]).unwrap();
+        assert_eq!(e.image.user.as_deref(), Some("svc"));
+        // A word of the operator's as the switch.
+        let e = run(json!({ "bundles": { "ci": ["nonroot"] } }), &["ci", "git"]).unwrap();
+        assert_eq!((pkgs(&e), e.image.user.as_deref()), (vec!["git"], Some("1000:1000")));
+        let home = run(json!({ "nonroot": { "home": "/builds" } }), &["nonroot", "git"]).unwrap();
+        assert_eq!(home.image.account.unwrap().home, "/builds");
+        assert!(run(json!({ "nonroot": { "uid": "x" } }), &["git"]).is_err());
     }
 
     #[test]
