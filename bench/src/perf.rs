@@ -24,6 +24,11 @@
 //!   first pull of the same image on another fresh store.
 //! - P8 the SBOM's cost: the big image's cold build on fresh stores with
 //!   `[sbom] enabled` on and off, alternating, best of two each.
+//! - P9 a second platform's cost: the big image's cold build as a
+//!   two-platform index (`[builds] platforms`, amd64 and arm64) against
+//!   the same image for one platform, fresh stores, alternating, best of
+//!   two each. The arm64 closure is realised first, through Nix's
+//!   `extra-platforms` (the set's busybox builders run as is).
 
 use crate::layering::pulls::{manifest_blobs, Blob};
 use anyhow::{bail, Context, Result};
@@ -34,6 +39,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Every Nix call of the run: no binary cache (offline), and this x86_64
+/// machine may build the set for aarch64-linux (P9).
+const ARM64_NIX_CONFIG: &str = "substituters =\nextra-platforms = aarch64-linux";
 const GENERATED_NIX: &str = include_str!("../../examples/demo-pkgs/generated.nix");
 const CORPUS_NIX: &str = include_str!("../../examples/demo-pkgs/corpus.nix");
 /// Where `--write` puts the results, between these markers.
@@ -131,6 +140,11 @@ struct Report {
     p7_first_secs: f64,
     p8_on_secs: f64,
     p8_off_secs: f64,
+    p9_two_secs: f64,
+    p9_one_secs: f64,
+    /// Layer bytes of the index's two images, and of the blobs both share.
+    p9_two_bytes: u64,
+    p9_shared_bytes: u64,
     /// /proc/loadavg at the start and the end: other work on the machine
     /// takes cores from the parallel packer first.
     load: (String, String),
@@ -150,6 +164,11 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
     let mut roots = Vec::new();
     for attr in BIG_PKGS.iter().chain(&FRESH_PKGS).chain(&[SMALL]) {
         roots.push(output(Command::new("nix-build").arg(&pkgs).args(["--no-out-link", "-A", attr]))?.trim().to_string());
+    }
+    for attr in BIG_PKGS {
+        let mut cmd = Command::new("nix-build");
+        cmd.arg(&pkgs).args(["--no-out-link", "--argstr", "system", "aarch64-linux", "-A", attr]);
+        output(&mut cmd)?;
     }
     r.fixture_secs = t.elapsed().as_secs_f64();
     let closure = output(Command::new("nix-store").arg("-qR").args(&roots[..BIG_PKGS.len()]))?;
@@ -271,6 +290,29 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
             get_manifest(&http, &server.base, BIG).await?;
             let secs = t.elapsed().as_secs_f64();
             let best = if sbom { &mut r.p8_on_secs } else { &mut r.p8_off_secs };
+            *best = best.min(secs);
+            drop(server);
+            std::fs::remove_dir_all(work.join(format!("strata-{name}")))?;
+        }
+    }
+
+    // P9: a second platform's cost on the cold build, alternating.
+    eprintln!("P9: cold builds of {BIG} for two platforms and for one, best of 2…");
+    (r.p9_two_secs, r.p9_one_secs) = (f64::MAX, f64::MAX);
+    for round in 0..2 {
+        for two in [true, false] {
+            let name = format!("p9-{round}-{two}");
+            let platforms = if two { "[\"linux/amd64\", \"linux/arm64\"]" } else { "[\"linux/amd64\"]" };
+            let toml = format!("\n[builds]\nplatforms = {platforms}\n");
+            let server = Server::strata(work, &name, &pkgs, &http, &toml).await?;
+            let t = Instant::now();
+            let body = get_with_accept(&http, &server.base, BIG, if two { OCI_INDEX } else { OCI }).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if two {
+                let (all, shared) = index_layer_bytes(&http, &server.base, &body).await?;
+                (r.p9_two_bytes, r.p9_shared_bytes) = (all, shared);
+            }
+            let best = if two { &mut r.p9_two_secs } else { &mut r.p9_one_secs };
             *best = best.min(secs);
             drop(server);
             std::fs::remove_dir_all(work.join(format!("strata-{name}")))?;
@@ -520,6 +562,16 @@ impl Report {
             self.p8_off_secs,
             verdict(p8 <= 1.03)
         );
+        let p9 = ratio(self.p9_two_secs, self.p9_one_secs);
+        let _ = writeln!(
+            s,
+            "| P9 cold build of the big image for two platforms (index) vs one (best of 2, alternating) | {:.2} s, {} of layers, {} shared | one platform: {:.2} s | {p9:.2}× | ≤ 1.3× | {} |",
+            self.p9_two_secs,
+            mib(self.p9_two_bytes),
+            mib(self.p9_shared_bytes),
+            self.p9_one_secs,
+            verdict(p9 <= 1.3)
+        );
         match &self.p5 {
             Some(p5) => {
                 let _ = writeln!(s, "\nP5, plugin overhead (`cargo bench -p strata-bench --bench plugin_overhead`, same run):\n\n{p5}");
@@ -548,7 +600,7 @@ fn shell_quote(p: &Path) -> String {
 
 /// Runs a command to its end; its stdout, or an error with its stderr.
 fn output(cmd: &mut Command) -> Result<String> {
-    cmd.env("NIX_CONFIG", "substituters =").stdin(Stdio::null());
+    cmd.env("NIX_CONFIG", ARM64_NIX_CONFIG).stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
@@ -638,7 +690,7 @@ impl Server {
                 .arg(&config)
                 .arg("serve")
                 .env("NIXERY_PKGS_PATH", pkgs)
-                .env("NIX_CONFIG", "substituters =")
+                .env("NIX_CONFIG", ARM64_NIX_CONFIG)
                 .env("STRATA_NIX_OFFLINE", "1")
                 .env("RUST_LOG", "warn")
                 .stdout(std::fs::File::create(dir.join("strata.log"))?)
@@ -736,13 +788,36 @@ impl Drop for Server {
 }
 
 async fn get_manifest(http: &reqwest::Client, base: &str, name: &str) -> Result<Vec<u8>> {
-    let resp = http.get(format!("{base}/v2/{name}/manifests/latest")).header("accept", OCI).send().await?;
+    get_with_accept(http, base, name, OCI).await
+}
+
+/// `name:latest`'s manifest (or index) for this `Accept`.
+async fn get_with_accept(http: &reqwest::Client, base: &str, name: &str, accept: &str) -> Result<Vec<u8>> {
+    let resp = http.get(format!("{base}/v2/{name}/manifests/latest")).header("accept", accept).send().await?;
     let status = resp.status();
     let body = resp.bytes().await?;
     if !status.is_success() {
         bail!("GET {base}/v2/{name}/manifests/latest: {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(body.to_vec())
+}
+
+/// The layer bytes of an index's images, and of the layers they share.
+async fn index_layer_bytes(http: &reqwest::Client, base: &str, index: &[u8]) -> Result<(u64, u64)> {
+    let index: serde_json::Value = serde_json::from_slice(index)?;
+    let entries = index["manifests"].as_array().context("not an index")?;
+    if entries.len() != 2 {
+        bail!("the index lists {} manifests, not 2", entries.len());
+    }
+    let mut layers = Vec::new();
+    for e in entries {
+        let digest = e["digest"].as_str().context("index entry without a digest")?;
+        let m = http.get(format!("{base}/v2/{BIG}/manifests/{digest}")).send().await?.error_for_status()?.bytes().await?;
+        layers.push(blobs_of(&m)?.split_off(1));
+    }
+    let all = layers.iter().flatten().map(|b| b.size).sum();
+    let shared = layers[0].iter().filter(|b| layers[1].iter().any(|c| c.digest == b.digest)).map(|b| b.size).sum();
+    Ok((all, shared))
 }
 
 /// The config and layer blobs of a manifest.

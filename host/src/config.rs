@@ -217,11 +217,91 @@ pub struct BuildsConfig {
     /// Builds waiting for a slot; past this a request gets 503 with
     /// `Retry-After`.
     pub queue_limit: usize,
+    /// The platforms a tag is built for, as `os/arch[/variant]`. One (the
+    /// default: the host's): plain manifests. Several: a tag is an image
+    /// index with one manifest per platform (docs/clients.md).
+    pub platforms: Vec<Platform>,
 }
 
 impl Default for BuildsConfig {
     fn default() -> Self {
-        BuildsConfig { max_concurrent: None, queue_limit: 32 }
+        BuildsConfig { max_concurrent: None, queue_limit: 32, platforms: vec![Platform::host()] }
+    }
+}
+
+/// A platform of an image index entry, as Docker and OCI name them:
+/// `linux/amd64`, `linux/arm64` (whose variant is `v8`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this binary runs on; amd64 where it is neither of the
+    /// two Strata builds for.
+    pub fn host() -> Platform {
+        let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" };
+        Platform::linux(arch)
+    }
+
+    /// `linux/<arch>`, with the variant the index names it by (arm64 → v8,
+    /// as Docker Hub's indexes have it and containerd expects).
+    pub fn linux(arch: &str) -> Platform {
+        let variant = (arch == "arm64").then(|| "v8".to_string());
+        Platform { os: "linux".into(), arch: arch.into(), variant }
+    }
+
+    /// The Nix system that builds this platform's image.
+    pub fn nix_system(&self) -> Option<&'static str> {
+        match self.arch.as_str() {
+            "amd64" => Some("x86_64-linux"),
+            "arm64" => Some("aarch64-linux"),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    /// `linux/amd64`, `linux/arm64` or `linux/arm64/v8`: the platforms Nix
+    /// has a system for here.
+    fn from_str(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let platform = match parts.as_slice() {
+            ["linux", arch] => Platform::linux(arch),
+            ["linux", "arm64", "v8"] => Platform::linux("arm64"),
+            _ => return Err(format!("platform {s:?} is not one of linux/amd64, linux/arm64")),
+        };
+        match platform.nix_system() {
+            Some(_) => Ok(platform),
+            None => Err(format!("platform {s:?} is not one of linux/amd64, linux/arm64")),
+        }
+    }
+}
+
+impl Serialize for Platform {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Platform {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Platform, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -569,7 +649,9 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every check, also after the command line replaced a setting
+    /// (`strata build --platform`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
         let st = &self.storage;
         // S3 refuses presigned URLs valid for more than 7 days.
@@ -606,6 +688,14 @@ impl Config {
         }
         if self.builds.max_concurrent == Some(0) {
             return Err(bad("builds.max_concurrent must be at least 1"));
+        }
+        if self.builds.platforms.is_empty() {
+            return Err(bad("builds.platforms must name at least one platform"));
+        }
+        let mut arches: Vec<&str> = self.builds.platforms.iter().map(|p| p.arch.as_str()).collect();
+        arches.sort();
+        if arches.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad("builds.platforms names a platform twice"));
         }
         if self.max_packages == 0 {
             return Err(bad("max_packages must be at least 1"));
@@ -820,6 +910,22 @@ mod tests {
         std::fs::write(&file, "[layers]\nbudgett = 5\n").unwrap();
         let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("budgett"), "{err}");
+    }
+
+    #[test]
+    fn platforms_parse_default_to_the_host_and_refuse_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        assert_eq!(Config::load(None, &env(&[])).unwrap().builds.platforms, vec![Platform::host()]);
+        std::fs::write(&file, "[builds]\nplatforms = [\"linux/amd64\", \"linux/arm64/v8\"]\n").unwrap();
+        let platforms = Config::load(Some(&file), &env(&[])).unwrap().builds.platforms;
+        assert_eq!(platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["linux/amd64", "linux/arm64/v8"]);
+        assert_eq!(platforms[1].nix_system(), Some("aarch64-linux"));
+        for bad in ["[\"linux/riscv64\"]", "[\"windows/amd64\"]", "[]", "[\"linux/arm64\", \"linux/arm64/v8\"]"] {
+            std::fs::write(&file, format!("[builds]\nplatforms = {bad}\n")).unwrap();
+            let err = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+            assert!(err.contains("platform"), "{bad}: {err}");
+        }
     }
 
     /// A scheduled gc whose window the access marks cannot resolve would

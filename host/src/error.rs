@@ -115,6 +115,22 @@ fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Error {
+    /// The error of one platform's build of an index: a failed build or
+    /// missing packages name the platform (`[builds] platforms`).
+    pub fn for_platform(self, platform: &str) -> Error {
+        match self {
+            Error::BuildFailed(mut b) => {
+                b.platform = Some(platform.to_string());
+                Error::BuildFailed(b)
+            }
+            Error::PackagesUnavailable(mut u) => {
+                u.platform = Some(platform.to_string());
+                Error::PackagesUnavailable(u)
+            }
+            other => other,
+        }
+    }
+
     /// A storage failure, [`Error::StorageFull`] when that is its cause;
     /// `context` (may be empty) says what was being done.
     pub fn storage(context: &str, e: &(dyn std::error::Error + 'static)) -> Error {
@@ -178,8 +194,10 @@ impl Error {
 
     fn detail(&self) -> serde_json::Value {
         match self {
-            Error::PackagesUnavailable(u) => json!({ "missing": u.missing, "unavailable": u.refused }),
-            Error::BuildFailed(b) => json!({ "packages": b.packages, "derivations": b.derivations }),
+            Error::PackagesUnavailable(u) => {
+                json!({ "missing": u.missing, "unavailable": u.refused, "platform": u.platform })
+            }
+            Error::BuildFailed(b) => json!({ "packages": b.packages, "derivations": b.derivations, "platform": b.platform }),
             Error::Plugin { plugin, hook, reason, .. } => {
                 json!({ "plugin": plugin, "hook": hook, "reason": reason })
             }
@@ -288,6 +306,9 @@ pub struct Unavailable {
     /// Names whose evaluation threw or failed an assertion, with the set's
     /// own reason (one line, no paths: `nix::lookup`).
     pub refused: Vec<Refused>,
+    /// The platform of an index whose build looked them up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +319,9 @@ pub struct Refused {
 
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = &self.platform {
+            write!(f, "for {p}: ")?;
+        }
         if !self.missing.is_empty() {
             write!(f, "packages not found: {}", self.missing.join(", "))?;
         }
@@ -325,12 +349,18 @@ pub struct BuildFailure {
     pub derivations: Vec<String>,
     /// Nix's last lines: the failing builder's log; for the server log only.
     pub log_tail: String,
+    /// The platform of an index this build was for.
+    pub platform: Option<String>,
 }
 
 impl std::fmt::Display for BuildFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = if self.packages.is_empty() { "the image".to_string() } else { self.packages.join(", ") };
-        write!(f, "building {what} failed")?;
+        write!(f, "building {what}")?;
+        if let Some(p) = &self.platform {
+            write!(f, " for {p}")?;
+        }
+        f.write_str(" failed")?;
         if !self.derivations.is_empty() {
             write!(f, " (derivation {} failed)", self.derivations.join(", "))?;
         }

@@ -44,6 +44,10 @@ enum Command {
         /// serves as a referrer) to this file.
         #[arg(long, value_name = "FILE")]
         sbom: Option<PathBuf>,
+        /// Build for this platform (`linux/amd64`, `linux/arm64`) instead of
+        /// `[builds] platforms`; more than one: `oci:` gets an image index.
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Vec<strata::config::Platform>,
         /// No progress bars (they are off anyway when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
@@ -204,7 +208,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_json || cfg.log_format == config::LogFormat::Json);
     match cli.command {
         Command::Serve => serve(cfg).await,
-        Command::Build { name, tag, output, sbom, quiet } => build(cfg, &name, &tag, &output, sbom.as_deref(), quiet).await,
+        Command::Build { name, tag, output, sbom, platform, quiet } => {
+            let mut cfg = cfg;
+            if !platform.is_empty() {
+                cfg.builds.platforms = platform;
+                cfg.validate()?;
+            }
+            build(cfg, &name, &tag, &output, sbom.as_deref(), quiet).await
+        }
         Command::Inspect { name, tag, json } => inspect(cfg, &name, &tag, json).await,
         Command::Gc { older_than, delete, no_nix, no_storage } => {
             let storage = strata::storage::Storage::from_config(&cfg)?;
@@ -259,8 +270,31 @@ async fn build(
     if !quiet {
         builder.set_progress(Arc::new(progress::Bars::new()));
     }
-    let image = builder.image(name, tag).await?;
-    strata::build::export::write(&builder.storage, &image, output, name).await?;
+    let tagged = builder.tagged(name, tag).await?;
+    strata::build::export::write(&builder.storage, &tagged, output, name).await?;
+    if let Some(index) = &tagged.index {
+        let platforms: Vec<String> = tagged.images.iter().map(|(p, _)| p.to_string()).collect();
+        println!("{name}:{tag}  index {} over {}", index.oci.digest, platforms.join(", "));
+    }
+    for (platform, image) in &tagged.images {
+        summarise(name, tag, platform, image, sbom.filter(|_| tagged.images.len() == 1), &builder).await?;
+    }
+    if sbom.is_some() && tagged.images.len() > 1 {
+        eprintln!("strata: --sbom writes one platform's SBOM: name it with --platform");
+    }
+    println!("written to {output:?}");
+    Ok(())
+}
+
+/// One built image, as `strata build` prints it (and its SBOM, if asked).
+async fn summarise(
+    name: &str,
+    tag: &str,
+    platform: &strata::config::Platform,
+    image: &strata::build::Image,
+    sbom: Option<&std::path::Path>,
+    builder: &Builder,
+) -> anyhow::Result<()> {
     if let Some(file) = sbom {
         let doc = image.sbom.as_ref().context("the image was recorded without an SBOM")?;
         let bytes = builder.storage.get_blob_bytes(&doc.digest).await?.context("the SBOM blob is missing from the store")?;
@@ -268,14 +302,14 @@ async fn build(
         println!("SBOM {} ({}) written to {}", doc.digest, human(doc.size), file.display());
     }
     let s = &image.summary;
-    println!("{name}:{tag}  {} packages, {} layers, strategy {} (plugin {})", s.packages.len(), s.layers.len(), s.strategy, s.grouping_plugin);
+    println!("{name}:{tag} ({platform})  {} packages, {} layers, strategy {} (plugin {})", s.packages.len(), s.layers.len(), s.strategy, s.grouping_plugin);
     println!("{:>3}  {:>10}  {:>10}  {:<71}  first path", "#", "size", "nar size", "digest");
     for (i, l) in s.layers.iter().enumerate() {
         let first = l.paths.first().map(String::as_str).unwrap_or("(symlink forest, /etc, /tmp)");
         let more = if l.paths.len() > 1 { format!(" +{}", l.paths.len() - 1) } else { String::new() };
         println!("{:>3}  {:>10}  {:>10}  {:<71}  {first}{more}", i + 1, human(l.size), human(l.nar_size), l.digest);
     }
-    println!("total {} compressed; written to {output:?}", human(s.layers.iter().map(|l| l.size).sum()));
+    println!("total {} compressed", human(s.layers.iter().map(|l| l.size).sum()));
     Ok(())
 }
 
@@ -304,6 +338,12 @@ async fn inspect(cfg: Config, name: &str, tag: &str, json: bool) -> anyhow::Resu
     println!("image     {}:{}", i.name, i.tag);
     println!("packages  {}", i.packages.join(" "));
     println!("arch      {}", i.arch);
+    if i.platforms.len() > 1 {
+        // An index: the lines below are the host platform's.
+        for p in &i.platforms {
+            println!("platform  {}: {} paths, {}, {} layers", p.platform, p.closure_paths, human(p.closure_nar_size), p.layers);
+        }
+    }
     println!("source    {}{}", i.source, if i.immutable { " (immutable)" } else { "" });
     let total: u64 = i.closure.iter().map(|p| p.nar_size).sum();
     println!("closure   {} paths, {}", i.closure.len(), human(total));

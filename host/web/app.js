@@ -227,7 +227,8 @@
     $("r-name").textContent = data.name + ":" + data.tag;
     $("r-pull").textContent = "docker pull " + host + "/" + ref;
     $("r-packages").replaceChildren(...data.packages.map((p) => el("li", { text: p })));
-    $("r-arch").textContent = data.arch;
+    $("r-arch").textContent = data.arch + (data.platforms.length > 1 ? " (shown below; every platform in Platforms)" : "");
+    renderPlatforms(data);
     $("r-source").textContent =
       data.source +
       (data.revision ? " at revision " + data.revision : "") +
@@ -237,6 +238,18 @@
     renderLayers(data);
     renderClosure();
     $("result").hidden = false;
+  }
+
+  // Every platform the name is built for: with several, a tag is an image
+  // index with one manifest each (the details below are one platform's).
+  function renderPlatforms(data) {
+    $("r-platforms").replaceChildren(
+      ...data.platforms.map((p) => {
+        const built = p.built ? "manifest " + p.built.manifest.slice(0, 19) + "…" : "not built yet";
+        const text = p.platform + ": " + p.closure_paths + " store paths (" + human(p.closure_nar_size) + "), " + p.layers + " layers, " + built;
+        return el("li", { text, title: p.built ? p.built.manifest : "" });
+      }),
+    );
   }
 
   // The SPDX document of the built image (the registry writes one per

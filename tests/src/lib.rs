@@ -316,6 +316,65 @@ pub fn build_c_plugin(source: &Path, wasm: &Path) {
     .assert_ok();
 }
 
+/// `[builds] platforms` of a two-platform server (amd64 and arm64), with
+/// two build slots (the default is one per core) so that both platforms
+/// build at once on any machine.
+pub const TWO_PLATFORMS: &str = "[builds]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\nmax_concurrent = 2\n";
+
+/// Nix here builds aarch64-linux derivations through `extra-platforms`: the
+/// busybox builder runs as is, so an arm64 image of a test holds amd64
+/// binaries, whose output names the system they were built *for*.
+pub const ARM64_NIX_CONFIG: &str = "substituters =\nextra-platforms = aarch64-linux";
+
+/// A package set whose outputs record the system they were built for:
+/// `whichsys` prints it; `armfails` builds on x86_64-linux only; `meet`'s
+/// builder for each system waits (up to two minutes, then fails) until the
+/// other system's has started, in `dir/meet`: it builds only when both
+/// platforms build at once. Under `dir`, every name carrying `nonce`.
+pub fn platform_set(dir: &Path, nonce: &str) -> PathBuf {
+    // Nix's builders run as its build users: they may pass through `dir`
+    // and write in `meet`.
+    let meet = dir.join("meet");
+    std::fs::create_dir_all(&meet).unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&meet, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let attrs = r#"  whichsys = mk "whichsys" ''
+    mkdir -p $out/bin
+    printf '#!%s sh\necho %s\n' ${bb} ${system} > $out/bin/whichsys
+    chmod 755 $out/bin/whichsys
+  '' {};
+  armfails = mk "armfails" (if system == "aarch64-linux"
+    then "echo this package does not build for aarch64 >&2; exit 1"
+    else "mkdir -p $out/share; echo ${system} > $out/share/armfails") {};
+  meet = mk "meet" ''
+    touch MEET/${system}
+    other=${if system == "aarch64-linux" then "x86_64-linux" else "aarch64-linux"}
+    i=0
+    while [ ! -e MEET/$other ]; do
+      i=$((i + 1)); [ $i -lt 1200 ] || { echo "the $other build never started" >&2; exit 1; }
+      sleep 0.1
+    done
+    mkdir -p $out/share; echo ${system} > $out/share/meet
+  '' {};
+"#;
+    write_busybox_set(dir, nonce, "", &attrs.replace("MEET", &meet.display().to_string()))
+}
+
+/// A server of [`platform_set`] for amd64 and arm64, on `storage` (a new
+/// directory when `None`); the set is written under `dir`.
+pub fn two_platform_server(dir: &Path, nonce: &str, storage: Option<PathBuf>) -> Server {
+    let pkgs = platform_set(dir, nonce);
+    Server::start_with(ServerOptions {
+        storage,
+        extra_toml: TWO_PLATFORMS.into(),
+        env: vec![
+            ("NIXERY_PKGS_PATH".into(), pkgs.display().to_string()),
+            ("NIX_CONFIG".into(), ARM64_NIX_CONFIG.into()),
+        ],
+        ..Default::default()
+    })
+}
+
 /// A value no other call makes, in this process, another one running beside
 /// it (scripts/test-binaries.sh) or an earlier run: for names that must be
 /// new to the Nix store, and for STRATA_FAULT_NONCE, which makes

@@ -36,6 +36,48 @@ fn ctr_pulls_and_runs_hello() {
     assert_eq!(columns[1..3], ["application/vnd.docker.distribution.manifest.v2+json", docker_digest.as_str()], "{images}");
 }
 
+/// A tag served for amd64 and arm64 (tests/tests/platforms.rs): `ctr
+/// image pull --platform linux/arm64` fetches the arm64 image's config and
+/// layers (and not the amd64 config), and runs what Nix built for
+/// aarch64-linux (amd64 binaries here: Nix's `extra-platforms`).
+#[test]
+fn ctr_pulls_the_arm64_image_of_an_index() {
+    let work = tempfile::tempdir().unwrap();
+    let server = two_platform_server(work.path(), &unique_suffix(), None);
+    let containerd = Containerd::start();
+    let image = format!("{}/whichsys:latest", server.host());
+    let pull = containerd.ctr(&["image", "pull", "--plain-http", "--platform", "linux/arm64", &image], Duration::from_secs(300));
+    assert!(pull.success(), "ctr image pull: {pull}\n--- strata log ---\n{}", server.log());
+
+    // What the registry serves for each platform, through the Docker list
+    // ctr asks for.
+    let list: Value = server
+        .get("/v2/whichsys/manifests/latest")
+        .header("Accept", "application/vnd.docker.distribution.manifest.list.v2+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let config_of = |arch: &str| {
+        let entry = list["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == arch).unwrap();
+        let m: Value = server.get(&format!("/v2/whichsys/manifests/{}", entry["digest"].as_str().unwrap())).send().unwrap().json().unwrap();
+        let layers: Vec<String> = m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+        (m["config"]["digest"].as_str().unwrap().to_string(), layers)
+    };
+    let (arm_config, arm_layers) = config_of("arm64");
+    let (amd_config, _) = config_of("amd64");
+    let content = containerd.ctr(&["content", "ls", "--quiet"], Duration::from_secs(30)).assert_ok().stdout;
+    let held: Vec<&str> = content.lines().collect();
+    assert!(held.contains(&arm_config.as_str()), "arm64 config {arm_config} not fetched: {content}");
+    assert!(!held.contains(&amd_config.as_str()), "amd64 config {amd_config} fetched too: {content}");
+    for layer in &arm_layers {
+        assert!(held.contains(&layer.as_str()), "arm64 layer {layer} not fetched: {content}");
+    }
+
+    let run = containerd.ctr_run_on(&image, "whichsys-1", &["whichsys"], Some("linux/arm64"), Duration::from_secs(120)).assert_ok();
+    assert_eq!(run.stdout.trim(), "aarch64-linux", "{run}");
+}
+
 /// A private containerd: its own configuration, socket, root and state
 /// directories, and only the plugins `ctr pull` and `ctr run` need;
 /// stopped on drop.
@@ -131,9 +173,19 @@ impl Containerd {
     /// in a cgroup of the test's own (ctr's default parent, the namespace's
     /// name, is never removed).
     fn ctr_run(&self, image: &str, id: &str, command: &[&str], timeout: Duration) -> Output {
+        self.ctr_run_on(image, id, command, None, timeout)
+    }
+
+    /// [`Containerd::ctr_run`] of the image's `platform` (`ctr run
+    /// --platform`), when not the host's.
+    fn ctr_run_on(&self, image: &str, id: &str, command: &[&str], platform: Option<&str>, timeout: Duration) -> Output {
         let d = self.dir.path();
         let mut cmd = self.command();
-        cmd.args(["run", "--rm", "--runc-binary"])
+        cmd.arg("run");
+        if let Some(p) = platform {
+            cmd.args(["--platform", p]);
+        }
+        cmd.args(["--rm", "--runc-binary"])
             .arg(&self.runc)
             .arg("--runc-root")
             .arg(d.join("runc"))

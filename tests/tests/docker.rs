@@ -53,3 +53,33 @@ fn docker_run_without_a_command_opens_bash() {
     assert!(run.success(), "docker run: {run}\n--- strata log ---\n{}", server.log());
     assert_eq!(run.stdout, "from-bash\nHello, world!\n", "{run}");
 }
+
+/// A tag served for amd64 and arm64 (tests/tests/platforms.rs): `docker
+/// pull --platform linux/arm64` gets the arm64 image, a plain pull the
+/// host's, and each runs what Nix built for its system (the arm64 one holds
+/// amd64 binaries here: Nix's `extra-platforms`).
+#[test]
+fn docker_pulls_each_platform_of_an_index() {
+    let _turn = docker_lock();
+    let work = tempfile::tempdir().unwrap();
+    let server = two_platform_server(work.path(), &unique_suffix(), None);
+    let engine = Dockerd::start();
+    let image = format!("{}/whichsys", server.host());
+    for (platform, arch, system) in [("linux/arm64", "arm64", "aarch64-linux"), ("", "amd64", "x86_64-linux")] {
+        let mut pull = vec!["pull"];
+        let mut run = vec!["run", "--rm", "--network", "none"];
+        if !platform.is_empty() {
+            pull.extend(["--platform", platform]);
+            run.extend(["--platform", platform]);
+        }
+        pull.push(&image);
+        run.extend([image.as_str(), "whichsys"]);
+        let out = engine.docker(&pull, Duration::from_secs(300));
+        assert!(out.success(), "docker {pull:?}: {out}\n--- strata log ---\n{}", server.log());
+        let inspect = engine.docker(&["image", "inspect", &image], Duration::from_secs(30)).assert_ok();
+        let info: Value = serde_json::from_str(&inspect.stdout).unwrap();
+        assert_eq!(info[0]["Architecture"], arch, "{}", inspect.stdout);
+        let out = engine.docker(&run, Duration::from_secs(120)).assert_ok();
+        assert_eq!(out.stdout.trim(), system, "{out}");
+    }
+}

@@ -48,6 +48,39 @@ fn podman_pulls_and_runs_hello() {
     assert_eq!(info[0]["Config"]["Cmd"], serde_json::json!(["bash"]), "{}", info[0]["Config"]);
 }
 
+/// A tag served for amd64 and arm64 (tests/tests/platforms.rs): `podman
+/// pull --arch arm64` gets the arm64 image, whose `whichsys` says it was
+/// built for aarch64-linux (with amd64 binaries here: Nix's
+/// `extra-platforms`); a plain pull gets the amd64 one.
+#[test]
+fn podman_pulls_each_platform_of_an_index() {
+    let work = tempfile::tempdir().unwrap();
+    let server = two_platform_server(work.path(), &unique_suffix(), None);
+    let podman = Podman::new();
+    let image = format!("{}/whichsys", server.host());
+    let policy = podman.policy();
+    let cgroup = podman.cgroup_parent();
+    for (arch, system) in [("arm64", "aarch64-linux"), ("", "x86_64-linux")] {
+        let mut pull = vec!["pull", "--quiet", "--tls-verify=false", "--signature-policy", &policy];
+        if !arch.is_empty() {
+            pull.extend(["--arch", arch]);
+        }
+        pull.push(&image);
+        let out = podman.run(&pull, Duration::from_secs(300));
+        assert!(out.success(), "podman {pull:?}: {out}\n--- strata log ---\n{}", server.log());
+        // By the id it printed: the name alone would make podman look for
+        // the host's platform among local images.
+        let id = out.stdout.trim().to_string();
+        let inspect = podman.run(&["image", "inspect", &id], Duration::from_secs(30)).assert_ok();
+        let info: Value = serde_json::from_str(&inspect.stdout).unwrap();
+        assert_eq!(info[0]["Architecture"], if arch.is_empty() { "amd64" } else { arch }, "{}", inspect.stdout);
+        let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+        let args = [&["run", "--rm", "--runtime", "runc", "--network", "none", "--cgroup-parent", &cgroup][..], &limits, &[&id, "whichsys"]];
+        let run = podman.run(&args.concat(), Duration::from_secs(120)).assert_ok();
+        assert_eq!(run.stdout.trim(), system, "{run}");
+    }
+}
+
 /// A podman with everything it keeps or reads in one temporary directory.
 struct Podman {
     podman: PathBuf,

@@ -1,6 +1,7 @@
 //! `strata build --output`: an image from the store written as an OCI image
 //! layout or a `docker load`-able archive, so images can be built offline
-//! with the server's plugins and config.
+//! with the server's plugins and config. A tag built for several platforms
+//! is written as an OCI layout whose entry is the tag's index.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::build::record::Image;
+use crate::build::record::{Image, Tagged};
 use crate::image::manifest::Format;
 use crate::storage::Storage;
 
@@ -72,23 +73,36 @@ fn blobs_of(m: &ImageManifest) -> Vec<String> {
         .collect()
 }
 
-pub async fn write(storage: &Storage, image: &Image, output: &Output, name: &str) -> anyhow::Result<()> {
+pub async fn write(storage: &Storage, tagged: &Tagged, output: &Output, name: &str) -> anyhow::Result<()> {
     match output {
-        Output::Oci { dir, tag } => write_oci(storage, image, dir, tag).await,
+        Output::Oci { dir, tag } => write_oci(storage, tagged, dir, tag).await,
         Output::DockerArchive { file, reference } => {
+            if tagged.index.is_some() {
+                bail!("a docker archive holds one platform: name one with --platform, or write oci:DIR for the index");
+            }
             let reference = reference.clone().unwrap_or_else(|| format!("{name}:latest"));
-            write_docker_archive(storage, image, file, &reference).await
+            write_docker_archive(storage, tagged.image(), file, &reference).await
         }
     }
 }
 
-async fn write_oci(storage: &Storage, image: &Image, dir: &Path, tag: &str) -> anyhow::Result<()> {
+async fn write_oci(storage: &Storage, tagged: &Tagged, dir: &Path, tag: &str) -> anyhow::Result<()> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).with_context(|| format!("create {}", blobs.display()))?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let manifest = image.manifest(Format::Oci);
-    let mut digests = blobs_of(&manifest_of(image)?);
-    digests.push(manifest.digest.clone());
+    // The layout's entry: the tag's index, or its one manifest.
+    let (manifest, media_type) = match &tagged.index {
+        Some(index) => (&index.oci, MediaType::ImageIndex),
+        None => (tagged.image().manifest(Format::Oci), MediaType::ImageManifest),
+    };
+    let mut digests = Vec::new();
+    for (_, image) in &tagged.images {
+        digests.extend(blobs_of(&manifest_of(image)?));
+        digests.push(image.manifest(Format::Oci).digest.clone());
+    }
+    if tagged.index.is_some() {
+        digests.push(manifest.digest.clone());
+    }
     for digest in digests {
         let path = blobs.join(digest.trim_start_matches("sha256:"));
         if path.exists() {
@@ -112,7 +126,7 @@ async fn write_oci(storage: &Storage, image: &Image, dir: &Path, tag: &str) -> a
     const REF: &str = "org.opencontainers.image.ref.name";
     entries.retain(|d| d.annotations().as_ref().and_then(|a| a.get(REF)).map(String::as_str) != Some(tag));
     let mut desc = Descriptor::new(
-        MediaType::ImageManifest,
+        media_type,
         manifest.bytes.len() as u64,
         Digest::from_str(&manifest.digest)?,
     );

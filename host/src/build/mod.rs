@@ -15,10 +15,13 @@ use tokio::sync::Semaphore;
 pub mod export;
 pub mod record;
 
-pub use record::{Built, BuiltSbom, Image, ImageSummary, InspectedLayer, Inspection, LayerSummary, Manifest, SbomRef};
-use record::{image_cache, record_key, ImageRecord, LayerRecord};
+pub use record::{
+    Built, BuiltSbom, Image, ImageSummary, Index, InspectedLayer, Inspection, LayerSummary, Manifest, PlatformSummary,
+    SbomRef, Tagged,
+};
+use record::{image_cache, index_key, record_key, ImageRecord, IndexRecord, LayerRecord};
 
-use crate::config::Config;
+use crate::config::{Config, Platform};
 use crate::error::{Error, Result};
 use crate::image::layers::{self, FinalLayer, LayerBlob};
 use crate::image::manifest::{self, Format, LayerDescription};
@@ -37,7 +40,7 @@ pub trait Progress: Send + Sync {
     fn layer_done(&self, _index: usize, _blob: &LayerBlob, _reused: bool) {}
 }
 
-type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Image>>>>;
+type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Tagged>>>>;
 
 pub struct Builder {
     cfg: Arc<Config>,
@@ -47,17 +50,17 @@ pub struct Builder {
     /// Which replica builds which image, when several share the store.
     pub leases: Leases,
     popularity: Arc<BTreeMap<String, u64>>,
-    /// (name, tag) → built image: a warm pull touches neither Nix nor
+    /// (name, tag) → built image(s): a warm pull touches neither Nix nor
     /// plugins. Bounded in bytes; entries of mutable sources expire.
-    images: moka::sync::Cache<(String, String), Arc<Image>>,
+    images: moka::sync::Cache<(String, String), Arc<Tagged>>,
     /// Manifests by digest, for clients that re-fetch by digest (Docker).
     /// Kept one access-mark interval, as images are: gc may remove a
     /// manifest's blobs, and a replica that kept serving it would answer
     /// for an image whose layers are gone.
     by_digest: moka::sync::Cache<String, Manifest>,
-    /// (name, tag) → an inspection and its image's cache key: a repeated
-    /// `/api/inspect` runs no Nix. Kept as long as a mutable image is.
-    inspections: moka::sync::Cache<(String, String), (Arc<Inspection>, String)>,
+    /// An image's cache key → its inspection: a repeated `/api/inspect`
+    /// runs no Nix. Kept as long as a mutable image is.
+    inspections: moka::sync::Cache<String, Arc<Inspection>>,
     /// One build per (name, tag) at a time; later requests await the first.
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
     /// Builds of different images at once, and how many may wait.
@@ -78,11 +81,9 @@ fn hex_sha256(bytes: &[u8]) -> String {
 
 /// Docker's architecture names → Nix systems.
 fn nix_system(arch: &str) -> Result<&'static str> {
-    match arch {
-        "amd64" => Ok("x86_64-linux"),
-        "arm64" => Ok("aarch64-linux"),
-        other => Err(Error::Internal(format!("expansion chose unsupported architecture {other:?}"))),
-    }
+    Platform::linux(arch)
+        .nix_system()
+        .ok_or_else(|| Error::Internal(format!("expansion chose unsupported architecture {arch:?}")))
 }
 
 impl Builder {
@@ -123,7 +124,7 @@ impl Builder {
                 .build(),
             inspections: moka::sync::Cache::builder()
                 .max_capacity(memory / 4)
-                .weigher(|_, (i, _): &(Arc<Inspection>, String)| i.weight())
+                .weigher(|_, i: &Arc<Inspection>| i.weight())
                 .time_to_live(mutable_ttl)
                 .build(),
             inflight: Mutex::default(),
@@ -154,17 +155,26 @@ impl Builder {
         self.cfg.clone()
     }
 
-    /// The image for a validated name and tag: from memory, else from the
-    /// store's records, else built; concurrent callers share one build.
+    /// The image a client that takes no index gets for a validated name
+    /// and tag (the host platform's): see [`Builder::tagged`].
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
+        Ok(self.tagged(name, tag).await?.image().clone())
+    }
+
+    /// What a validated name and tag serves, one image or one per platform
+    /// with their index: from memory, else from the store's records, else
+    /// built; concurrent callers share one build.
+    pub async fn tagged(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Tagged>> {
         let key = (name.to_string(), tag.to_string());
-        if let Some(img) = self.images.get(&key) {
+        if let Some(tagged) = self.images.get(&key) {
             // Once its access mark is due (`[cache] access_mark_secs`), an
             // image goes the store's way again: `strata gc` may have removed
             // it since.
-            if img.expires.is_none_or(|t| t > Instant::now()) && !self.storage.access_due(&img.docker.digest) {
+            let fresh = tagged.expires().is_none_or(|t| t > Instant::now())
+                && !tagged.images.iter().any(|(_, img)| self.storage.access_due(&img.docker.digest));
+            if fresh {
                 crate::ops::metrics::cache("memory");
-                return Ok(img);
+                return Ok(tagged);
             }
         }
         let fut = {
@@ -183,8 +193,8 @@ impl Builder {
                         })
                         .await
                         .unwrap_or_else(|e| Err(Error::Internal(format!("build task: {e}"))));
-                        if let Ok(img) = &result {
-                            this.remember(name.clone(), tag.clone(), img.clone());
+                        if let Ok(tagged) = &result {
+                            this.remember(name.clone(), tag.clone(), tagged.clone());
                         }
                         this.inflight.lock().unwrap().remove(&(name, tag));
                         result
@@ -194,9 +204,12 @@ impl Builder {
                 })
                 .clone()
         };
-        let img = fut.await?;
-        self.storage.mark_access(&img.docker.digest);
-        Ok(img)
+        let tagged = fut.await?;
+        // An index's images are marked together: gc keeps them together.
+        for (_, img) in &tagged.images {
+            self.storage.mark_access(&img.docker.digest);
+        }
+        Ok(tagged)
     }
 
     /// Drops from memory what gc just removed from the store (`digests`:
@@ -210,12 +223,14 @@ impl Builder {
         let gone: Vec<(String, String)> = self
             .images
             .iter()
-            .filter(|(_, img)| digests.contains(&img.docker.digest) || digests.contains(&img.oci.digest))
+            .filter(|(_, tagged)| tagged.manifests().iter().any(|m| digests.contains(&m.digest)))
             .map(|(key, _)| (*key).clone())
             .collect();
         for key in gone {
-            if let Some(img) = self.images.remove(&key) {
-                self.storage.forget_access(&img.docker.digest);
+            if let Some(tagged) = self.images.remove(&key) {
+                for (_, img) in &tagged.images {
+                    self.storage.forget_access(&img.docker.digest);
+                }
             }
         }
         for digest in digests {
@@ -223,11 +238,11 @@ impl Builder {
         }
     }
 
-    fn remember(&self, name: String, tag: String, img: Arc<Image>) {
-        for m in [&img.docker, &img.oci] {
+    fn remember(&self, name: String, tag: String, tagged: Arc<Tagged>) {
+        for m in tagged.manifests() {
             self.by_digest.insert(m.digest.clone(), m.clone());
         }
-        self.images.insert((name, tag), img);
+        self.images.insert((name, tag), tagged);
     }
 
     /// Waits for a build slot, or refuses at once when too many wait: a
@@ -259,6 +274,8 @@ impl Builder {
         let media_type = match manifest::declared_media_type(&bytes).as_deref() {
             Some(manifest::OCI_MANIFEST) => manifest::OCI_MANIFEST,
             Some(manifest::DOCKER_MANIFEST) => manifest::DOCKER_MANIFEST,
+            Some(manifest::OCI_INDEX) => manifest::OCI_INDEX,
+            Some(manifest::DOCKER_LIST) => manifest::DOCKER_LIST,
             _ => return Err(Error::ManifestUnknown(digest.to_string())),
         };
         let m = Manifest { bytes, digest: digest.to_string(), media_type };
@@ -266,11 +283,19 @@ impl Builder {
         Ok(m)
     }
 
-    /// Names and source through the plugins: the part of a build that runs
-    /// even when the image turns out to be stored already.
+    /// Names and source through the plugins, for the host's platform: the
+    /// part of a build that runs even when the image turns out to be stored
+    /// already.
     pub async fn plan(&self, name: &str, tag: &str) -> Result<Plan> {
+        self.plan_for(name, tag, &Platform::host().arch).await
+    }
+
+    /// [`Builder::plan`] for the platform of architecture `arch`, unless the
+    /// name chooses another (`arm64/…`): the plan's expansion says which.
+    pub async fn plan_for(&self, name: &str, tag: &str, arch: &str) -> Result<Plan> {
         let segments: Vec<String> = name.split('/').map(str::to_string).collect();
-        let mut expansion = timed("expand chain", "expand_names", self.plugins.expand(&segments, tag)).await?;
+        let expand = self.plugins.expand_for(&segments, tag, arch);
+        let mut expansion = timed("expand chain", "expand_names", expand).await?;
         // Sorted, as Nixery does: `git/shell` and `shell/git` are one image,
         // byte for byte, whichever a replica happened to build first (the
         // symlink forest's "first package wins" then follows this order).
@@ -344,9 +369,79 @@ impl Builder {
         crate::image::compress::encodings(&self.cfg.layers).iter().map(|e| e.format_id()).collect()
     }
 
-    async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Image>> {
-        // 1. Plugins: which packages, for which architecture, from where.
-        let plan = self.plan(name, tag).await?;
+    /// The platforms a name is built for, each with its plan, in the
+    /// index's order: every `[builds] platforms` entry, or one when only
+    /// one is configured or the name chose its architecture (`arm64/…`,
+    /// Nixery's meaning: one image of it, no index).
+    async fn targets(&self, name: &str, tag: &str) -> Result<Vec<(Platform, Plan)>> {
+        let platforms = &self.cfg.builds.platforms;
+        let plans =
+            futures::future::try_join_all(platforms.iter().map(|p| self.plan_for(name, tag, &p.arch))).await?;
+        let chosen = plans.iter().zip(platforms).position(|(plan, p)| plan.expansion.arch != p.arch);
+        let mut targets: Vec<(Platform, Plan)> = platforms.iter().cloned().zip(plans).collect();
+        if platforms.len() == 1 || chosen.is_some() {
+            let (_, plan) = targets.swap_remove(chosen.unwrap_or(0));
+            return Ok(vec![(Platform::linux(&plan.expansion.arch), plan)]);
+        }
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(targets)
+    }
+
+    async fn build(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<Tagged>> {
+        // 1. Plugins: which packages, for which architecture, from where;
+        //    once per platform.
+        let targets = self.targets(name, tag).await?;
+        if let [(platform, plan)] = &targets[..] {
+            return Ok(Arc::new(Tagged::single(platform.clone(), self.platform_image(name, tag, plan).await?)));
+        }
+        // 2–6 for every platform at once, each in a build slot of its own.
+        // All run to their end: a platform that failed leaves the others'
+        // images recorded, and the retry builds only what failed.
+        let built = futures::future::join_all(targets.iter().map(|(platform, plan)| async move {
+            let image = self.platform_image(name, tag, plan).await.map_err(|e| e.for_platform(&platform.to_string()))?;
+            Ok::<_, Error>((platform.clone(), image))
+        }))
+        .await;
+        let images = built.into_iter().collect::<Result<Vec<_>>>()?;
+        // 7. The index over them, the same bytes wherever they are served.
+        let index = self.store_index(&images).await?;
+        Ok(Arc::new(Tagged { images, index: Some(index) }))
+    }
+
+    /// The OCI index and the Docker manifest list over one image per
+    /// platform, stored with the record that lets gc keep them as long as
+    /// it keeps all of those images.
+    async fn store_index(&self, images: &[(Platform, Arc<Image>)]) -> Result<Index> {
+        let mut both = Vec::new();
+        for format in [Format::Docker, Format::Oci] {
+            let entries: Vec<manifest::IndexEntry> = images
+                .iter()
+                .map(|(platform, img)| {
+                    let m = img.manifest(format);
+                    manifest::IndexEntry { platform, digest: &m.digest, size: m.bytes.len() as u64 }
+                })
+                .collect();
+            let bytes = Bytes::from(manifest::index_json(format, &entries)?);
+            // Put every time the tag is assembled: gc may have removed the
+            // blob while its images stayed in memory.
+            let digest = self.storage.put_blob(bytes.clone()).await?;
+            both.push(Manifest { bytes, digest, media_type: format.index_media_type() });
+        }
+        let oci = both.pop().expect("two indexes");
+        let docker = both.pop().expect("two indexes");
+        let record = IndexRecord {
+            docker: docker.digest.clone(),
+            oci: oci.digest.clone(),
+            manifests: images.iter().flat_map(|(_, i)| [i.docker.digest.clone(), i.oci.digest.clone()]).collect(),
+        };
+        let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(&index_key(&oci.digest), Bytes::from(record)).await?;
+        Ok(Index { docker, oci })
+    }
+
+    /// One platform's image (the whole pull path when one platform is
+    /// configured): from the store's records, else built.
+    async fn platform_image(&self, name: &str, tag: &str, plan: &Plan) -> Result<Arc<Image>> {
         let record_key = record_key(&plan.cache_key);
         if let Some(img) = self.load_record(&record_key).await? {
             crate::ops::metrics::cache("store");
@@ -363,13 +458,13 @@ impl Builder {
         let _slot = self.build_slot().await?;
         crate::ops::metrics::cache("built");
         let started = Instant::now();
-        let result = self.build_new(name, tag, &plan, &record_key).await;
+        let result = self.build_new(name, tag, plan, &record_key).await;
         crate::ops::metrics::build(started.elapsed(), result.is_ok());
         result
     }
 
     async fn build_new(&self, name: &str, tag: &str, plan: &Plan, record_key: &str) -> Result<Arc<Image>> {
-        tracing::info!(%name, %tag, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
+        tracing::info!(%name, %tag, arch = %plan.expansion.arch, packages = ?plan.expansion.packages, source = %plan.source.identity, "building image");
 
         // 2. Nix builds the packages; 3. the grouping plugin splits their
         //    closure into layers.
@@ -571,17 +666,47 @@ impl Builder {
     }
 
     /// What an image would hold and how it would be layered, without
-    /// packing. Remembered as images are, and run under the builds' limit
-    /// (`builds.max_concurrent`): an inspection runs Nix as a build does.
+    /// packing: the host platform's in full (else the first's), and a
+    /// summary of every platform the name is built for.
     pub async fn inspect(&self, name: &str, tag: &str) -> Result<Inspection> {
-        let key = (name.to_string(), tag.to_string());
-        if let Some(found) = self.remembered_inspection(&key).await? {
+        let targets = self.targets(name, tag).await?;
+        let several = targets.len() > 1;
+        let inspections = futures::future::try_join_all(targets.into_iter().map(|(platform, plan)| async move {
+            match self.inspect_plan(name, tag, plan).await {
+                Ok(i) => Ok((platform, i)),
+                Err(e) if several => Err(e.for_platform(&platform.to_string())),
+                Err(e) => Err(e),
+            }
+        }))
+        .await?;
+        let platforms: Vec<PlatformSummary> = inspections
+            .iter()
+            .map(|(platform, i)| PlatformSummary {
+                platform: platform.to_string(),
+                arch: i.arch.clone(),
+                closure_paths: i.closure.len(),
+                closure_nar_size: i.closure.iter().map(|p| p.nar_size).sum(),
+                layers: i.layers.len() + 1,
+                built: i.built.clone(),
+            })
+            .collect();
+        let host = Platform::host();
+        let pick = inspections.iter().position(|(p, _)| p.arch == host.arch).unwrap_or(0);
+        let (_, mut inspection) = inspections.into_iter().nth(pick).expect("a platform");
+        inspection.platforms = platforms;
+        Ok(inspection)
+    }
+
+    /// One platform's inspection. Remembered as images are, and run under
+    /// the builds' limit (`builds.max_concurrent`): an inspection runs Nix
+    /// as a build does.
+    async fn inspect_plan(&self, name: &str, tag: &str, plan: Plan) -> Result<Inspection> {
+        if let Some(found) = self.remembered_inspection(name, tag, &plan.cache_key).await? {
             return Ok(found);
         }
-        let plan = self.plan(name, tag).await?;
         let _slot = self.build_slot().await?;
         // Asked for by another request while this one waited for its slot.
-        if let Some(found) = self.remembered_inspection(&key).await? {
+        if let Some(found) = self.remembered_inspection(name, tag, &plan.cache_key).await? {
             return Ok(found);
         }
         let (resolved, grouping) = self.resolve_and_group(&plan).await?;
@@ -606,17 +731,21 @@ impl Builder {
             roots: resolved.roots,
             closure: resolved.graph.paths,
             layers,
+            platforms: Vec::new(),
         };
-        self.inspections.insert(key, (Arc::new(inspection.clone()), plan.cache_key));
+        self.inspections.insert(plan.cache_key.clone(), Arc::new(inspection.clone()));
         Ok(inspection)
     }
 
-    /// A remembered inspection, with what the store now holds of its image
-    /// (it may have been built, or collected, since).
-    async fn remembered_inspection(&self, key: &(String, String)) -> Result<Option<Inspection>> {
-        let Some((inspection, cache_key)) = self.inspections.get(key) else { return Ok(None) };
+    /// A remembered inspection of the image `cache_key` names, for this
+    /// name and tag (another name may mean the same image), with what the
+    /// store now holds of it (it may have been built, or collected, since).
+    async fn remembered_inspection(&self, name: &str, tag: &str, cache_key: &str) -> Result<Option<Inspection>> {
+        let Some(inspection) = self.inspections.get(cache_key) else { return Ok(None) };
         let mut inspection = (*inspection).clone();
-        inspection.built = self.built(&key.0, &cache_key).await?;
+        inspection.name = name.to_string();
+        inspection.tag = tag.to_string();
+        inspection.built = self.built(name, cache_key).await?;
         Ok(Some(inspection))
     }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_plugin_sdk::StorePath;
 
+use crate::config::Platform;
 use crate::image::layers::LayerBlob;
-use crate::image::manifest::Format;
+use crate::image::manifest::{Accepted, Format};
 
 /// A manifest as served: its bytes and their digest.
 #[derive(Debug, Clone)]
@@ -94,6 +95,77 @@ impl Image {
     }
 }
 
+/// What a tag serves: one image, or, with several `[builds] platforms`
+/// and a name that chooses no architecture, one image per platform and the
+/// index over them.
+pub struct Tagged {
+    /// By platform (the index's order); one when there is no index.
+    pub images: Vec<(Platform, Arc<Image>)>,
+    pub index: Option<Index>,
+}
+
+/// A tag's index in both families: the OCI index over the OCI manifests,
+/// the Docker manifest list over the schema 2 ones.
+pub struct Index {
+    pub docker: Manifest,
+    pub oci: Manifest,
+}
+
+impl Tagged {
+    /// One image, no index.
+    pub fn single(platform: Platform, image: Arc<Image>) -> Tagged {
+        Tagged { images: vec![(platform, image)], index: None }
+    }
+
+    /// The image a client that takes no index gets: the host platform's,
+    /// else the first.
+    pub fn image(&self) -> &Arc<Image> {
+        let host = Platform::host();
+        let found = self.images.iter().find(|(p, _)| p.arch == host.arch);
+        &found.unwrap_or(&self.images[0]).1
+    }
+
+    /// The index or the manifest a client's `Accept` asks for.
+    pub fn manifest(&self, accepted: Accepted) -> &Manifest {
+        match (&self.index, accepted.index()) {
+            (Some(index), Some(Format::Docker)) => &index.docker,
+            (Some(index), Some(Format::Oci)) => &index.oci,
+            _ => self.image().manifest(accepted.format),
+        }
+    }
+
+    /// Every manifest served for the tag, the index's among them.
+    pub fn manifests(&self) -> Vec<&Manifest> {
+        let index = self.index.iter().flat_map(|i| [&i.docker, &i.oci]);
+        self.images.iter().flat_map(|(_, i)| [&i.docker, &i.oci]).chain(index).collect()
+    }
+
+    /// The earliest of its images' expiries.
+    pub(crate) fn expires(&self) -> Option<Instant> {
+        self.images.iter().filter_map(|(_, i)| i.expires).min()
+    }
+
+    fn weight(&self) -> u32 {
+        let index = self.index.as_ref().map_or(0, |i| i.docker.bytes.len() + i.oci.bytes.len()) as u32;
+        self.images.iter().fold(index, |w, (_, i)| w.saturating_add(i.weight()))
+    }
+}
+
+/// The stored record of a tag's index: its two blobs and the manifests it
+/// lists, for `strata gc` (the index is rebuilt from its images, byte for
+/// byte, wherever they are served).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IndexRecord {
+    pub docker: String,
+    pub oci: String,
+    pub manifests: Vec<String>,
+}
+
+/// Where the record of an index lives, by its OCI digest.
+pub(crate) fn index_key(oci_digest: &str) -> String {
+    format!("{}{}.json", crate::storage::INDEX_PREFIX, oci_digest.trim_start_matches("sha256:"))
+}
+
 /// A packed layer's record: the blob in the first encoding, as `strata gc`
 /// reads it, and the other encodings' blobs.
 #[derive(Serialize, Deserialize)]
@@ -123,6 +195,22 @@ pub struct Inspection {
     /// The store-path layers; the host's symlink layer comes after them.
     pub layers: Vec<InspectedLayer>,
     /// `None` until the image was built (pulled) once.
+    pub built: Option<Built>,
+    /// Every platform the name is built for (one without an index); the
+    /// fields above are the host platform's, else the first's.
+    pub platforms: Vec<PlatformSummary>,
+}
+
+/// One platform of an inspected name.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformSummary {
+    /// `linux/arm64/v8`
+    pub platform: String,
+    pub arch: String,
+    pub closure_paths: usize,
+    pub closure_nar_size: u64,
+    /// The host's symlink layer included.
+    pub layers: usize,
     pub built: Option<Built>,
 }
 
@@ -165,12 +253,12 @@ pub(crate) fn record_key(cache_key: &str) -> String {
     format!("{}{cache_key}.json", crate::storage::IMAGE_PREFIX)
 }
 
-/// (name, tag) → image, holding at most `max_bytes` of them by
-/// [`Image::weight`]; entries of mutable sources expire with their image.
-pub(crate) fn image_cache(max_bytes: u64) -> moka::sync::Cache<(String, String), Arc<Image>> {
+/// (name, tag) → what it serves, holding at most `max_bytes` of them by
+/// weight; entries of mutable sources expire with their first image.
+pub(crate) fn image_cache(max_bytes: u64) -> moka::sync::Cache<(String, String), Arc<Tagged>> {
     moka::sync::Cache::builder()
         .max_capacity(max_bytes)
-        .weigher(|_, img: &Arc<Image>| img.weight())
+        .weigher(|_, t: &Arc<Tagged>| t.weight())
         .expire_after(ImageExpiry)
         .build()
 }
@@ -179,9 +267,9 @@ pub(crate) fn image_cache(max_bytes: u64) -> moka::sync::Cache<(String, String),
 /// evicted by size.
 struct ImageExpiry;
 
-impl moka::Expiry<(String, String), Arc<Image>> for ImageExpiry {
-    fn expire_after_create(&self, _: &(String, String), img: &Arc<Image>, now: Instant) -> Option<Duration> {
-        img.expires.map(|t| t.saturating_duration_since(now))
+impl moka::Expiry<(String, String), Arc<Tagged>> for ImageExpiry {
+    fn expire_after_create(&self, _: &(String, String), t: &Arc<Tagged>, now: Instant) -> Option<Duration> {
+        t.expires().map(|t| t.saturating_duration_since(now))
     }
 }
 
@@ -191,6 +279,10 @@ mod tests {
     use super::*;
     use moka::Expiry;
     use crate::image::manifest;
+
+    fn tagged(i: usize, manifest_bytes: usize) -> Arc<Tagged> {
+        Arc::new(Tagged::single(Platform::host(), image(i, manifest_bytes)))
+    }
 
     fn image(i: usize, manifest_bytes: usize) -> Arc<Image> {
         let m = |media_type| Manifest {
@@ -219,10 +311,10 @@ mod tests {
     fn memory_cache_stays_within_its_byte_bound() {
         let bound = 200_000;
         let cache = image_cache(bound);
-        let weight = image(0, 10_000).weight() as u64;
+        let weight = tagged(0, 10_000).weight() as u64;
         assert!(weight >= 20_000, "an image weighs at least its two manifests: {weight}");
         for i in 0..100 {
-            cache.insert((format!("img{i}"), "latest".into()), image(i, 10_000));
+            cache.insert((format!("img{i}"), "latest".into()), tagged(i, 10_000));
             cache.run_pending_tasks();
             assert!(cache.weighted_size() <= bound, "{} bytes held after {i} inserts", cache.weighted_size());
         }
@@ -240,16 +332,16 @@ mod tests {
         let with_expiry = |expires: Option<Instant>| {
             let mut img = Arc::into_inner(image(1, 100)).unwrap();
             img.expires = expires;
-            Arc::new(img)
+            Arc::new(Tagged::single(Platform::host(), Arc::new(img)))
         };
-        let policy = |img: &Arc<Image>| ImageExpiry.expire_after_create(&key, img, now);
+        let policy = |t: &Arc<Tagged>| ImageExpiry.expire_after_create(&key, t, now);
         assert_eq!(policy(&with_expiry(Some(now + Duration::from_secs(60)))), Some(Duration::from_secs(60)));
         assert_eq!(policy(&with_expiry(Some(now - Duration::from_secs(1)))), Some(Duration::ZERO));
         assert_eq!(policy(&with_expiry(None)), None, "an immutable image stays until evicted by size");
 
         let cache = image_cache(1 << 20);
         cache.insert(key.clone(), with_expiry(Some(now)));
-        cache.insert(("b".into(), "latest".into()), image(2, 100));
+        cache.insert(("b".into(), "latest".into()), tagged(2, 100));
         assert!(cache.get(&key).is_none(), "an image whose time is up is not served");
         assert!(cache.get(&("b".to_string(), "latest".to_string())).is_some());
     }

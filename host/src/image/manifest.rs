@@ -8,7 +8,7 @@
 
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, Digest, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
-    ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use std::str::FromStr;
 
@@ -20,6 +20,7 @@ use strata_plugin_sdk::ImageSettings;
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The empty JSON object `{}`, the config of an artifact manifest as the
 /// image spec's artifact guidance has it.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
@@ -59,6 +60,50 @@ impl Format {
         match self {
             Format::Docker => DOCKER_MANIFEST,
             Format::Oci => OCI_MANIFEST,
+        }
+    }
+
+    /// The index type of the same family: a Docker manifest list lists
+    /// Docker manifests, an OCI index OCI ones.
+    pub fn index_media_type(self) -> &'static str {
+        match self {
+            Format::Docker => DOCKER_LIST,
+            Format::Oci => OCI_INDEX,
+        }
+    }
+}
+
+/// What a client's `Accept` allows for a tag served with several platforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The manifest format, when it gets one manifest.
+    pub format: Format,
+    oci_index: bool,
+    docker_list: bool,
+}
+
+impl Accepted {
+    pub fn read<'a>(accept: impl Iterator<Item = &'a str>) -> Accepted {
+        let accept: Vec<&str> = accept.collect();
+        let format = Format::negotiate(accept.iter().copied());
+        let (mut oci_index, mut docker_list) = (false, false);
+        for media in accept.iter().flat_map(|v| v.split(',')).map(|i| i.split(';').next().unwrap_or("").trim()) {
+            oci_index |= media == OCI_INDEX;
+            docker_list |= media == DOCKER_LIST;
+        }
+        Accepted { format, oci_index, docker_list }
+    }
+
+    /// The index to answer with, if the client takes one: the family of the
+    /// manifest type it names first when it takes that family's index (so
+    /// that Docker and containerd, which take both, keep getting schema 2
+    /// manifests with gzip layers under a Docker list), else the one index
+    /// type it takes. `None`: it gets one platform's manifest.
+    pub fn index(&self) -> Option<Format> {
+        match (self.format, self.oci_index, self.docker_list) {
+            (Format::Docker, _, true) | (Format::Oci, false, true) => Some(Format::Docker),
+            (_, true, _) => Some(Format::Oci),
+            _ => None,
         }
     }
 }
@@ -228,7 +273,41 @@ pub fn referrers_index_json(referrers: Vec<serde_json::Value>) -> Result<Vec<u8>
     to_canonical_json(&index)
 }
 
-/// The media type a stored manifest declares, for serving it by digest.
+/// One platform's manifest in an index: the platform, and the manifest's
+/// digest and size.
+pub struct IndexEntry<'a> {
+    pub platform: &'a crate::config::Platform,
+    pub digest: &'a str,
+    pub size: u64,
+}
+
+/// An OCI image index (`Format::Oci`, over OCI manifests) or a Docker
+/// manifest list (`Format::Docker`, over schema 2 manifests), entries in
+/// the order given: the same entries give the same bytes everywhere.
+pub fn index_json(format: Format, entries: &[IndexEntry]) -> Result<Vec<u8>> {
+    let manifests = entries
+        .iter()
+        .map(|e| {
+            let mut platform = PlatformBuilder::default().os(Os::from(e.platform.os.as_str())).architecture(Arch::from(e.platform.arch.as_str()));
+            if let Some(v) = &e.platform.variant {
+                platform = platform.variant(v.clone());
+            }
+            let mut d = Descriptor::new(MediaType::Other(format.media_type().into()), e.size, digest(e.digest)?);
+            d.set_platform(Some(platform.build().map_err(internal)?));
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::Other(format.index_media_type().into()))
+        .manifests(manifests)
+        .build()
+        .map_err(internal)?;
+    to_canonical_json(&index)
+}
+
+/// The media type a stored manifest or index declares, for serving it by
+/// digest.
 pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
@@ -239,7 +318,7 @@ pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
     }
     let p: Probe = serde_json::from_slice(bytes).ok()?;
     p.schema_version?;
-    p.media_type.filter(|m| m == DOCKER_MANIFEST || m == OCI_MANIFEST)
+    p.media_type.filter(|m| [DOCKER_MANIFEST, OCI_MANIFEST, DOCKER_LIST, OCI_INDEX].contains(&m.as_str()))
 }
 
 #[cfg(test)]
@@ -253,6 +332,41 @@ mod tests {
         let docker = [format!("{DOCKER_MANIFEST}, application/vnd.docker.distribution.manifest.list.v2+json, {OCI_MANIFEST}")];
         assert_eq!(Format::negotiate(docker.iter().map(|s| s.as_str())), Format::Docker);
         assert_eq!(Format::negotiate(["*/*"].into_iter()), Format::Docker);
+    }
+
+    #[test]
+    fn an_index_is_offered_in_the_family_the_client_names_first() {
+        let read = |lines: &[&str]| Accepted::read(lines.iter().copied());
+        // skopeo and podman: one line per type, OCI first.
+        let skopeo = read(&[OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_LIST, OCI_INDEX]);
+        assert_eq!(skopeo.index(), Some(Format::Oci));
+        // Docker and containerd: Docker's types first, both indexes.
+        let docker = [DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX].join(", ");
+        assert_eq!(read(&[&docker]).index(), Some(Format::Docker));
+        assert_eq!(read(&[DOCKER_MANIFEST, DOCKER_LIST]).index(), Some(Format::Docker));
+        assert_eq!(read(&[OCI_MANIFEST, DOCKER_LIST]).index(), Some(Format::Docker));
+        assert_eq!(read(&[OCI_INDEX]).index(), Some(Format::Oci));
+        let plain = read(&[OCI_MANIFEST]);
+        assert_eq!((plain.index(), plain.format), (None, Format::Oci));
+        assert_eq!(read(&[]).index(), None);
+    }
+
+    #[test]
+    fn indexes_list_each_platform_and_are_canonical() {
+        let (amd, arm) = (crate::config::Platform::linux("amd64"), crate::config::Platform::linux("arm64"));
+        let (a, b) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let entries = [IndexEntry { platform: &amd, digest: &a, size: 10 }, IndexEntry { platform: &arm, digest: &b, size: 11 }];
+        for format in [Format::Oci, Format::Docker] {
+            let bytes = index_json(format, &entries).unwrap();
+            assert_eq!(bytes, index_json(format, &entries).unwrap());
+            assert_eq!(declared_media_type(&bytes).as_deref(), Some(format.index_media_type()));
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["schemaVersion"], 2);
+            assert_eq!(v["manifests"][0]["mediaType"], format.media_type());
+            assert_eq!(v["manifests"][0]["platform"], serde_json::json!({"os": "linux", "architecture": "amd64"}));
+            assert_eq!(v["manifests"][1]["platform"], serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}));
+            assert_eq!((&v["manifests"][1]["digest"], &v["manifests"][1]["size"]), (&serde_json::json!(b), &serde_json::json!(11)));
+        }
     }
 
     #[test]

@@ -353,7 +353,7 @@ fn build_failure(requested: &[(String, String)], log_tail: String) -> BuildFailu
             }
         }
     }
-    BuildFailure { packages, derivations, log_tail }
+    BuildFailure { packages, derivations, log_tail, platform: None }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{check_gc_window, Config};
 use crate::error::{Error, Result};
 use crate::storage::{
-    access_key, Storage, ACCESS_PREFIX, BLOB_PREFIX, IMAGE_PREFIX, LAYER_PREFIX, LEASE_PREFIX,
+    access_key, Storage, ACCESS_PREFIX, BLOB_PREFIX, IMAGE_PREFIX, INDEX_PREFIX, LAYER_PREFIX, LEASE_PREFIX,
     REFERRER_PREFIX, STAGING_PREFIX,
 };
 
@@ -77,6 +77,14 @@ struct Descriptor {
     digest: String,
 }
 
+/// A tag's index: its two blobs, and the image manifests it lists.
+#[derive(Deserialize)]
+struct IndexRecord {
+    docker: String,
+    oci: String,
+    manifests: Vec<String>,
+}
+
 #[derive(Deserialize)]
 struct LayerRecord {
     digest: String,
@@ -97,6 +105,9 @@ pub struct Report {
     /// Unreferenced but newer than the window: perhaps a build in progress.
     pub blobs_young: usize,
     pub layer_records_removed: usize,
+    /// Indexes that lost one of their images: their records (their blobs
+    /// are counted with the blobs).
+    pub index_records_removed: usize,
     /// Referrer records whose subject or artifact manifest is gone.
     pub referrer_records_removed: usize,
     pub access_marks_removed: usize,
@@ -313,6 +324,18 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
             }
         }
     }
+    // Indexes: kept while every image they list is kept, so that a client
+    // never gets an index naming a removed manifest; otherwise they go
+    // with the first of their images (their blobs in step 2).
+    let index_keys: Vec<Path> = storage.list(INDEX_PREFIX).await?.into_iter().map(|m| m.location).collect();
+    let mut stale_indexes: Vec<Path> = Vec::new();
+    for (key, rec) in read_all::<IndexRecord>(storage, index_keys).await? {
+        match rec {
+            Some(r) if r.manifests.iter().all(|m| live.contains(m)) => live.extend([r.docker, r.oci]),
+            _ => stale_indexes.push(key),
+        }
+    }
+    report.index_records_removed = stale_indexes.len();
     // Marks of images that no longer exist at all.
     for (key, meta) in &accessed {
         if !kept_marks.contains(key) && is_old(meta) && !stale_marks.contains(key) {
@@ -390,7 +413,8 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     }
     // Records first: from here no replica loads these images from the
     // store, so nothing serves a manifest whose blobs are going.
-    for key in stale.iter().chain(&stale_marks).chain(&doomed_layer_records).chain(&doomed_referrers) {
+    let records = stale.iter().chain(&stale_indexes).chain(&stale_marks);
+    for key in records.chain(&doomed_layer_records).chain(&doomed_referrers) {
         storage.delete(key).await?;
     }
     for key in doomed_blobs.iter().chain(&staging).chain(&leases) {
@@ -474,8 +498,8 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "records:       {} layer records, {} referrer records, {} access marks {verb}",
-            self.layer_records_removed, self.referrer_records_removed, self.access_marks_removed
+            "records:       {} layer records, {} referrer records, {} index records, {} access marks {verb}",
+            self.layer_records_removed, self.referrer_records_removed, self.index_records_removed, self.access_marks_removed
         )?;
         writeln!(f, "debris:        {} staged uploads, {} leases older than a day {verb}", self.staging_removed, self.leases_removed)?;
         if self.lease_dirs_removed > 0 {

@@ -107,9 +107,16 @@ impl PluginSet {
     /// Runs the expansion chain. An empty chain means the segments are the
     /// package names.
     pub async fn expand(&self, segments: &[String], tag: &str) -> Result<Expansion, PluginFailure> {
+        self.expand_for(segments, tag, &crate::config::Platform::host().arch).await
+    }
+
+    /// [`PluginSet::expand`] starting from architecture `arch`: a tag built
+    /// for several platforms is expanded once for each. A chain that ends on
+    /// another architecture chose it (Nixery's `arm64` segment).
+    pub async fn expand_for(&self, segments: &[String], tag: &str, arch: &str) -> Result<Expansion, PluginFailure> {
         let mut current = Expansion {
             packages: segments.to_vec(),
-            arch: "amd64".into(),
+            arch: arch.into(),
             ..Expansion::default()
         };
         for plugin in &self.expand {

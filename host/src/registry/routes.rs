@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::build::{Builder, Manifest};
 use crate::error::{Error, Result};
-use crate::image::manifest::Format;
+use crate::image::manifest::Accepted;
 use crate::registry::reference::{self, Reference};
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -96,8 +96,8 @@ async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &Hea
             reference::parse_name(name, max_segments)?;
             let manifest = match reference::parse_reference(r)? {
                 Reference::Tag(tag) => {
-                    let format = Format::negotiate(headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
-                    builder.image(name, tag).await?.manifest(format).clone()
+                    let accepted = Accepted::read(headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
+                    builder.tagged(name, tag).await?.manifest(accepted).clone()
                 }
                 Reference::Digest(d) => builder.manifest_by_digest(d).await?,
             };

@@ -33,6 +33,10 @@ pub use access::{access_key, ACCESS_PREFIX};
 pub const BLOB_PREFIX: &str = "blobs/sha256/";
 pub const IMAGE_PREFIX: &str = "meta/images/";
 pub const LAYER_PREFIX: &str = "meta/layers/";
+/// `meta/indexes/<oci index>.json`: a tag's index over its platforms'
+/// manifests, so that `strata gc` keeps the index's two blobs while it
+/// keeps all of those manifests, and removes them with the first to go.
+pub const INDEX_PREFIX: &str = "meta/indexes/";
 pub const STAGING_PREFIX: &str = "staging/";
 pub const LEASE_PREFIX: &str = "leases/";
 /// `meta/referrers/<subject>/<referrer>.json`: the referrers API's index,
