@@ -209,16 +209,19 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (code, status) = self.code_and_status();
+        // The id the client reads in the body: the server log's key to it
+        // (requests carry no tracing span, ops/metrics.rs says why).
+        let id = request_id().unwrap_or_default();
         if let Error::BuildFailed(b) = &self {
-            tracing::error!(error = %self, derivations = ?b.derivations, "build failed; Nix's last lines:\n{}", b.log_tail);
+            tracing::error!(%id, error = %self, derivations = ?b.derivations, "build failed; Nix's last lines:\n{}", b.log_tail);
         } else if let Error::Busy { .. } = &self {
             // Backpressure working as configured, not a fault: a burst must
             // not flood the error log.
-            tracing::warn!(error = %self, "request refused");
+            tracing::warn!(%id, error = %self, "request refused");
         } else if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(%id, error = %self, "request failed");
         } else {
-            tracing::debug!(error = %self, "request refused");
+            tracing::debug!(%id, error = %self, "request refused");
         }
         let body = json!({
             "errors": [{ "code": code, "message": self.public_message(), "detail": self.detail() }]

@@ -144,6 +144,11 @@ fn json_logs_by_config_with_request_ids() {
     let server = Server::start_with(ServerOptions { extra_toml: "log_format = \"json\"".into(), ..Default::default() });
     let r = server.get("/v2/").send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // A refusal that needs no Nix: a blob no image has.
+    let missing = format!("/v2/hello/blobs/sha256:{}", "0".repeat(64));
+    let r = server.get(&missing).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let echoed = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let log = server.log();
     let lines: Vec<Value> = log
         .lines()
@@ -151,10 +156,15 @@ fn json_logs_by_config_with_request_ids() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect();
     assert!(lines.iter().any(|l| l["fields"]["message"] == "strata serving"), "{log}");
+    // Answered requests are logged at DEBUG only (docs/configuration.md);
+    // refusals at INFO, with the id the client was given.
+    assert!(!lines.iter().any(|l| l["fields"]["path"] == "/v2/"), "an answered request at INFO:\n{log}");
     let request = lines
         .iter()
-        .find(|l| l["span"]["path"] == "/v2/")
-        .unwrap_or_else(|| panic!("no line for GET /v2/ in:\n{log}"));
-    let id = request["span"]["id"].as_str().unwrap_or_default();
+        .find(|l| l["fields"]["path"] == missing.as_str())
+        .unwrap_or_else(|| panic!("no line for GET {missing} in:\n{log}"));
+    assert_eq!(request["fields"]["status"], 404, "{request}");
+    let id = request["fields"]["id"].as_str().unwrap_or_default();
     assert_eq!(id.len(), 16, "a request id: {request}");
+    assert_eq!(id, echoed, "the logged id is the one the client got: {request}");
 }
