@@ -781,7 +781,18 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, then SIGKILL after 10 s: nginx's workers outlive a
+    /// master that is killed outright, still holding the port and a core's
+    /// share of whatever runs next.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
