@@ -129,8 +129,8 @@ struct Report {
     p3_strata_secs: f64,
     p3_strata_bytes: u64,
     p3_layers: usize,
-    p3_tar_secs: f64,
-    p3_tar_bytes: u64,
+    /// `tar | gzip -6` of the big image's closure.
+    p3_tar: Peer,
     p5: Option<String>,
     p6_idle_kib: u64,
     p6_peak_kib: u64,
@@ -181,13 +181,7 @@ async fn measure(args: &Args, work: &Path) -> Result<Report> {
 
     // P3 peer: tar | gzip -6 of the same store paths.
     eprintln!("P3: tar -c | gzip -6 of the big image's closure ({} paths, {})…", closure.len(), mib(r.closure_bytes));
-    let tgz = work.join("closure.tar.gz");
-    let script = format!("tar -cf - \"$@\" | gzip -6 > {}", shell_quote(&tgz));
-    let t = Instant::now();
-    output(Command::new("sh").args(["-c", &script, "sh"]).args(&closure))?;
-    r.p3_tar_secs = t.elapsed().as_secs_f64();
-    r.p3_tar_bytes = std::fs::metadata(&tgz)?.len();
-    std::fs::remove_file(&tgz)?;
+    r.p3_tar = tar_into(work, &closure, "gzip -6")?;
 
     // P3, P6: a fresh server, the big image cold.
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1800)).build()?;
@@ -502,8 +496,8 @@ impl Report {
             self.p2_nginx / 1e6,
             verdict(p2n >= 0.9)
         );
-        let p3 = ratio(self.p3_tar_secs, self.p3_strata_secs);
-        let size = ratio(self.p3_strata_bytes as f64, self.p3_tar_bytes as f64);
+        let p3 = ratio(self.p3_tar.secs, self.p3_strata_secs);
+        let size = ratio(self.p3_strata_bytes as f64, self.p3_tar.bytes as f64);
         let _ = writeln!(
             s,
             "| P3 cold build of the big image vs `tar -c \\| gzip -6` | {:.1} s, {:.0} MB/s, {} in {} layers | {:.1} s, {:.0} MB/s, {} | {p3:.2}× faster, {size:.3}× the size | ≥ 1.5× at ≤ 1.02× | {} |",
@@ -511,9 +505,9 @@ impl Report {
             self.closure_bytes as f64 / self.p3_strata_secs / 1e6,
             mib(self.p3_strata_bytes),
             self.p3_layers,
-            self.p3_tar_secs,
-            self.closure_bytes as f64 / self.p3_tar_secs / 1e6,
-            mib(self.p3_tar_bytes),
+            self.p3_tar.secs,
+            self.closure_bytes as f64 / self.p3_tar.secs / 1e6,
+            mib(self.p3_tar.bytes),
             verdict(p3 >= 1.5 && size <= 1.02)
         );
         for (label, build, peer, peer_name, goal_secs, goal) in [

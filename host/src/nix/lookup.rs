@@ -118,15 +118,17 @@ pub(crate) struct Evaluator {
 
 impl Evaluator {
     pub(crate) fn new(build_image_nix: PathBuf, timeout: Duration, negative_ttl: Duration) -> Evaluator {
-        let negative = moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(negative_ttl.max(Duration::from_millis(1)))
-            .build();
-        let found = moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(negative_ttl.max(Duration::from_millis(1)))
-            .build();
-        Evaluator { build_image_nix, timeout, negative_ttl, evaluations: AtomicU64::new(0), negative, found }
+        fn remembered<V: Clone + Send + Sync + 'static>(ttl: Duration) -> moka::sync::Cache<(String, String, String), V> {
+            moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ttl.max(Duration::from_millis(1))).build()
+        }
+        Evaluator {
+            build_image_nix,
+            timeout,
+            negative_ttl,
+            evaluations: AtomicU64::new(0),
+            negative: remembered(negative_ttl),
+            found: remembered(negative_ttl),
+        }
     }
 
     /// How many `nix-instantiate` evaluations have been started.

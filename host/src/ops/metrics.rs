@@ -188,16 +188,17 @@ pub async fn observe(req: axum::extract::Request, next: axum::middleware::Next) 
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let route = route_class(req.uri().path());
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    // Reference-counted clones: no copy for a line that is mostly off.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let started = std::time::Instant::now();
     let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
     let status = resp.status().as_u16();
     request(route, resp.status());
     let ms = started.elapsed().as_millis() as u64;
     if status < 400 {
-        tracing::debug!(target: "strata::access", %id, %method, %path, status, ms, "response");
+        tracing::debug!(target: "strata::access", %id, %method, path = uri.path(), status, ms, "response");
     } else {
-        tracing::info!(target: "strata::access", %id, %method, %path, status, ms, "response");
+        tracing::info!(target: "strata::access", %id, %method, path = uri.path(), status, ms, "response");
     }
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
