@@ -289,6 +289,12 @@ async fn build(
         builder.set_progress(Arc::new(progress::Bars::new()));
     }
     let tagged = builder.tagged(name, tag).await?;
+    if matches!(output, strata::build::export::Output::DockerArchive { .. }) && tagged.index.is_none() {
+        // `docker load` of Docker 20.10 reads gzip layers only: the schema 2
+        // manifest's, made now if the image's layers are zstd.
+        let docker = strata::image::manifest::Accepted::read(std::iter::once(strata::image::manifest::DOCKER_MANIFEST));
+        builder.manifest(name, tag, docker).await?;
+    }
     strata::build::export::write(&builder.storage, &tagged, output, name).await?;
     if let Some(index) = &tagged.index {
         let platforms: Vec<String> = tagged.images.iter().map(|(p, _)| p.to_string()).collect();
