@@ -171,6 +171,11 @@ fn zstd_layers_for_oci_clients_gzip_for_docker_schema2() {
     let after = record();
     assert_eq!(after["docker"], docker_digest.as_str(), "{after}");
     assert!(after.get("docker_pending").is_none(), "{after}");
+    // Its SBOM referrer came with it.
+    let referrers = server.get(&format!("/v2/shell/hello/referrers/{docker_digest}")).send().unwrap().bytes().unwrap();
+    let referrers: Value = serde_json::from_slice(&referrers).unwrap();
+    assert_eq!(referrers["manifests"].as_array().map(Vec::len), Some(1), "{referrers}");
+    assert_eq!(after["sbom"]["manifests"].as_array().map(Vec::len), Some(2), "{after}");
     let head = server.http().head(server.url("/v2/shell/hello/manifests/latest")).header("accept", DOCKER).send().unwrap();
     assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), docker_digest);
 

@@ -9,7 +9,6 @@
 //! buffers, never by the size of a layer: files are streamed, not read whole.
 
 use crate::image::compress::{self, Codec, Encoding};
-use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -29,8 +28,6 @@ pub struct LayerBlob {
     pub diff_id: String,
     /// Compressed size.
     pub size: u64,
-    /// Base64 md5 of the compressed bytes, for stores that check it.
-    pub md5: String,
     /// How the bytes are compressed (records written before zstd: gzip).
     #[serde(default)]
     pub codec: Codec,
@@ -40,13 +37,12 @@ pub struct LayerBlob {
 struct Hashing<W> {
     inner: W,
     sha: Sha256,
-    md5: Option<Md5>,
     len: u64,
 }
 
 impl<W: Write> Hashing<W> {
-    fn new(inner: W, with_md5: bool) -> Self {
-        Hashing { inner, sha: Sha256::new(), md5: with_md5.then(Md5::new), len: 0 }
+    fn new(inner: W) -> Self {
+        Hashing { inner, sha: Sha256::new(), len: 0 }
     }
 }
 
@@ -54,9 +50,6 @@ impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.sha.update(&buf[..n]);
-        if let Some(m) = &mut self.md5 {
-            m.update(&buf[..n]);
-        }
         self.len += n as u64;
         Ok(n)
     }
@@ -119,9 +112,9 @@ fn compress_each<'a, W: Write + 'a>(
     let encoders = encodings
         .iter()
         .zip(outs)
-        .map(|(e, out)| compress::encoder(*e, Hashing::new(out, true)))
+        .map(|(e, out)| compress::encoder(*e, Hashing::new(out)))
         .collect::<io::Result<Vec<_>>>()?;
-    let mut plain = Hashing::new(Tee(encoders), false);
+    let mut plain = Hashing::new(Tee(encoders));
     fill(&mut plain)?;
     let diff_id = format!("sha256:{}", hex::encode(plain.sha.finalize_reset()));
     let mut blobs = Vec::new();
@@ -132,10 +125,6 @@ fn compress_each<'a, W: Write + 'a>(
             digest: format!("sha256:{}", hex::encode(compressed.sha.finalize())),
             diff_id: diff_id.clone(),
             size: compressed.len,
-            md5: base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                compressed.md5.expect("md5 enabled").finalize(),
-            ),
             codec: encoding.codec,
         });
         outs.push(compressed.inner);

@@ -382,7 +382,6 @@ mod tests {
             digest: format!("sha256:{}", "a".repeat(64)),
             diff_id: format!("sha256:{}", "b".repeat(64)),
             size: 10,
-            md5: String::new(),
             codec: Codec::Gzip,
         };
         let cfg = format!("sha256:{}", "c".repeat(64));
