@@ -584,7 +584,7 @@ impl Server {
                 user.apply(&mut cmd);
             }
             let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            match wait_ready(&mut child, &http, &format!("http://{addr}/v2/"), Duration::from_secs(60)) {
+            match wait_ready(&mut child, &http, addr, Duration::from_secs(60)) {
                 Ok(()) => return Server { child, addr, storage, log, dir, http },
                 Err(exited) => {
                     stop_group(&mut child);
@@ -668,21 +668,52 @@ impl Server {
 }
 
 /// `Err(true)`: the process exited; `Err(false)`: it did not answer in time.
-fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, url: &str, limit: Duration) -> Result<(), bool> {
+/// Waits until the child answers `GET /v2/` on `addr`, and is the one
+/// listening there: another test's server may hold a port picked free (in
+/// another test binary running beside this one) and answer while this
+/// child is still starting, before it fails to bind. `Err(true)`: the
+/// child exited.
+fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, addr: SocketAddr, limit: Duration) -> Result<(), bool> {
     let deadline = Instant::now() + limit;
+    let url = format!("http://{addr}/v2/");
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return Err(true);
         }
-        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send() {
+        if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send() {
             // 401: access control is on, and the server is answering.
-            if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let answering = r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED;
+            if answering && listens_on(child.id(), addr.port()) {
                 return Ok(());
             }
         }
         thread::sleep(Duration::from_millis(50));
     }
     Err(false)
+}
+
+/// Whether process `pid` holds the socket listening on TCP `port`
+/// (/proc/net/tcp{,6} name the socket's inode, /proc/PID/fd its holder).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    // local_address, state 0A = LISTEN, inode
+                    (cols.len() > 9 && cols[1].ends_with(&local) && cols[3] == "0A").then(|| cols[9].to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.to_string_lossy() == format!("socket:[{i}]")))
 }
 
 /// SIGTERM to a process group leader, bounded wait, then SIGKILL to the

@@ -133,12 +133,53 @@ fn zstd_layers_for_oci_clients_gzip_for_docker_schema2() {
     let hello = chroot(&rootfs, &["/bin/hello"]).assert_ok();
     assert_eq!(hello.stdout, "Hello, world!\n", "{hello}");
 
-    // Docker schema 2: gzip layers, the same config, tars with the same digests.
-    let (bytes, _) = manifest(&server, "shell/hello", DOCKER);
+    // Docker schema 2 is not packed until a client asks for it: the record
+    // names what it will need besides the layers' copies (the config and
+    // the final layer's gzip form), and gc keeps that while the image lives.
+    let record = || -> Value {
+        let records = files_under(&server.storage.join("meta/images"));
+        assert_eq!(records.len(), 1, "{records:?}");
+        read_json(&records[0])
+    };
+    let before = record();
+    assert!(before.get("docker").is_none(), "no schema 2 manifest before a client asks: {before}");
+    let final_gzip = before["docker_pending"]["final_layer"]["digest"].as_str().expect("docker_pending").to_string();
+    assert!(server.storage.join("blobs/sha256").join(final_gzip.trim_start_matches("sha256:")).is_file());
+    let blobs = || files_under(&server.storage.join("blobs/sha256")).len();
+    let blobs_before = blobs();
+    // Every blob two days old, the record fresh: what no kept image names
+    // would go.
+    for f in files_under(&server.storage.join("blobs")) {
+        run(Command::new("touch").args(["-d", "2 days ago"]).arg(&f), Duration::from_secs(10)).assert_ok();
+    }
+    let gc_dir = server.temp_dir().join("gc");
+    std::fs::create_dir_all(&gc_dir).unwrap();
+    std::fs::write(gc_dir.join("strata.toml"), format!("[storage]\nurl = \"file://{}\"\n", server.storage.display())).unwrap();
+    let gc = strata_cli(&gc_dir, &["gc", "--no-nix", "--older-than", "1d", "--delete"]).assert_ok();
+    assert_eq!(blobs(), blobs_before, "gc removed a blob of the kept image: {gc}");
+
+    // Eight clients at once: one packing, the same answer for all.
+    let answers: Vec<(Vec<u8>, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| manifest(&server, "shell/hello", DOCKER))).collect();
+        handles.into_iter().map(|h| h.join().expect("request thread")).collect()
+    });
+    let (bytes, docker_digest) = answers[0].clone();
+    assert!(answers.iter().all(|a| a == &answers[0]), "every schema 2 answer is the same");
+    assert_eq!(sha256_digest(&bytes), docker_digest);
+    assert_eq!(server.log().matches("schema 2 manifest packed").count(), 1, "{}", server.log());
+    assert_eq!(builds(&server), 1, "the schema 2 manifest is no new build");
+    let after = record();
+    assert_eq!(after["docker"], docker_digest.as_str(), "{after}");
+    assert!(after.get("docker_pending").is_none(), "{after}");
+    let head = server.http().head(server.url("/v2/shell/hello/manifests/latest")).header("accept", DOCKER).send().unwrap();
+    assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), docker_digest);
+
+    // Gzip layers, the same config, tars with the same digests.
     let docker: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(docker["config"]["digest"], oci["config"]["digest"]);
     let gz_layers = docker["layers"].as_array().unwrap();
     assert_eq!(gz_layers.len(), layers.len());
+    assert_eq!(gz_layers.last().unwrap()["digest"], final_gzip.as_str());
     for (layer, diff_id) in gz_layers.iter().zip(diff_ids) {
         assert_eq!(layer["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
         let digest = layer["digest"].as_str().unwrap();
@@ -148,4 +189,16 @@ fn zstd_layers_for_oci_clients_gzip_for_docker_schema2() {
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut plain).unwrap();
         assert_eq!(&sha256_digest(&plain), diff_id);
     }
+
+    // Another server on the same store serves it from the record: no
+    // build, no packing.
+    let replica = Server::start_with(ServerOptions {
+        storage: Some(server.storage.clone()),
+        extra_toml: "[layers]\ncompression = \"zstd\"\nlevel = 5\n".into(),
+        ..Default::default()
+    });
+    let (again, digest) = manifest(&replica, "shell/hello", DOCKER);
+    assert_eq!((again, digest), (bytes, docker_digest));
+    assert_eq!(builds(&replica), 0);
+    assert!(!replica.log().contains("schema 2 manifest packed"), "{}", replica.log());
 }

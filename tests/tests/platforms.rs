@@ -253,6 +253,66 @@ fn gc_removes_an_index_with_its_first_image_and_keeps_it_with_all() {
     assert_eq!(r.status().as_u16(), 200);
 }
 
+/// With zstd layers the Docker list, and the schema 2 manifests under it,
+/// are made when a client first asks for the list; the OCI index is served
+/// before, and stays the same. A client taking no index gets the host's
+/// schema 2 manifest alone.
+#[test]
+fn a_docker_list_over_zstd_images_is_made_when_first_asked_for() {
+    let work = tempfile::tempdir().unwrap();
+    let pkgs = platform_set(work.path(), &unique_suffix());
+    let server = Server::start_with(ServerOptions {
+        extra_toml: format!("{TWO_PLATFORMS}\n[layers]\ncompression = \"zstd\"\n"),
+        env: vec![
+            ("NIXERY_PKGS_PATH".into(), pkgs.display().to_string()),
+            ("NIX_CONFIG".into(), ARM64_NIX_CONFIG.into()),
+        ],
+        ..Default::default()
+    });
+    let index_record = || -> Value {
+        let records = files_under(&server.storage.join("meta/indexes"));
+        assert_eq!(records.len(), 1, "{records:?}");
+        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap()
+    };
+    let packed = || server.log().matches("schema 2 manifest packed").count();
+
+    let (_, index_digest, _) = manifest(&server, "GET", "whichsys", &[OCI_INDEX]);
+    let record = index_record();
+    assert!(record.get("docker").is_none(), "{record}");
+    assert_eq!(record["manifests"].as_array().unwrap().len(), 2, "{record}");
+    assert_eq!(packed(), 0);
+
+    // No index taken: the host platform's schema 2 manifest only.
+    let (ct, host_digest, _) = manifest(&server, "GET", "whichsys", &[DOCKER_MANIFEST]);
+    assert_eq!(ct, DOCKER_MANIFEST);
+    assert_eq!(packed(), 1, "{}", server.log());
+
+    let (ct, list_digest, body) = manifest(&server, "GET", "whichsys", &[DOCKER_MANIFEST, DOCKER_LIST]);
+    assert_eq!(ct, DOCKER_LIST);
+    assert_eq!(sha256_digest(&body), list_digest);
+    assert_eq!(packed(), 2, "the arm64 image's copy, once: {}", server.log());
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    for (entry, arch) in list["manifests"].as_array().unwrap().iter().zip(["amd64", "arm64"]) {
+        assert_eq!(entry["mediaType"], DOCKER_MANIFEST, "{list}");
+        assert_eq!(entry["platform"]["architecture"], arch, "{list}");
+        let m = by_digest(&server, "whichsys", entry["digest"].as_str().unwrap());
+        assert!(!m["layers"].as_array().unwrap().is_empty());
+        for layer in m["layers"].as_array().unwrap() {
+            assert_eq!(layer["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip", "{m}");
+        }
+        let config = blob_json(&server, "whichsys", m["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["architecture"], arch, "{config}");
+    }
+    assert_eq!(list["manifests"][0]["digest"], host_digest.as_str(), "the list names the manifest served alone");
+    let record = index_record();
+    assert_eq!(record["docker"], list_digest.as_str(), "{record}");
+    assert_eq!(record["manifests"].as_array().unwrap().len(), 4, "{record}");
+    let (_, again, _) = manifest(&server, "GET", "whichsys", &[OCI_INDEX]);
+    assert_eq!(again, index_digest);
+    let (_, list_again, _) = manifest(&server, "HEAD", "whichsys", &[DOCKER_LIST]);
+    assert_eq!(list_again, list_digest);
+}
+
 /// `strata build --platform`: one platform gives its image; two give an
 /// OCI layout whose entry is the index, from which skopeo takes either.
 #[test]

@@ -391,7 +391,7 @@ fn check_skopeo(
     image: &strata::build::Image,
 ) -> Result<(), String> {
     let expected: BTreeSet<&str> = blobs.iter().map(|b| b.digest.as_str()).filter(|d| !before.has(d)).collect();
-    let manifests = [image.oci.digest.as_str(), image.docker.digest.as_str()];
+    let manifests: Vec<&str> = image.manifests().map(|m| m.digest.as_str()).collect();
     let got: BTreeSet<&str> = added.keys().map(String::as_str).filter(|d| !manifests.contains(d)).collect();
     if got != expected {
         return Err(format!("skopeo added blobs {got:?} besides the manifest; the client model expected {expected:?}"));

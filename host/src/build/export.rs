@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::build::record::{Image, Tagged};
-use crate::image::manifest::Format;
 use crate::storage::Storage;
 
 /// Where `--output` points.
@@ -64,7 +63,7 @@ async fn copy_blob(storage: &Storage, digest: &str, out: &mut (impl Write + ?Siz
 }
 
 fn manifest_of(image: &Image) -> anyhow::Result<ImageManifest> {
-    Ok(ImageManifest::from_reader(&image.manifest(Format::Oci).bytes[..])?)
+    Ok(ImageManifest::from_reader(&image.oci.bytes[..])?)
 }
 
 fn blobs_of(m: &ImageManifest) -> Vec<String> {
@@ -93,12 +92,12 @@ async fn write_oci(storage: &Storage, tagged: &Tagged, dir: &Path, tag: &str) ->
     // The layout's entry: the tag's index, or its one manifest.
     let (manifest, media_type) = match &tagged.index {
         Some(index) => (&index.oci, MediaType::ImageIndex),
-        None => (tagged.image().manifest(Format::Oci), MediaType::ImageManifest),
+        None => (&tagged.image().oci, MediaType::ImageManifest),
     };
     let mut digests = Vec::new();
     for (_, image) in &tagged.images {
         digests.extend(blobs_of(&manifest_of(image)?));
-        digests.push(image.manifest(Format::Oci).digest.clone());
+        digests.push(image.oci.digest.clone());
     }
     if tagged.index.is_some() {
         digests.push(manifest.digest.clone());

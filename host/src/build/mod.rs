@@ -19,12 +19,13 @@ pub use record::{
     Built, BuiltSbom, Image, ImageSummary, Index, InspectedLayer, Inspection, LayerSummary, Manifest, PlatformSummary,
     SbomRef, Tagged,
 };
-use record::{image_cache, index_key, record_key, ImageRecord, IndexRecord, LayerRecord};
+use record::{image_cache, index_key, record_key, DockerPending, ImageRecord, IndexRecord};
 
 use crate::config::{Config, Platform};
 use crate::error::{Error, Result};
+use crate::image::compress::{self, Encoding};
 use crate::image::layers::{self, FinalLayer, LayerBlob};
-use crate::image::manifest::{self, Format, LayerDescription};
+use crate::image::manifest::{self, Accepted, Format, LayerDescription};
 use crate::nix::{NixOptions, NixRunner, Resolved};
 use crate::plugins::{Plugin, PluginSet};
 use crate::image::sbom;
@@ -41,6 +42,7 @@ pub trait Progress: Send + Sync {
 }
 
 type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Tagged>>>>;
+type SharedManifest = Shared<BoxFuture<'static, Result<Manifest>>>;
 
 pub struct Builder {
     cfg: Arc<Config>,
@@ -63,6 +65,9 @@ pub struct Builder {
     inspections: moka::sync::Cache<String, Arc<Inspection>>,
     /// One build per (name, tag) at a time; later requests await the first.
     inflight: Mutex<HashMap<(String, String), SharedBuild>>,
+    /// One packing of an image's schema 2 manifest at a time, by its OCI
+    /// manifest's digest.
+    docker_inflight: Mutex<HashMap<String, SharedManifest>>,
     /// Builds of different images at once, and how many may wait.
     build_slots: Arc<Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
@@ -128,6 +133,7 @@ impl Builder {
                 .time_to_live(mutable_ttl)
                 .build(),
             inflight: Mutex::default(),
+            docker_inflight: Mutex::default(),
             build_slots,
             waiting: Default::default(),
             pack_slots: Arc::new(Semaphore::new(cores)),
@@ -171,7 +177,7 @@ impl Builder {
             // image goes the store's way again: `strata gc` may have removed
             // it since.
             let fresh = tagged.expires().is_none_or(|t| t > Instant::now())
-                && !tagged.images.iter().any(|(_, img)| self.storage.access_due(&img.docker.digest));
+                && !tagged.images.iter().any(|(_, img)| self.storage.access_due(&img.oci.digest));
             if fresh {
                 crate::ops::metrics::cache("memory");
                 return Ok(tagged);
@@ -207,9 +213,112 @@ impl Builder {
         let tagged = fut.await?;
         // An index's images are marked together: gc keeps them together.
         for (_, img) in &tagged.images {
-            self.storage.mark_access(&img.docker.digest);
+            self.storage.mark_access(&img.oci.digest);
         }
         Ok(tagged)
+    }
+
+    /// The manifest (or index) a client's `Accept` asks for by tag. A
+    /// schema 2 one of an image whose layers are not gzip is packed now, on
+    /// the first request that needs it ([`compress::docker_copy`]).
+    pub async fn manifest(self: &Arc<Self>, name: &str, tag: &str, accepted: Accepted) -> Result<Manifest> {
+        let tagged = self.tagged(name, tag).await?;
+        if let Some(m) = tagged.manifest(accepted) {
+            return Ok(m.clone());
+        }
+        match (&tagged.index, accepted.index()) {
+            (Some(index), Some(Format::Docker)) => {
+                futures::future::try_join_all(tagged.images.iter().map(|(_, img)| self.docker_manifest(img))).await?;
+                let list = self.index_manifest(Format::Docker, &tagged.images).await?;
+                let _ = index.docker.set(list);
+                self.put_index_record(&tagged.images, index).await?;
+            }
+            _ => {
+                self.docker_manifest(tagged.image()).await?;
+            }
+        }
+        self.remember(name.to_string(), tag.to_string(), tagged.clone());
+        tagged.manifest(accepted).cloned().ok_or_else(|| Error::Internal("schema 2 manifest not set after packing".into()))
+    }
+
+    /// An image's schema 2 manifest, packed once (concurrent callers share
+    /// the packing, which runs in its own task: a client hanging up does
+    /// not waste it).
+    async fn docker_manifest(self: &Arc<Self>, image: &Arc<Image>) -> Result<Manifest> {
+        if let Some(m) = image.docker.get() {
+            return Ok(m.clone());
+        }
+        let fut = {
+            let mut inflight = self.docker_inflight.lock().unwrap();
+            inflight
+                .entry(image.oci.digest.clone())
+                .or_insert_with(|| {
+                    let (this, image) = (self.clone(), image.clone());
+                    async move {
+                        let result = tokio::spawn({
+                            let (this, image) = (this.clone(), image.clone());
+                            async move { this.pack_docker(&image).await }
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(Error::Internal(format!("schema 2 task: {e}"))));
+                        if let Ok(m) = &result {
+                            let _ = image.docker.set(m.clone());
+                        }
+                        this.docker_inflight.lock().unwrap().remove(&image.oci.digest);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fut.await
+    }
+
+    /// Packs the schema 2 manifest of an image whose OCI layers are not
+    /// gzip: each store-path layer recompressed from its stored blob (so
+    /// no Nix store is needed, and each layer is done at most once ever,
+    /// as packing is), the final layer's copy made at the build, the shared
+    /// config. Noted in the image's record, so that every replica serves it
+    /// from then on; under a build slot, as it is a build's worth of work.
+    async fn pack_docker(&self, image: &Image) -> Result<Manifest> {
+        let missing = || Error::Internal(format!("image {} has no schema 2 manifest nor the parts of one", image.oci.digest));
+        let pending = image.docker_pending.as_ref().ok_or_else(missing)?;
+        let to = compress::docker_copy(&self.cfg.layers).ok_or_else(missing)?;
+        let _slot = self.build_slot().await?;
+        let layers = &image.summary.layers;
+        let diff_ids = manifest::config_diff_ids(&self.storage.get_blob_bytes(&pending.config).await?.ok_or_else(missing)?)?;
+        if diff_ids.len() != layers.len() {
+            return Err(missing());
+        }
+        let copies = futures::future::join_all(
+            layers[..layers.len() - 1].iter().zip(&diff_ids).enumerate().map(|(i, (l, diff_id))| self.layer_copy(i, l, diff_id, to)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+        let blobs: Vec<LayerBlob> = copies.into_iter().chain([pending.final_layer.clone()]).collect();
+        let docker = self.put_manifest(Format::Docker, (&pending.config, pending.config_size), &blobs, &BTreeMap::new()).await?;
+        let artifact = match (&image.sbom, self.cfg.sbom.enabled) {
+            (Some(s), true) => Some(self.refer_sbom((&s.digest, s.size), &docker).await?),
+            _ => None,
+        };
+        // Read again: the store's record is the one replicas share.
+        if let Some(bytes) = self.storage.get_bytes(&image.record_key).await? {
+            if let Ok(mut record) = serde_json::from_slice::<ImageRecord>(&bytes) {
+                record.docker = Some(docker.digest.clone());
+                record.docker_pending = None;
+                if let (Some(s), Some(a)) = (record.sbom.as_mut(), artifact) {
+                    if !s.manifests.contains(&a) {
+                        s.manifests.push(a);
+                    }
+                }
+                let bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+                self.storage.put_bytes(&image.record_key, Bytes::from(bytes)).await?;
+            }
+        }
+        tracing::info!(manifest = %docker.digest, oci = %image.oci.digest, layers = blobs.len(), "schema 2 manifest packed");
+        Ok(docker)
     }
 
     /// Drops from memory what gc just removed from the store (`digests`:
@@ -229,7 +338,7 @@ impl Builder {
         for key in gone {
             if let Some(tagged) = self.images.remove(&key) {
                 for (_, img) in &tagged.images {
-                    self.storage.forget_access(&img.docker.digest);
+                    self.storage.forget_access(&img.oci.digest);
                 }
             }
         }
@@ -408,35 +517,42 @@ impl Builder {
         Ok(Arc::new(Tagged { images, index: Some(index) }))
     }
 
-    /// The OCI index and the Docker manifest list over one image per
-    /// platform, stored with the record that lets gc keep them as long as
-    /// it keeps all of those images.
+    /// The OCI index over one image per platform, and the Docker manifest
+    /// list once all their schema 2 manifests exist, stored with the record
+    /// that lets gc keep them as long as it keeps all of those images.
     async fn store_index(&self, images: &[(Platform, Arc<Image>)]) -> Result<Index> {
-        let mut both = Vec::new();
-        for format in [Format::Docker, Format::Oci] {
-            let entries: Vec<manifest::IndexEntry> = images
-                .iter()
-                .map(|(platform, img)| {
-                    let m = img.manifest(format);
-                    manifest::IndexEntry { platform, digest: &m.digest, size: m.bytes.len() as u64 }
-                })
-                .collect();
-            let bytes = Bytes::from(manifest::index_json(format, &entries)?);
-            // Put every time the tag is assembled: gc may have removed the
-            // blob while its images stayed in memory.
-            let digest = self.storage.put_blob(bytes.clone()).await?;
-            both.push(Manifest { bytes, digest, media_type: format.index_media_type() });
+        let index = Index { oci: self.index_manifest(Format::Oci, images).await?, docker: Default::default() };
+        if images.iter().all(|(_, i)| i.docker.get().is_some()) {
+            let _ = index.docker.set(self.index_manifest(Format::Docker, images).await?);
         }
-        let oci = both.pop().expect("two indexes");
-        let docker = both.pop().expect("two indexes");
+        self.put_index_record(images, &index).await?;
+        Ok(index)
+    }
+
+    /// One family's index over `images`, whose manifests of that family
+    /// all exist. Put every time the tag is assembled: gc may have removed
+    /// the blob while its images stayed in memory.
+    async fn index_manifest(&self, format: Format, images: &[(Platform, Arc<Image>)]) -> Result<Manifest> {
+        let entries = images
+            .iter()
+            .map(|(platform, img)| {
+                let m = img.manifest(format).ok_or_else(|| Error::Internal("index over a missing manifest".into()))?;
+                Ok(manifest::IndexEntry { platform, digest: &m.digest, size: m.bytes.len() as u64 })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = Bytes::from(manifest::index_json(format, &entries)?);
+        let digest = self.storage.put_blob(bytes.clone()).await?;
+        Ok(Manifest { bytes, digest, media_type: format.index_media_type() })
+    }
+
+    async fn put_index_record(&self, images: &[(Platform, Arc<Image>)], index: &Index) -> Result<()> {
         let record = IndexRecord {
-            docker: docker.digest.clone(),
-            oci: oci.digest.clone(),
-            manifests: images.iter().flat_map(|(_, i)| [i.docker.digest.clone(), i.oci.digest.clone()]).collect(),
+            docker: index.docker.get().map(|m| m.digest.clone()),
+            oci: index.oci.digest.clone(),
+            manifests: images.iter().flat_map(|(_, i)| i.manifests().map(|m| m.digest.clone())).collect(),
         };
         let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
-        self.storage.put_bytes(&index_key(&oci.digest), Bytes::from(record)).await?;
-        Ok(Index { docker, oci })
+        self.storage.put_bytes(&index_key(&index.oci.digest), Bytes::from(record)).await
     }
 
     /// One platform's image (the whole pull path when one platform is
@@ -472,7 +588,8 @@ impl Builder {
         let (resolved, grouping) = self.resolve_and_group(plan).await?;
 
         // 4. Layers: pack each group (in parallel, each one at most once
-        //    ever), then the final layer with the symlink forest.
+        //    ever) in OCI's encoding, then the final layer with the symlink
+        //    forest in every encoding (it is small).
         let layer_paths = grouping.named(&resolved.graph);
         let layer_nars = nar_sizes(&resolved.graph, &grouping);
         self.stage("packing layers");
@@ -488,7 +605,7 @@ impl Builder {
         let roots = resolved.roots.clone();
         let closure: Vec<String> = resolved.graph.paths.iter().map(|p| p.path.clone()).collect();
         let account = plan.expansion.image.account.clone();
-        let encodings = crate::image::compress::encodings(&self.cfg.layers);
+        let encodings = compress::encodings(&self.cfg.layers);
         let (ca_bundle, final_blobs, final_bytes) = tokio::task::spawn_blocking(move || {
             let mut forest = FinalLayer::new(&roots, &closure)?;
             if let Some(a) = &account {
@@ -509,8 +626,8 @@ impl Builder {
         let mut descriptions: Vec<LayerDescription> = packed
             .iter()
             .zip(&layer_paths)
-            .map(|(blobs, paths)| LayerDescription {
-                blob: blobs[0].clone(),
+            .map(|(blob, paths)| LayerDescription {
+                blob: blob.clone(),
                 created_by: format!("strata {}: {}", grouping.strategy, store_names(paths)),
             })
             .collect();
@@ -537,30 +654,31 @@ impl Builder {
         })?;
         let config_size = config.len() as u64;
         let config_digest = self.storage.put_blob(Bytes::from(config)).await?;
-        // Docker schema 2 takes the gzip form of each layer (the last one).
+        // The schema 2 manifest now if the layers are gzip, else when a
+        // client first asks for it (`Builder::manifest`): what it needs
+        // besides the layers' copies is recorded.
         let oci_blobs: Vec<LayerBlob> = descriptions.iter().map(|d| d.blob.clone()).collect();
-        let docker_blobs: Vec<LayerBlob> =
-            packed.iter().chain([&final_blobs]).map(|b| b.last().expect("an encoding").clone()).collect();
-        let mut manifests = Vec::new();
-        for (format, blobs) in [(Format::Docker, &docker_blobs), (Format::Oci, &oci_blobs)] {
-            let bytes =
-                Bytes::from(manifest::annotated_manifest_json(format, (&config_digest, config_size), blobs, &provenance)?);
-            let digest = self.storage.put_blob(bytes.clone()).await?;
-            manifests.push(Manifest { bytes, digest, media_type: format.media_type() });
-        }
+        let config_ref = (config_digest.as_str(), config_size);
+        let oci = self.put_manifest(Format::Oci, config_ref, &oci_blobs, &provenance).await?;
+        let (docker, docker_pending) = match final_blobs.get(1) {
+            None => (Some(self.put_manifest(Format::Docker, config_ref, &oci_blobs, &provenance).await?), None),
+            Some(copy) => {
+                (None, Some(DockerPending { config: config_digest.clone(), config_size, final_layer: copy.clone() }))
+            }
+        };
 
         // 6. The SBOM, before the record: a recorded image has one.
         let sbom = match self.cfg.sbom.enabled {
-            true => Some(self.store_sbom(plan, &resolved, &manifests).await?),
+            true => Some(self.store_sbom(plan, &resolved, std::iter::once(&oci).chain(&docker)).await?),
             false => None,
         };
 
         let mut layer_summaries: Vec<LayerSummary> = packed
             .iter()
             .zip(layer_paths.iter().zip(&layer_nars))
-            .map(|(blobs, (paths, &nar_size))| LayerSummary {
-                digest: blobs[0].digest.clone(),
-                size: blobs[0].size,
+            .map(|(blob, (paths, &nar_size))| LayerSummary {
+                digest: blob.digest.clone(),
+                size: blob.size,
                 nar_size,
                 paths: paths.clone(),
             })
@@ -572,8 +690,9 @@ impl Builder {
             paths: vec![],
         });
         let record = ImageRecord {
-            docker: manifests[0].digest.clone(),
-            oci: manifests[1].digest.clone(),
+            oci: oci.digest.clone(),
+            docker: docker.as_ref().map(|m| m.digest.clone()),
+            docker_pending: docker_pending.clone(),
             built_at: now_unix(),
             immutable: plan.source.immutable,
             gc_root: resolved.gc_root.clone(),
@@ -590,16 +709,40 @@ impl Builder {
         };
         let record_bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
         self.storage.put_bytes(record_key, Bytes::from(record_bytes)).await?;
-        tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.docker, "image built");
-        let oci = manifests.pop().expect("two manifests");
-        let docker = manifests.pop().expect("two manifests");
-        Ok(Arc::new(Image { docker, oci, expires: self.expiry(&record), summary: record.summary, sbom: record.sbom }))
+        tracing::info!(%name, %tag, layers = descriptions.len(), manifest = %record.oci, "image built");
+        Ok(Arc::new(Image {
+            oci,
+            docker: docker.map_or_else(Default::default, Into::into),
+            expires: self.expiry(&record),
+            summary: record.summary,
+            sbom: record.sbom,
+            record_key: record_key.to_string(),
+            docker_pending,
+        }))
+    }
+
+    /// A manifest of `format` over these layers, stored by content.
+    async fn put_manifest(
+        &self,
+        format: Format,
+        config: (&str, u64),
+        layers: &[LayerBlob],
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Manifest> {
+        let bytes = Bytes::from(manifest::annotated_manifest_json(format, config, layers, annotations)?);
+        let digest = self.storage.put_blob(bytes.clone()).await?;
+        Ok(Manifest { bytes, digest, media_type: format.media_type() })
     }
 
     /// Writes the SBOM of a build: the document, the empty config, and for
     /// each image manifest an artifact manifest naming it as `subject`,
     /// recorded as that manifest's referrer.
-    async fn store_sbom(&self, plan: &Plan, resolved: &Resolved, manifests: &[Manifest]) -> Result<SbomRef> {
+    async fn store_sbom(
+        &self,
+        plan: &Plan,
+        resolved: &Resolved,
+        manifests: impl Iterator<Item = &Manifest>,
+    ) -> Result<SbomRef> {
         let doc = sbom::document(&sbom::SbomInput {
             described: &resolved.described,
             graph: &resolved.graph,
@@ -611,19 +754,26 @@ impl Builder {
         })?;
         let size = doc.len() as u64;
         let digest = self.storage.put_blob(Bytes::from(doc)).await?;
-        self.storage.put_blob(Bytes::from_static(manifest::EMPTY_CONFIG)).await?;
         let mut artifacts = Vec::new();
         for m in manifests {
-            let subject = (m.media_type, m.digest.as_str(), m.bytes.len() as u64);
-            let bytes = manifest::artifact_manifest_json(sbom::MEDIA_TYPE, (&digest, size), subject)?;
-            let len = bytes.len() as u64;
-            let artifact = self.storage.put_blob(Bytes::from(bytes)).await?;
-            let descriptor = manifest::referrer_descriptor(sbom::MEDIA_TYPE, &artifact, len)?;
-            let record = serde_json::to_vec(&descriptor).map_err(|e| Error::Internal(e.to_string()))?;
-            self.storage.put_bytes(&referrer_key(&m.digest, &artifact), Bytes::from(record)).await?;
-            artifacts.push(artifact);
+            artifacts.push(self.refer_sbom((&digest, size), m).await?);
         }
         Ok(SbomRef { digest, size, manifests: artifacts })
+    }
+
+    /// Makes the SBOM document `doc` a referrer of manifest `m`: an
+    /// artifact manifest naming `m` as its subject, and the record the
+    /// referrers API lists. Returns the artifact manifest's digest.
+    async fn refer_sbom(&self, doc: (&str, u64), m: &Manifest) -> Result<String> {
+        self.storage.put_blob(Bytes::from_static(manifest::EMPTY_CONFIG)).await?;
+        let subject = (m.media_type, m.digest.as_str(), m.bytes.len() as u64);
+        let bytes = manifest::artifact_manifest_json(sbom::MEDIA_TYPE, doc, subject)?;
+        let len = bytes.len() as u64;
+        let artifact = self.storage.put_blob(Bytes::from(bytes)).await?;
+        let descriptor = manifest::referrer_descriptor(sbom::MEDIA_TYPE, &artifact, len)?;
+        let record = serde_json::to_vec(&descriptor).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.put_bytes(&referrer_key(&m.digest, &artifact), Bytes::from(record)).await?;
+        Ok(artifact)
     }
 
     /// The plugins that decided an image, for its SBOM's creation info.
@@ -785,93 +935,124 @@ impl Builder {
         if expires.is_some_and(|t| t <= Instant::now()) {
             return Ok(None);
         }
-        let (Ok(docker), Ok(oci)) = (
-            self.manifest_by_digest(&record.docker).await,
-            self.manifest_by_digest(&record.oci).await,
-        ) else {
-            return Ok(None);
+        let Ok(oci) = self.manifest_by_digest(&record.oci).await else { return Ok(None) };
+        let docker = match (&record.docker, &record.docker_pending) {
+            (Some(digest), _) => match self.manifest_by_digest(digest).await {
+                Ok(m) => m.into(),
+                Err(_) => return Ok(None),
+            },
+            (None, Some(_)) => Default::default(),
+            (None, None) => return Ok(None),
         };
-        Ok(Some(Arc::new(Image { docker, oci, expires, summary: record.summary, sbom: record.sbom })))
+        Ok(Some(Arc::new(Image {
+            oci,
+            docker,
+            expires,
+            summary: record.summary,
+            sbom: record.sbom,
+            record_key: key.to_string(),
+            docker_pending: record.docker_pending,
+        })))
     }
 
-    /// Packs one group of store paths in every configured encoding, unless
-    /// the same set was packed so before (by any image, on any replica): the
-    /// record maps the sorted path set and the byte formats to the blobs.
-    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<Vec<LayerBlob>> {
-        let progress = self.progress.get().cloned();
+    /// Packs one group of store paths in OCI's encoding, unless the same
+    /// set was packed so before (by any image, on any replica): the record
+    /// maps the sorted path set and the byte format to the blob.
+    async fn store_path_layer(&self, index: usize, mut paths: Vec<String>, nar_size: u64) -> Result<LayerBlob> {
         paths.sort();
-        let encodings = crate::image::compress::encodings(&self.cfg.layers);
+        let encoding = compress::primary(&self.cfg.layers);
+        let owned = paths.clone();
+        self.stored_layer(index, &paths, nar_size, encoding, move |out, advance| {
+            let (mut blobs, mut outs) = layers::pack_store_paths(&owned, &[encoding], vec![out], advance)?;
+            Ok((blobs.pop().expect("one encoding"), outs.pop().expect("one writer")))
+        })
+        .await
+    }
+
+    /// A store-path layer of an image in encoding `to`, recompressed from
+    /// its stored blob ([`layers::recompress`]) unless made before: it has
+    /// the record a packing of the same paths in `to` would have.
+    async fn layer_copy(&self, index: usize, layer: &LayerSummary, diff_id: &str, to: Encoding) -> Result<LayerBlob> {
+        let mut paths = layer.paths.clone();
+        paths.sort();
+        let (from, diff_id) = (compress::primary(&self.cfg.layers).codec, diff_id.to_string());
+        let (_, stream) = self.storage.get_blob(&layer.digest, None).await?;
+        let blob = tokio_util::io::StreamReader::new(stream);
+        self.stored_layer(index, &paths, layer.nar_size, to, move |out, advance| {
+            let blob = tokio_util::io::SyncIoBridge::new(blob);
+            layers::recompress(std::io::BufReader::new(blob), from, &diff_id, to, out, advance)
+        })
+        .await
+    }
+
+    /// The layer of the sorted store paths `paths` in `encoding`: the blob
+    /// the layer record names, when it is still stored, else what `pack`
+    /// writes (on a blocking thread, holding a packing slot), published
+    /// only once its digest is checked, then recorded.
+    async fn stored_layer(
+        &self,
+        index: usize,
+        paths: &[String],
+        nar_size: u64,
+        encoding: Encoding,
+        pack: impl FnOnce(StagingBridge, &mut dyn FnMut(u64)) -> std::io::Result<(LayerBlob, StagingBridge)> + Send + 'static,
+    ) -> Result<LayerBlob> {
+        let progress = self.progress.get().cloned();
         let key = format!(
             "meta/layers/{}.json",
-            hex_sha256(serde_json::json!({ "paths": paths, "formats": self.encoding_ids() }).to_string().as_bytes())
+            hex_sha256(serde_json::json!({ "paths": paths, "formats": [encoding.format_id()] }).to_string().as_bytes())
         );
+        // The record is the blob's description (older ones also list other
+        // encodings' blobs, which are not read).
         if let Some(bytes) = self.storage.get_bytes(&key).await? {
-            if let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes) {
-                let blobs: Vec<LayerBlob> = [record.primary].into_iter().chain(record.also).collect();
-                let mut all_there = blobs.len() == encodings.len();
-                for blob in &blobs {
-                    all_there &= self.storage.blob_size(&blob.digest).await? == Some(blob.size);
-                }
-                if all_there {
+            if let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes) {
+                if self.storage.blob_size(&blob.digest).await? == Some(blob.size) {
                     if let Some(p) = &progress {
-                        p.layer_done(index, &blobs[0], true);
+                        p.layer_done(index, &blob, true);
                     }
-                    return Ok(blobs);
+                    return Ok(blob);
                 }
             }
         }
         let _slot = self.pack_slots.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
-        let (staging, writers): (Vec<_>, Vec<_>) = encodings.iter().map(|_| self.storage.staging_writer()).unzip();
+        let (staging, writer) = self.storage.staging_writer();
         if let Some(p) = &progress {
             p.layer_start(index, nar_size);
         }
         let observer = progress.clone();
         let packed = tokio::task::spawn_blocking(move || {
-            let bridges = writers.into_iter().map(tokio_util::io::SyncIoBridge::new).collect();
             let mut advance = |n: u64| {
                 if let Some(p) = &observer {
                     p.layer_advance(index, n)
                 }
             };
-            let (blobs, bridges) = layers::pack_store_paths(&paths, &encodings, bridges, &mut advance)?;
-            for mut bridge in bridges {
-                bridge.shutdown()?;
-            }
-            Ok::<_, std::io::Error>(blobs)
+            let (blob, mut bridge) = pack(tokio_util::io::SyncIoBridge::new(writer), &mut advance)?;
+            bridge.shutdown()?;
+            Ok::<_, std::io::Error>(blob)
         })
         .await
         .map_err(|e| Error::Internal(format!("packing task: {e}")))
         // A full disk is 507, not a bug (Error::storage looks for ENOSPC).
         .and_then(|packed| packed.map_err(|e| Error::storage("packing layer", &e)));
-        let blobs = match packed {
-            Ok(blobs) => blobs,
+        let blob = match packed {
+            Ok(blob) => blob,
             Err(e) => {
-                for s in &staging {
-                    self.storage.discard(s).await;
-                }
+                self.storage.discard(&staging).await;
                 return Err(e);
             }
         };
-        // After a failed publish (which drops its own staged object), the
-        // other encodings' staged objects are discarded, not left behind.
-        let mut published = Ok(());
-        for (s, blob) in staging.iter().zip(&blobs) {
-            if published.is_ok() {
-                published = self.storage.publish(s, &blob.digest, blob.size).await;
-            } else {
-                self.storage.discard(s).await;
-            }
-        }
-        published?;
-        let record = LayerRecord { primary: blobs[0].clone(), also: blobs[1..].to_vec() };
-        let record = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.storage.publish(&staging, &blob.digest, blob.size).await?;
+        let record = serde_json::to_vec(&blob).map_err(|e| Error::Internal(e.to_string()))?;
         self.storage.put_bytes(&key, Bytes::from(record)).await?;
         if let Some(p) = &progress {
-            p.layer_done(index, &blobs[0], false);
+            p.layer_done(index, &blob, false);
         }
-        Ok(blobs)
+        Ok(blob)
     }
 }
+
+/// The blocking side of a staging writer, as packers write to it.
+type StagingBridge = tokio_util::io::SyncIoBridge<crate::storage::StagingWriter>;
 
 /// The plugins' decisions for one request.
 pub struct Plan {

@@ -1,5 +1,5 @@
 //! What a build produces and the store keeps: an image (its two manifests,
-//! summary and SBOM), the records that let any replica serve it again
+//! the Docker one perhaps still to be packed; summary and SBOM), the records that let any replica serve it again
 //! without Nix or plugins, what `strata inspect` shows, and the memory
 //! cache of images. Plain data: the pull path (`build/mod.rs`) fills it,
 //! the registry, the web page and `strata build --output` read it.
@@ -48,7 +48,10 @@ pub struct LayerSummary {
 /// restart, on any replica, without Nix or plugins.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ImageRecord {
-    pub docker: String,
+    /// `None` until a client first asks for the schema 2 manifest, when
+    /// OCI's layers are not gzip ([`DockerPending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<String>,
     pub oci: String,
     pub built_at: u64,
     pub immutable: bool,
@@ -60,10 +63,24 @@ pub(crate) struct ImageRecord {
     /// The image's SBOM, when `[sbom]` was on for its build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sbom: Option<SbomRef>,
+    /// Set while `docker` is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_pending: Option<DockerPending>,
+}
+
+/// What an image's Docker schema 2 manifest is made of besides gzip copies
+/// of its store-path layers, recorded by the build so that any replica can
+/// pack it later without Nix or plugins: the config (the same for both
+/// manifests) and the final layer's gzip form (small, so packed at once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DockerPending {
+    pub config: String,
+    pub config_size: u64,
+    pub final_layer: LayerBlob,
 }
 
 /// An image's SPDX document and the artifact manifests that make it a
-/// referrer of the image's manifests (Docker's, then OCI's).
+/// referrer of the image's manifests (OCI's, then Docker's once it exists).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SbomRef {
     pub digest: String,
@@ -72,26 +89,40 @@ pub struct SbomRef {
 }
 
 pub struct Image {
-    pub docker: Manifest,
     pub oci: Manifest,
+    /// Set once packed: at the build when OCI's layers are gzip, else when
+    /// a client first asks for a schema 2 manifest (`Builder::manifest`).
+    /// Every holder of the image sees it then.
+    pub docker: std::sync::OnceLock<Manifest>,
     pub summary: ImageSummary,
     pub sbom: Option<SbomRef>,
     /// When a mutable-source image must be rebuilt; `None`: never.
     pub(crate) expires: Option<Instant>,
+    /// Where its record is, to note the schema 2 manifest in it once packed.
+    pub(crate) record_key: String,
+    /// What the schema 2 manifest is made of, until it is packed.
+    pub(crate) docker_pending: Option<DockerPending>,
 }
 
 impl Image {
     /// Approximate bytes held, for the memory cache's bound.
     pub(crate) fn weight(&self) -> u32 {
         let paths: usize = self.summary.layers.iter().flat_map(|l| &l.paths).map(|p| p.len() + 16).sum();
-        (self.docker.bytes.len() + self.oci.bytes.len() + paths + 512).try_into().unwrap_or(u32::MAX)
+        let docker = self.docker.get().map_or(self.oci.bytes.len(), |m| m.bytes.len());
+        (docker + self.oci.bytes.len() + paths + 512).try_into().unwrap_or(u32::MAX)
     }
 
-    pub fn manifest(&self, format: Format) -> &Manifest {
+    /// `None`: the schema 2 manifest is not packed yet.
+    pub fn manifest(&self, format: Format) -> Option<&Manifest> {
         match format {
-            Format::Docker => &self.docker,
-            Format::Oci => &self.oci,
+            Format::Docker => self.docker.get(),
+            Format::Oci => Some(&self.oci),
         }
+    }
+
+    /// Both manifests, as far as they exist.
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        std::iter::once(&self.oci).chain(self.docker.get())
     }
 }
 
@@ -105,9 +136,9 @@ pub struct Tagged {
 }
 
 /// A tag's index in both families: the OCI index over the OCI manifests,
-/// the Docker manifest list over the schema 2 ones.
+/// the Docker manifest list over the schema 2 ones (set once they all are).
 pub struct Index {
-    pub docker: Manifest,
+    pub docker: std::sync::OnceLock<Manifest>,
     pub oci: Manifest,
 }
 
@@ -125,19 +156,20 @@ impl Tagged {
         &found.unwrap_or(&self.images[0]).1
     }
 
-    /// The index or the manifest a client's `Accept` asks for.
-    pub fn manifest(&self, accepted: Accepted) -> &Manifest {
+    /// The index or the manifest a client's `Accept` asks for; `None` when
+    /// it is of schema 2 and not packed yet.
+    pub fn manifest(&self, accepted: Accepted) -> Option<&Manifest> {
         match (&self.index, accepted.index()) {
-            (Some(index), Some(Format::Docker)) => &index.docker,
-            (Some(index), Some(Format::Oci)) => &index.oci,
+            (Some(index), Some(Format::Docker)) => index.docker.get(),
+            (Some(index), Some(Format::Oci)) => Some(&index.oci),
             _ => self.image().manifest(accepted.format),
         }
     }
 
     /// Every manifest served for the tag, the index's among them.
     pub fn manifests(&self) -> Vec<&Manifest> {
-        let index = self.index.iter().flat_map(|i| [&i.docker, &i.oci]);
-        self.images.iter().flat_map(|(_, i)| [&i.docker, &i.oci]).chain(index).collect()
+        let index = self.index.iter().flat_map(|i| std::iter::once(&i.oci).chain(i.docker.get()));
+        self.images.iter().flat_map(|(_, i)| i.manifests()).chain(index).collect()
     }
 
     /// The earliest of its images' expiries.
@@ -146,7 +178,7 @@ impl Tagged {
     }
 
     fn weight(&self) -> u32 {
-        let index = self.index.as_ref().map_or(0, |i| i.docker.bytes.len() + i.oci.bytes.len()) as u32;
+        let index = self.index.as_ref().map_or(0, |i| 2 * i.oci.bytes.len()) as u32;
         self.images.iter().fold(index, |w, (_, i)| w.saturating_add(i.weight()))
     }
 }
@@ -156,7 +188,9 @@ impl Tagged {
 /// byte, wherever they are served).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct IndexRecord {
-    pub docker: String,
+    /// `None` until its images' schema 2 manifests are packed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<String>,
     pub oci: String,
     pub manifests: Vec<String>,
 }
@@ -164,16 +198,6 @@ pub(crate) struct IndexRecord {
 /// Where the record of an index lives, by its OCI digest.
 pub(crate) fn index_key(oci_digest: &str) -> String {
     format!("{}{}.json", crate::storage::INDEX_PREFIX, oci_digest.trim_start_matches("sha256:"))
-}
-
-/// A packed layer's record: the blob in the first encoding, as `strata gc`
-/// reads it, and the other encodings' blobs.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct LayerRecord {
-    #[serde(flatten)]
-    pub primary: LayerBlob,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub also: Vec<LayerBlob>,
 }
 
 /// `strata inspect` and `/api/inspect`: an image's plan, closure and layers.
@@ -228,7 +252,8 @@ impl Inspection {
 pub struct Built {
     /// The OCI manifest's digest.
     pub manifest: String,
-    pub docker_manifest: String,
+    /// `None` until a client asked for it ([`Image::docker`]).
+    pub docker_manifest: Option<String>,
     pub sbom: Option<BuiltSbom>,
 }
 
@@ -291,8 +316,10 @@ mod tests {
             media_type,
         };
         Arc::new(Image {
-            docker: m(manifest::DOCKER_MANIFEST),
+            docker: m(manifest::DOCKER_MANIFEST).into(),
             oci: m(manifest::OCI_MANIFEST),
+            record_key: String::new(),
+            docker_pending: None,
             summary: ImageSummary {
                 packages: vec![format!("p{i}")],
                 arch: "amd64".into(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LayersConfig;
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver};
 
 /// Input per parallel deflate block. pigz's default: large enough that the
@@ -62,19 +62,22 @@ impl Encoding {
 }
 
 /// The form OCI manifests reference, as `[layers]` sets it.
-fn encoding(layers: &LayersConfig) -> Encoding {
+pub fn primary(layers: &LayersConfig) -> Encoding {
     Encoding { codec: layers.compression, level: layers.level() as i32 }
 }
 
-/// Every form a layer is packed in, OCI's first: with zstd, a gzip copy
-/// (level 6) for Docker schema 2 manifests, compressed from the same tar
-/// pass.
+/// The form Docker schema 2 manifests take when OCI's is not gzip: gzip
+/// level 6, since schema 2 has no zstd layer type. Packed only when a
+/// client first asks for a schema 2 manifest: most clients that read
+/// zstd never do, and the copy costs more than the zstd pass itself.
+pub fn docker_copy(layers: &LayersConfig) -> Option<Encoding> {
+    (layers.compression != Codec::Gzip).then_some(Encoding::gzip(6))
+}
+
+/// Every form an image's layers may take, OCI's first: what an image's
+/// cache key names, and what the small final layer is packed in at once.
 pub fn encodings(layers: &LayersConfig) -> Vec<Encoding> {
-    let mut all = vec![encoding(layers)];
-    if layers.compression != Codec::Gzip {
-        all.push(Encoding::gzip(6));
-    }
-    all
+    std::iter::once(primary(layers)).chain(docker_copy(layers)).collect()
 }
 
 /// A compressing writer that hands its output back when finished.
@@ -92,6 +95,14 @@ impl<W: Write> Encoder<W> for zstd::stream::write::Encoder<'static, W> {
     fn finish(self: Box<Self>) -> io::Result<W> {
         (*self).finish()
     }
+}
+
+/// A reader of what `codec` compressed into `input`.
+pub fn decoder<'a, R: Read + 'a>(codec: Codec, input: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match codec {
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+    })
 }
 
 /// An encoder for `encoding` writing into `out`.

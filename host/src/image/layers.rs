@@ -85,17 +85,35 @@ impl<E: Write> Write for Tee<E> {
 
 type Compressed<'a, W> = Box<dyn compress::Encoder<Hashing<W>> + 'a>;
 
-/// The tar builder `fill` writes to: hashed (the diff_id), then compressed
-/// once per encoding, each output hashed again (the digests).
-type TarSink<'s, 'a, W> = tar::Builder<&'s mut Hashing<Tee<Compressed<'a, W>>>>;
+/// Where the uncompressed layer is written: hashed (the diff_id), then
+/// compressed once per encoding, each output hashed again (the digests).
+type PlainSink<'a, W> = Hashing<Tee<Compressed<'a, W>>>;
+
+/// The tar builder [`pack`]'s `fill` writes to.
+type TarSink<'s, 'a, W> = tar::Builder<&'s mut PlainSink<'a, W>>;
 
 /// Runs `fill` on a tar builder whose output is compressed into each of
-/// `outs` (one per encoding, same order), hashing both sides of the
-/// compressors. Returns one blob per encoding and the writers.
+/// `outs` (one per encoding, same order). Returns one blob per encoding and
+/// the writers.
 fn pack<'a, W: Write + 'a>(
     encodings: &[Encoding],
     outs: Vec<W>,
     fill: impl FnOnce(&mut TarSink<'_, 'a, W>) -> io::Result<()>,
+) -> io::Result<(Vec<LayerBlob>, Vec<W>)> {
+    compress_each(encodings, outs, |plain| {
+        let mut builder = tar::Builder::new(plain);
+        builder.mode(tar::HeaderMode::Deterministic);
+        fill(&mut builder)?;
+        builder.finish()
+    })
+}
+
+/// Compresses what `fill` writes into each of `outs` (one per encoding,
+/// same order), hashing both sides of the compressors.
+fn compress_each<'a, W: Write + 'a>(
+    encodings: &[Encoding],
+    outs: Vec<W>,
+    fill: impl FnOnce(&mut PlainSink<'a, W>) -> io::Result<()>,
 ) -> io::Result<(Vec<LayerBlob>, Vec<W>)> {
     assert_eq!(encodings.len(), outs.len(), "one writer per encoding");
     let encoders = encodings
@@ -104,12 +122,7 @@ fn pack<'a, W: Write + 'a>(
         .map(|(e, out)| compress::encoder(*e, Hashing::new(out, true)))
         .collect::<io::Result<Vec<_>>>()?;
     let mut plain = Hashing::new(Tee(encoders), false);
-    {
-        let mut builder = tar::Builder::new(&mut plain);
-        builder.mode(tar::HeaderMode::Deterministic);
-        fill(&mut builder)?;
-        builder.finish()?;
-    }
+    fill(&mut plain)?;
     let diff_id = format!("sha256:{}", hex::encode(plain.sha.finalize_reset()));
     let mut blobs = Vec::new();
     let mut outs = Vec::new();
@@ -128,6 +141,42 @@ fn pack<'a, W: Write + 'a>(
         outs.push(compressed.inner);
     }
     Ok((blobs, outs))
+}
+
+/// A stored layer in another encoding: `blob` (compressed as `from`)
+/// decompressed and compressed again into `out`. The tar inside is the
+/// one the layer was packed from, so the result is byte for byte what
+/// packing the same store paths in `to` gives, without the paths: any
+/// replica can make it, whether or not its Nix store holds them. Fails if
+/// the tar is not the one `diff_id` names.
+pub fn recompress<W: Write>(
+    blob: impl io::Read,
+    from: Codec,
+    diff_id: &str,
+    to: Encoding,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(LayerBlob, W)> {
+    let mut input = compress::decoder(from, blob)?;
+    let (mut blobs, mut outs) = compress_each(&[to], vec![out], |plain| {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            plain.write_all(&buf[..n])?;
+            progress(n as u64);
+        }
+    })?;
+    let blob = blobs.pop().expect("one encoding");
+    if blob.diff_id != diff_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a stored layer decompresses to {}, not the {diff_id} its image names", blob.diff_id),
+        ));
+    }
+    Ok((blob, outs.pop().expect("one writer")))
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -482,6 +531,36 @@ mod tests {
         assert_eq!(blobs[0].diff_id, blob1.diff_id);
         assert_eq!(blobs[0].digest, sha256_digest(&outs[0]));
         assert_eq!(zstd::decode_all(&outs[0][..]).unwrap(), plain);
+    }
+
+    /// A schema 2 copy made later from the stored zstd blob is the blob
+    /// packing the paths in gzip gives, byte for byte (several gzip blocks
+    /// and zstd jobs here); a blob that is not the named tar is refused.
+    #[test]
+    fn recompressing_a_stored_layer_gives_the_packed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bbb-pkg");
+        fs::create_dir_all(&root).unwrap();
+        let text: Vec<u8> = (0..5_000_000u32).map(|i| b"strata layers "[(i % 14) as usize] ^ ((i / 997) % 3) as u8).collect();
+        fs::write(root.join("data"), &text).unwrap();
+        let p = vec![root.to_string_lossy().into_owned()];
+        let pack = |e: Encoding| {
+            let (mut blobs, mut outs) = pack_store_paths(&p, &[e], vec![Vec::new()], &mut |_| {}).unwrap();
+            (blobs.remove(0), outs.remove(0))
+        };
+        let (zst, zst_bytes) = pack(Encoding::zstd(3));
+        let (gz, gz_bytes) = pack(Encoding::gzip(6));
+        let mut seen = 0;
+        let (copy, copy_bytes) =
+            recompress(&zst_bytes[..], Codec::Zstd, &zst.diff_id, Encoding::gzip(6), Vec::new(), &mut |n| seen += n).unwrap();
+        assert_eq!(copy, gz);
+        assert_eq!(copy_bytes, gz_bytes);
+        assert!(seen > text.len() as u64, "progress hears the tar's bytes: {seen}");
+
+        let wrong = recompress(&zst_bytes[..], Codec::Zstd, &sha256_digest(b"x"), Encoding::gzip(6), Vec::new(), &mut |_| {});
+        assert_eq!(wrong.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let truncated = &zst_bytes[..zst_bytes.len() / 2];
+        assert!(recompress(truncated, Codec::Zstd, &zst.diff_id, Encoding::gzip(6), Vec::new(), &mut |_| {}).is_err());
     }
 
     #[test]

@@ -306,6 +306,13 @@ pub fn index_json(format: Format, entries: &[IndexEntry]) -> Result<Vec<u8>> {
     to_canonical_json(&index)
 }
 
+/// The layers' diff_ids an image config names, in order: what a layer
+/// copied into another encoding must decompress to.
+pub fn config_diff_ids(config: &[u8]) -> Result<Vec<String>> {
+    let config = oci_spec::image::ImageConfiguration::from_reader(config).map_err(internal)?;
+    Ok(config.rootfs().diff_ids().clone())
+}
+
 /// The media type a stored manifest or index declares, for serving it by
 /// digest.
 pub fn declared_media_type(bytes: &[u8]) -> Option<String> {

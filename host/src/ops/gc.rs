@@ -33,8 +33,14 @@ const READS: usize = 16;
 /// The part of an image record gc needs.
 #[derive(Deserialize)]
 struct ImageRecord {
-    docker: String,
+    /// `None` until a client asked for the schema 2 manifest of an image
+    /// whose OCI layers are not gzip; `docker_pending` names the blob it
+    /// will need besides OCI's config.
+    #[serde(default)]
+    docker: Option<String>,
     oci: String,
+    #[serde(default)]
+    docker_pending: Option<DockerPending>,
     #[serde(default)]
     summary: Option<Summary>,
     /// The Nix GC roots directory of the build, on the machine that built it
@@ -43,6 +49,11 @@ struct ImageRecord {
     gc_root: Option<std::path::PathBuf>,
     #[serde(default)]
     sbom: Option<SbomRef>,
+}
+
+#[derive(Deserialize)]
+struct DockerPending {
+    final_layer: Descriptor,
 }
 
 /// An image's SBOM: the artifact manifests naming its document.
@@ -80,7 +91,8 @@ struct Descriptor {
 /// A tag's index: its two blobs, and the image manifests it lists.
 #[derive(Deserialize)]
 struct IndexRecord {
-    docker: String,
+    #[serde(default)]
+    docker: Option<String>,
     oci: String,
     manifests: Vec<String>,
 }
@@ -251,12 +263,13 @@ async fn manifest_blobs(storage: &Storage, digest: &str) -> Result<Option<Vec<St
 /// its referrer record (step 3): the image itself still serves.
 async fn record_blobs(storage: &Storage, rec: &ImageRecord) -> Result<Option<Vec<String>>> {
     let mut all = Vec::new();
-    for m in [&rec.docker, &rec.oci] {
+    for m in std::iter::once(&rec.oci).chain(&rec.docker) {
         match manifest_blobs(storage, m).await? {
             Some(b) => all.extend(b),
             None => return Ok(None),
         }
     }
+    all.extend(rec.docker_pending.iter().map(|p| p.final_layer.digest.clone()));
     for m in rec.sbom.iter().flat_map(|s| &s.manifests) {
         all.extend(manifest_blobs(storage, m).await?.unwrap_or_default());
     }
@@ -292,8 +305,14 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     let mut kept_marks: HashSet<Path> = HashSet::new();
     for (key, rec) in parsed {
         let mut last = modified[&key];
-        let mark = rec.as_ref().map(|r| Path::from(access_key(&r.docker)));
-        if let Some(m) = mark.as_ref().and_then(|m| accessed.get(m)) {
+        // Marked by the OCI manifest; stores written before this release
+        // marked the schema 2 one.
+        let mark: Vec<Path> = rec
+            .iter()
+            .flat_map(|r| std::iter::once(&r.oci).chain(&r.docker))
+            .map(|d| Path::from(access_key(d)))
+            .collect();
+        for m in mark.iter().filter_map(|m| accessed.get(m)) {
             last = last.max(SystemTime::from(m.last_modified));
         }
         let blobs = match &rec {
@@ -331,7 +350,7 @@ pub async fn collect(storage: &Storage, older_than: Duration, delete: bool) -> R
     let mut stale_indexes: Vec<Path> = Vec::new();
     for (key, rec) in read_all::<IndexRecord>(storage, index_keys).await? {
         match rec {
-            Some(r) if r.manifests.iter().all(|m| live.contains(m)) => live.extend([r.docker, r.oci]),
+            Some(r) if r.manifests.iter().all(|m| live.contains(m)) => live.extend(r.docker.into_iter().chain([r.oci])),
             _ => stale_indexes.push(key),
         }
     }

@@ -97,7 +97,7 @@ async fn handle(builder: &Arc<Builder>, method: Method, uri: &Uri, headers: &Hea
             let manifest = match reference::parse_reference(r)? {
                 Reference::Tag(tag) => {
                     let accepted = Accepted::read(headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
-                    builder.tagged(name, tag).await?.manifest(accepted).clone()
+                    builder.manifest(name, tag, accepted).await?
                 }
                 Reference::Digest(d) => builder.manifest_by_digest(d).await?,
             };

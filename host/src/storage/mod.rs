@@ -32,6 +32,9 @@ pub use access::{access_key, ACCESS_PREFIX};
 
 pub const BLOB_PREFIX: &str = "blobs/sha256/";
 pub const IMAGE_PREFIX: &str = "meta/images/";
+/// Where a blob is written before it is checked and published.
+pub type StagingWriter = BufWriter;
+
 pub const LAYER_PREFIX: &str = "meta/layers/";
 /// `meta/indexes/<oci index>.json`: a tag's index over its platforms'
 /// manifests, so that `strata gc` keeps the index's two blobs while it
@@ -207,7 +210,7 @@ impl Storage {
 
     /// A writer for a blob whose digest is not known yet. The bytes go to a
     /// staging key; [`Storage::publish`] moves them to their final key.
-    pub fn staging_writer(&self) -> (Path, BufWriter) {
+    pub fn staging_writer(&self) -> (Path, StagingWriter) {
         let key = Path::from(format!("{STAGING_PREFIX}{:032x}", rand::random::<u128>()));
         (key.clone(), BufWriter::new(self.store.clone(), key))
     }
