@@ -195,11 +195,29 @@ fn init_logging(json: bool) {
 }
 
 fn main() {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("strata: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// glibc gives a thread that allocates its own arena, up to eight per
+/// core, and each arena keeps what was freed in it. Packing runs on
+/// short-lived blocking threads beside zstd's workers, so with the default
+/// a zstd cold build's peak RSS swung between 140 and 190 MiB, and with two
+/// arenas it stays near 100 MiB, warm GETs no slower (docs/performance.md).
+/// An operator's own `MALLOC_ARENA_MAX` wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first in main, before any other thread exists;
+        // mallopt only sets one of the allocator's parameters.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 
@@ -271,6 +289,12 @@ async fn build(
         builder.set_progress(Arc::new(progress::Bars::new()));
     }
     let tagged = builder.tagged(name, tag).await?;
+    if matches!(output, strata::build::export::Output::DockerArchive { .. }) && tagged.index.is_none() {
+        // `docker load` of Docker 20.10 reads gzip layers only: the schema 2
+        // manifest's, made now if the image's layers are zstd.
+        let docker = strata::image::manifest::Accepted::read(std::iter::once(strata::image::manifest::DOCKER_MANIFEST));
+        builder.manifest(name, tag, docker).await?;
+    }
     strata::build::export::write(&builder.storage, &tagged, output, name).await?;
     if let Some(index) = &tagged.index {
         let platforms: Vec<String> = tagged.images.iter().map(|(p, _)| p.to_string()).collect();

@@ -74,6 +74,43 @@ fn build_to_a_docker_archive_loads_with_skopeo() {
     assert_eq!(bash.stdout, "Hello, world!\nok\n", "{bash}");
 }
 
+/// With `compression = "zstd"` the archive still holds gzip layers (the
+/// schema 2 manifest's, made for it), which umoci 0.4 and Docker 20.10 read.
+#[test]
+fn a_zstd_build_writes_gzip_layers_to_a_docker_archive() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("storage")).unwrap();
+    std::fs::write(
+        work.path().join("strata.toml"),
+        format!(
+            "[storage]\nurl = \"file://{}\"\n\n[nix]\nwork_dir = \"{}\"\n\n[layers]\ncompression = \"zstd\"\n",
+            work.path().join("storage").display(),
+            work.path().join("nix").display()
+        ),
+    )
+    .unwrap();
+    let archive = work.path().join("hello.tar");
+    strata_cli(work.path(), &["build", "hello", "--quiet", "--output", &format!("docker-archive:{}:hello:latest", archive.display())])
+        .assert_ok();
+    let mut tar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    let mut layers = 0;
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy().ends_with(".tar.gz") {
+            let mut magic = [0u8; 2];
+            std::io::Read::read_exact(&mut entry, &mut magic).unwrap();
+            assert_eq!(magic, [0x1f, 0x8b], "a gzip layer");
+            layers += 1;
+        }
+    }
+    assert!(layers >= 2, "{layers} layers");
+    let layout = work.path().join("copy");
+    let src = format!("docker-archive:{}", archive.display());
+    skopeo(&["copy", &src, &format!("oci:{}:t", layout.display())], Duration::from_secs(120)).assert_ok();
+    let rootfs = umoci_unpack(&layout, "t", &work.path().join("bundle"));
+    assert_eq!(chroot(&rootfs, &["/bin/hello"]).assert_ok().stdout, "Hello, world!\n");
+}
+
 #[test]
 fn inspect_shows_packages_closure_and_layers_without_packing() {
     let work = tempfile::tempdir().unwrap();

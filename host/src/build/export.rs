@@ -141,12 +141,16 @@ async fn write_oci(storage: &Storage, tagged: &Tagged, dir: &Path, tag: &str) ->
 }
 
 /// `docker save`'s format: `manifest.json`, the config, one file per layer
-/// (gzip-compressed here; `docker load` and skopeo both detect that).
+/// (gzip-compressed here, the schema 2 manifest's layers when it exists;
+/// `docker load` and skopeo both detect that).
 async fn write_docker_archive(storage: &Storage, image: &Image, file: &Path, reference: &str) -> anyhow::Result<()> {
     if !reference.contains(':') {
         bail!("docker-archive reference {reference:?} needs a tag, e.g. shell/git:latest");
     }
-    let m = manifest_of(image)?;
+    let m = match image.docker.get() {
+        Some(docker) => ImageManifest::from_reader(&docker.bytes[..])?,
+        None => manifest_of(image)?,
+    };
     let tmp = file.with_extension("partial");
     let mut tar = tar::Builder::new(std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?);
     let mut layer_names = vec![];

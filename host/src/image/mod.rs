@@ -5,8 +5,8 @@
 //! same bytes (and digests) on every replica, on any day. It offers the
 //! build pure functions from data (store paths, a closure, package meta) to
 //! blobs; it stores nothing and runs no Nix.
-//! - `layers`: deterministic tar of store paths, packed in one pass into
-//!   every configured compression (`compress`);
+//! - `layers`: deterministic tar of store paths, compressed in one pass
+//!   (`compress`), and a stored layer recompressed into another encoding;
 //! - `manifest`: the image config, Docker and OCI manifests, indexes and
 //!   the referrers' artifact manifests, with `oci-spec`;
 //! - `sbom`: the SPDX document of a closure.

@@ -210,9 +210,15 @@ impl Storage {
 
     /// A writer for a blob whose digest is not known yet. The bytes go to a
     /// staging key; [`Storage::publish`] moves them to their final key.
+    ///
+    /// Parts of S3's smallest size, at most three in flight: object_store's
+    /// default (10 MiB parts, eight in flight) lets one writer hold 90 MiB
+    /// whenever the store is slower than the packer (a disk in writeback,
+    /// a far bucket), and one writer per core packs at once.
     pub fn staging_writer(&self) -> (Path, StagingWriter) {
+        const PART: usize = 5 * 1024 * 1024;
         let key = Path::from(format!("{STAGING_PREFIX}{:032x}", rand::random::<u128>()));
-        (key.clone(), BufWriter::new(self.store.clone(), key))
+        (key.clone(), BufWriter::with_capacity(self.store.clone(), key, PART).with_max_concurrency(3))
     }
 
     /// Checks the staged object against what the packer counted, then gives
