@@ -976,10 +976,13 @@ impl Builder {
         let mut paths = layer.paths.clone();
         paths.sort();
         let (from, diff_id) = (compress::primary(&self.cfg.layers).codec, diff_id.to_string());
-        let (_, stream) = self.storage.get_blob(&layer.digest, None).await?;
-        let blob = tokio_util::io::StreamReader::new(stream);
+        let (storage, digest) = (self.storage.clone(), layer.digest.clone());
         self.stored_layer(index, &paths, layer.nar_size, to, move |out, advance| {
-            let blob = tokio_util::io::SyncIoBridge::new(blob);
+            // Opened here, not before: a copy made earlier reads nothing.
+            let (_, stream) = tokio::runtime::Handle::current()
+                .block_on(storage.get_blob(&digest, None))
+                .map_err(|e| std::io::Error::other(format!("reading {digest}: {e}")))?;
+            let blob = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
             layers::recompress(std::io::BufReader::new(blob), from, &diff_id, to, out, advance)
         })
         .await
