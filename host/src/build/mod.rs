@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
@@ -41,8 +42,46 @@ pub trait Progress: Send + Sync {
     fn layer_done(&self, _index: usize, _blob: &LayerBlob, _reused: bool) {}
 }
 
-type SharedBuild = Shared<BoxFuture<'static, Result<Arc<Tagged>>>>;
-type SharedManifest = Shared<BoxFuture<'static, Result<Manifest>>>;
+/// One run of some work per key at a time: later callers await the first
+/// one's result. The work runs in its own task, so a caller hanging up does
+/// not cancel what others wait for.
+struct Flights<K, T> {
+    running: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, Result<T>>>>>>,
+}
+
+impl<K, T> Default for Flights<K, T> {
+    fn default() -> Self {
+        Flights { running: Arc::default() }
+    }
+}
+
+impl<K, T> Flights<K, T>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// `work`'s result, or that of the run of `key` already under way.
+    async fn run(&self, key: K, what: &'static str, work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let fut = {
+            let mut running = self.running.lock().unwrap();
+            running
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let running = self.running.clone();
+                    async move {
+                        let result =
+                            tokio::spawn(work).await.unwrap_or_else(|e| Err(Error::Internal(format!("{what} task: {e}"))));
+                        running.lock().unwrap().remove(&key);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fut.await
+    }
+}
 
 pub struct Builder {
     cfg: Arc<Config>,
@@ -64,10 +103,10 @@ pub struct Builder {
     /// runs no Nix. Kept as long as a mutable image is.
     inspections: moka::sync::Cache<String, Arc<Inspection>>,
     /// One build per (name, tag) at a time; later requests await the first.
-    inflight: Mutex<HashMap<(String, String), SharedBuild>>,
+    inflight: Flights<(String, String), Arc<Tagged>>,
     /// One packing of an image's schema 2 manifest at a time, by its OCI
     /// manifest's digest.
-    docker_inflight: Mutex<HashMap<String, SharedManifest>>,
+    docker_inflight: Flights<String, Manifest>,
     /// Builds of different images at once, and how many may wait.
     build_slots: Arc<Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
@@ -132,8 +171,8 @@ impl Builder {
                 .weigher(|_, i: &Arc<Inspection>| i.weight())
                 .time_to_live(mutable_ttl)
                 .build(),
-            inflight: Mutex::default(),
-            docker_inflight: Mutex::default(),
+            inflight: Flights::default(),
+            docker_inflight: Flights::default(),
             build_slots,
             waiting: Default::default(),
             pack_slots: Arc::new(Semaphore::new(cores)),
@@ -183,34 +222,15 @@ impl Builder {
                 return Ok(tagged);
             }
         }
-        let fut = {
-            let mut inflight = self.inflight.lock().unwrap();
-            inflight
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let this = self.clone();
-                    let (name, tag) = key.clone();
-                    async move {
-                        // Owned by its own task, so a client hanging up does
-                        // not cancel a build others are waiting for.
-                        let result = tokio::spawn({
-                            let (this, name, tag) = (this.clone(), name.clone(), tag.clone());
-                            async move { this.build(&name, &tag).await }
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(Error::Internal(format!("build task: {e}"))));
-                        if let Ok(tagged) = &result {
-                            this.remember(name.clone(), tag.clone(), tagged.clone());
-                        }
-                        this.inflight.lock().unwrap().remove(&(name, tag));
-                        result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+        let this = self.clone();
+        let work = async move {
+            let result = this.build(&key.0, &key.1).await;
+            if let Ok(tagged) = &result {
+                this.remember(key.0, key.1, tagged.clone());
+            }
+            result
         };
-        let tagged = fut.await?;
+        let tagged = self.inflight.run((name.to_string(), tag.to_string()), "build", work).await?;
         // An index's images are marked together: gc keeps them together.
         for (_, img) in &tagged.images {
             self.storage.mark_access(&img.oci.digest);
@@ -248,31 +268,13 @@ impl Builder {
         if let Some(m) = image.docker.get() {
             return Ok(m.clone());
         }
-        let fut = {
-            let mut inflight = self.docker_inflight.lock().unwrap();
-            inflight
-                .entry(image.oci.digest.clone())
-                .or_insert_with(|| {
-                    let (this, image) = (self.clone(), image.clone());
-                    async move {
-                        let result = tokio::spawn({
-                            let (this, image) = (this.clone(), image.clone());
-                            async move { this.pack_docker(&image).await }
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(Error::Internal(format!("schema 2 task: {e}"))));
-                        if let Ok(m) = &result {
-                            let _ = image.docker.set(m.clone());
-                        }
-                        this.docker_inflight.lock().unwrap().remove(&image.oci.digest);
-                        result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+        let (this, img) = (self.clone(), image.clone());
+        let work = async move {
+            let m = this.pack_docker(&img).await?;
+            let _ = img.docker.set(m.clone());
+            Ok(m)
         };
-        fut.await
+        self.docker_inflight.run(image.oci.digest.clone(), "schema 2", work).await
     }
 
     /// Packs the schema 2 manifest of an image whose OCI layers are not
